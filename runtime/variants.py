@@ -1,0 +1,340 @@
+"""The variant table: the one home of every variant's hyper-parameters, files and MD5s.
+
+Everything else (model construction, weight download, sequence lengths, export, benchmarks)
+reads from here. Shapes and formulas follow `spec/ARCHITECTURE.md`.
+"""
+
+import math
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+SYNC_FPS = 25
+CLIP_FPS = 8
+SYNC_SEGMENT = 16  # frames per Synchformer segment
+SYNC_HOP = 8  # frames between segment starts
+SYNC_SIZE = 224
+CLIP_SIZE = 384
+DEFAULT_DURATION = 8.0
+DEFAULT_STEPS = 25
+DEFAULT_CFG = 4.5
+DEFAULT_SEED = 42
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Latent/mel/waveform geometry of one sample rate (spec §1.4, §6)."""
+
+    sample_rate: int
+    hop: int  # mel hop in samples; one latent frame is two mel frames
+    n_fft: int
+    num_mels: int
+    fmax: float
+    log_base: str  # "log10" (16k) or "ln" (44k) mel compression
+
+
+AUDIO_16K = AudioConfig(16000, 256, 1024, 80, 8000.0, "log10")
+AUDIO_44K = AudioConfig(44100, 512, 2048, 128, 22050.0, "ln")
+
+
+@dataclass(frozen=True)
+class SequenceLengths:
+    """Every sequence length that follows from a duration (spec §1.4, `SequenceConfig`)."""
+
+    duration: float
+    latent: int  # N
+    clip: int  # CLIP frames at 8 fps
+    sync_segments: int  # S
+    sync: int  # 8 * S feature rows
+    audio_samples: int  # not trimmed to the duration
+    sync_frames: int  # frames decoded at 25 fps
+
+
+def sequence_lengths(duration: float, audio: AudioConfig) -> SequenceLengths:
+    """Sequence lengths for `duration` seconds, with the official float formulas."""
+    latent = math.ceil(duration * audio.sample_rate / audio.hop / 2)
+    segments = int((duration * SYNC_FPS - SYNC_SEGMENT) // SYNC_HOP + 1)
+    sync_frames = int(SYNC_FPS * duration)
+    # The video encoder's own count; the two formulas can disagree in principle (spec §1.4).
+    encoder_segments = (sync_frames - SYNC_SEGMENT) // SYNC_HOP + 1
+    if segments != encoder_segments:
+        raise UsageError(
+            f"duration {duration!r} s gives {segments} sync segments by the generator's formula "
+            f"but {encoder_segments} by the video encoder's; pick a duration like {duration:.2f}"
+        )
+    if segments < 1:
+        raise UsageError(
+            f"duration {duration:.3f} s is shorter than one {SYNC_SEGMENT}-frame segment "
+            f"({SYNC_SEGMENT / SYNC_FPS:.2f} s)"
+        )
+    return SequenceLengths(
+        duration=duration,
+        latent=latent,
+        clip=int(duration * CLIP_FPS),
+        sync_segments=segments,
+        sync=segments * SYNC_SEGMENT // 2,
+        audio_samples=latent * audio.hop * 2,
+        sync_frames=sync_frames,
+    )
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """MM-DiT generator (spec §4.2). `depth` counts joint and fused blocks together."""
+
+    latent_dim: int
+    hidden_dim: int
+    depth: int
+    fused_depth: int
+    num_heads: int
+    v2: bool = False
+    clip_dim: int = 1024
+    sync_dim: int = 768
+    text_dim: int = 1024
+    text_seq_len: int = 77
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class VideoEncoderConfig:
+    """MotionFormer trunk plus, when `num_sup_tokens` > 0, SELVA's text selection (spec §3).
+
+    `num_sup_tokens == 0` is the plain Synchformer video branch MMAudio uses.
+    """
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    text_dim: int = 768  # Flan-T5 width
+    num_sup_tokens: int = 5
+    xattn_depth: int = 1
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    data_dim: int  # mel bins
+    embed_dim: int  # latent channels
+    hidden_dim: int
+
+
+@dataclass(frozen=True)
+class VocoderConfig:
+    """BigVGAN generator (spec §6.2, §6.3)."""
+
+    num_mels: int
+    upsample_rates: tuple[int, ...]
+    upsample_kernel_sizes: tuple[int, ...]
+    upsample_initial_channel: int
+    resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5),) * 3
+    use_tanh_at_final: bool = True
+    use_bias_at_final: bool = True
+
+
+@dataclass(frozen=True)
+class T5Config:
+    """Flan-T5 encoder geometry (the transformers config of `google/flan-t5-base`)."""
+
+    d_model: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    d_kv: int = 64
+    d_ff: int = 2048
+    vocab_size: int = 32128
+    max_length: int = 512
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """open_clip `ViT-H-14-378-quickgelu` (DFN5B) towers. `image_layers == 0`: text tower only."""
+
+    text_width: int = 1024
+    text_layers: int = 24
+    text_heads: int = 16
+    context_length: int = 77
+    vocab_size: int = 49408
+    embed_dim: int = 1024  # joint embedding width (image projection output)
+    image_width: int = 1280
+    image_layers: int = 32
+    image_heads: int = 16
+    patch_size: int = 14
+    image_size: int = 378  # position table size; the 384 input leaves 6 pixels unused
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file of a variant: where the hub keeps it and its MD5 (None where none is published)."""
+
+    role: str
+    repo: str
+    path: str
+    md5: str | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    audio: AudioConfig
+    generator: GeneratorConfig
+    video_encoder: VideoEncoderConfig
+    vae: VAEConfig
+    vocoder: VocoderConfig
+    clip: ClipConfig
+    t5: T5Config | None  # None: the variant takes no Flan-T5 prompt (plain MMAudio)
+    files: tuple[WeightFile, ...] = ()
+    uses_clip_video: bool = False  # MMAudio; SELVA replaces CLIP video with the empty feature
+    description: str = ""
+    random_weights: bool = False  # `tiny`: weights are made locally, never downloaded
+
+    @property
+    def selective(self) -> bool:
+        return self.video_encoder.num_sup_tokens > 0
+
+    def file(self, role: str) -> WeightFile:
+        for f in self.files:
+            if f.role == role:
+                return f
+        raise KeyError(f"variant {self.name} has no {role!r} file")
+
+    def sequence_lengths(self, duration: float = DEFAULT_DURATION) -> SequenceLengths:
+        return sequence_lengths(duration, self.audio)
+
+
+SELVA_REPO = "jnwnlee/SelVA"
+MMAUDIO_REPO = "hkchengrex/MMAudio"
+T5_REPO = "google/flan-t5-base"
+CLIP_REPO = "apple/DFN5B-CLIP-ViT-H-14-384"
+BIGVGAN_V2_REPO = "nvidia/bigvgan_v2_44khz_128band_512x"
+
+VAE_16K = VAEConfig(data_dim=80, embed_dim=20, hidden_dim=384)
+VAE_44K = VAEConfig(data_dim=128, embed_dim=40, hidden_dim=512)
+BIGVGAN_16K = VocoderConfig(
+    num_mels=80,
+    upsample_rates=(4, 4, 2, 2, 2, 2),
+    upsample_kernel_sizes=(8, 8, 4, 4, 4, 4),
+    upsample_initial_channel=1536,
+)
+BIGVGAN_V2_44K = VocoderConfig(
+    num_mels=128,
+    upsample_rates=(8, 4, 2, 2, 2, 2),
+    upsample_kernel_sizes=(16, 8, 4, 4, 4, 4),
+    upsample_initial_channel=1536,
+    use_tanh_at_final=False,
+    use_bias_at_final=False,
+)
+
+SMALL = dict(hidden_dim=448, depth=12, fused_depth=8, num_heads=7)
+MEDIUM = dict(hidden_dim=896, depth=12, fused_depth=8, num_heads=14)
+LARGE = dict(hidden_dim=896, depth=21, fused_depth=14, num_heads=14)
+
+T5_FILES = tuple(
+    WeightFile("t5", T5_REPO, p)
+    for p in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "spiece.model")
+)
+CLIP_FILES = (WeightFile("clip", CLIP_REPO, "open_clip_pytorch_model.bin"),)
+SYNCHFORMER_FILE = WeightFile(
+    "synchformer", MMAUDIO_REPO, "ext_weights/synchformer_state_dict.pth",
+    "5b2f5594b0730f70e41e549b7c94390c",
+)
+MMAUDIO_16K_FILES = (
+    WeightFile("vae", MMAUDIO_REPO, "ext_weights/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7"),
+    WeightFile("vocoder", MMAUDIO_REPO, "ext_weights/best_netG.pt",
+               "eeaf372a38a9c31c362120aba2dde292"),
+)
+MMAUDIO_44K_FILES = (
+    WeightFile("vae", MMAUDIO_REPO, "ext_weights/v1-44.pth", "fab020275fa44c6589820ce025191600"),
+    WeightFile("vocoder", BIGVGAN_V2_REPO, "bigvgan_generator.pt"),
+    WeightFile("vocoder_config", BIGVGAN_V2_REPO, "config.json"),
+)
+
+
+def _mmaudio(name: str, size: dict, latent_dim: int, md5: str, *, v2: bool = False) -> Variant:
+    is_16k = latent_dim == 20
+    return Variant(
+        name=f"mmaudio-{name.replace('_', '-')}",
+        audio=AUDIO_16K if is_16k else AUDIO_44K,
+        generator=GeneratorConfig(latent_dim=latent_dim, v2=v2, **size),
+        video_encoder=VideoEncoderConfig(num_sup_tokens=0, xattn_depth=0),
+        vae=VAE_16K if is_16k else VAE_44K,
+        vocoder=BIGVGAN_16K if is_16k else BIGVGAN_V2_44K,
+        clip=ClipConfig(),
+        t5=None,
+        files=(
+            WeightFile("generator", MMAUDIO_REPO, f"weights/mmaudio_{name}.pth", md5),
+            SYNCHFORMER_FILE,
+            *(MMAUDIO_16K_FILES if is_16k else MMAUDIO_44K_FILES),
+            *CLIP_FILES,
+        ),
+        uses_clip_video=True,
+        description=f"MMAudio {name} (CLIP video + Synchformer features)",
+    )
+
+
+SELVA_SMALL_16K = Variant(
+    name="selva-small-16k",
+    audio=AUDIO_16K,
+    generator=GeneratorConfig(latent_dim=20, **SMALL),
+    video_encoder=VideoEncoderConfig(),
+    vae=VAE_16K,
+    vocoder=BIGVGAN_16K,
+    clip=ClipConfig(image_layers=0),
+    t5=T5Config(),
+    files=(
+        WeightFile("generator", SELVA_REPO, "weights/generator_small_16k_sup_5.pth",
+                   "1cb0f0deec52de37f67b1fd9965337d0"),
+        WeightFile("video_encoder", SELVA_REPO, "weights/video_enc_sup_5.pth",
+                   "ff09a6dc36148536ee4db97eba081d05"),
+        WeightFile("vae", SELVA_REPO, "ext_weights/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7"),
+        WeightFile("vocoder", SELVA_REPO, "ext_weights/best_netG.pt",
+                   "eeaf372a38a9c31c362120aba2dde292"),
+        *T5_FILES,
+        *CLIP_FILES,
+    ),
+    description="SELVA small 16 kHz: text-conditioned selective video-to-audio (the published model)",
+)
+
+# Same structure as the golden `e2e_tiny` case (gen_small_v1, textsynch_small, vae_dec_16k,
+# bigvgan_16k), with small text encoders, so tests and the offline demo run the real code paths.
+TINY = Variant(
+    name="tiny",
+    audio=AUDIO_16K,
+    generator=GeneratorConfig(
+        latent_dim=20, hidden_dim=64, depth=4, fused_depth=2, num_heads=2,
+        clip_dim=48, sync_dim=64, text_dim=40,
+    ),
+    video_encoder=VideoEncoderConfig(embed_dim=64, depth=2, num_heads=2),
+    vae=VAEConfig(data_dim=80, embed_dim=20, hidden_dim=16),
+    vocoder=VocoderConfig(
+        num_mels=80,
+        upsample_rates=(4, 4, 2, 2, 2, 2),
+        upsample_kernel_sizes=(8, 8, 4, 4, 4, 4),
+        upsample_initial_channel=128,
+    ),
+    clip=ClipConfig(text_width=40, text_layers=2, text_heads=2, embed_dim=40, image_layers=0),
+    t5=T5Config(d_model=768, num_layers=1, num_heads=2, d_kv=32, d_ff=128, vocab_size=512),
+    description="tiny random-weight model with the SELVA structure (tests and demo; output is noise)",
+    random_weights=True,
+)
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        SELVA_SMALL_16K,
+        _mmaudio("small_16k", SMALL, 20, "af93cde404179f58e3919ac085b8033b"),
+        _mmaudio("small_44k", SMALL, 40, "babd74c884783d13701ea2820a5f5b6d"),
+        _mmaudio("medium_44k", MEDIUM, 40, "5a56b6665e45a1e65ada534defa903d0"),
+        _mmaudio("large_44k", LARGE, 40, "fed96c325a6785b85ce75ae1aafd2673"),
+        _mmaudio("large_44k_v2", LARGE, 40, "01ad4464f049b2d7efdaa4c1a59b8dfe", v2=True),
+        TINY,
+    )
+}
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown variant {name!r}; choose one of: {', '.join(VARIANTS)}"
+        ) from None
