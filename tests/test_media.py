@@ -1,0 +1,620 @@
+"""Media I/O: golden decode, the official timing rule, bad inputs, stems, resampling, muxing.
+
+Test clips are made here with PyAV (small, a few seconds of 64x48 H.264).
+"""
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile
+import torch
+from golden import GOLDEN, assert_close, load_case, sync_frames_from_u8
+from selva_rt.runtime import media
+from selva_rt.runtime.errors import MediaError, OutputError, UsageError
+from selva_rt.runtime.variants import CLIP_FPS, SYNC_FPS
+
+torch.set_num_threads(1)
+
+
+def make_clip(
+    path: Path,
+    frames: int = 50,
+    fps: Fraction | int = 25,
+    size: tuple[int, int] = (64, 48),
+    pts_ms: list[int] | None = None,
+    gop: int = 10,
+    rotation: int | None = None,
+    hflip: bool = False,
+    image=None,
+    audio_rate: int | None = None,
+    faststart: bool = False,
+) -> Path:
+    """An H.264 clip (B-frames on, a keyframe every `gop` frames, no scene-cut keyframes) whose
+    frames differ from each other; pts_ms gives explicit timestamps in milliseconds."""
+    width, height = size
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", container_options=options) as out:
+        video = out.add_stream("libx264", rate=fps, options={"g": str(gop), "sc_threshold": "0"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        if pts_ms is not None:
+            video.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            video.set_display_rotation(rotation, hflip=hflip)
+        audio = out.add_stream("aac", rate=audio_rate, layout="mono") if audio_rate else None
+        y, x = np.mgrid[0:height, 0:width]
+        for i in range(frames):
+            if image is None:
+                img = np.stack([(x * 3 + i * 5) % 256, (y * 4) % 256, np.full_like(x, 9 * i % 256)])
+                img = img.transpose(1, 2, 0).astype(np.uint8)
+            else:
+                img = image
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if pts_ms is None:
+                frame.pts = i
+            else:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        if audio:
+            _encode_tone(out, audio, audio_rate, frames / fps)
+    return path
+
+
+def _encode_tone(out, stream, rate: int, seconds: float):
+    tone = 0.1 * np.sin(np.arange(int(rate * seconds)) * 0.05, dtype=np.float32)
+    frame = av.AudioFrame.from_ndarray(tone[None], format="fltp", layout="mono")
+    frame.sample_rate, frame.pts = rate, 0
+    out.mux(stream.encode(frame))
+    out.mux(stream.encode())
+
+
+def official_selection(path: Path, duration: float, start: float = 0.0):
+    """The official read_frames + load_video frame choice written out literally, from all
+    decoded frames: (duration, sync indices, clip indices, rgb frames). `start` is our
+    extension: times are measured from it."""
+    with av.open(str(path)) as container:
+        frames = [(f.time, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    picked = {CLIP_FPS: [], SYNC_FPS: []}
+    for fps, chosen in picked.items():
+        next_t = 0.0
+        for i, (t, _) in enumerate(frames):
+            if t < start:
+                continue
+            if t - start > duration:
+                break
+            while t - start >= next_t:
+                chosen.append(i)
+                next_t += 1 / fps
+    duration = min(duration, len(picked[CLIP_FPS]) / CLIP_FPS, len(picked[SYNC_FPS]) / SYNC_FPS)
+    sync = picked[SYNC_FPS][: int(SYNC_FPS * duration)]
+    clip = picked[CLIP_FPS][: int(CLIP_FPS * duration)]
+    return duration, sync, clip, [rgb for _, rgb in frames]
+
+
+def chw(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Golden: the official load_video on preproc_video.mp4
+
+
+def test_golden_preproc_video():
+    meta, ref = load_case("preproc_video")
+    duration = float(ref["out.duration_sec"])  # requested == effective for this case
+    video = media.decode_video(GOLDEN / meta["video_file"], duration, need_clip=True)
+
+    assert video.duration == duration
+    assert video.fps == Fraction(meta["video_stream"]["guessed_rate"])
+    assert video.size == (meta["video_stream"]["width"], meta["video_stream"]["height"])
+    assert torch.equal(video.sync_index, ref["out.sync_src_frame_index"])
+    assert torch.equal(video.clip_index, ref["out.clip_src_frame_index"])
+    assert torch.equal(video.sync_frames, ref["out.sync_frames_u8"])  # bit-exact
+    subset = ref["out.clip_frames_subset_index"]
+    assert torch.equal(video.clip_frames[subset], ref["out.clip_frames_u8_subset"])
+    clip = video.clip_frames.float() * (1 / 255)
+    mean, std = clip.mean((1, 2, 3)), clip.flatten(1).std(1)
+    assert_close("preproc_video.clip_mean", mean, ref["out.clip_frames_mean_per_frame"], 1e-6, 1e-6)
+    assert_close("preproc_video.clip_std", std, ref["out.clip_frames_std_per_frame"], 1e-6, 1e-6)
+    sync = media.to_model_input(video.sync_frames)
+    assert_close(
+        "preproc_video.sync_frames", sync, sync_frames_from_u8(ref["out.sync_frames_u8"]), 0, 0
+    )
+    sync_mean = sync.mean((1, 2, 3))
+    assert_close(
+        "preproc_video.sync_mean", sync_mean, ref["out.sync_frames_mean_per_frame"], 1e-6, 1e-6
+    )
+    # Stopped at the window instead of decoding the whole clip.
+    assert video.decoded_frames <= int(ref["out.num_decoded_frames_le_end"])
+
+
+def test_to_model_input_matches_official_transform():
+    u8 = torch.arange(256, dtype=torch.uint8).repeat(3, 1)[None]
+    x = media.to_model_input(u8)
+    assert x.dtype == torch.float32
+    assert torch.equal(x, sync_frames_from_u8(u8))
+    assert x.min() == -1 and x.max() == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The timing rule, duration rule and start handling against a literal reimplementation
+
+
+@pytest.mark.parametrize(
+    "fps, frames, duration, start",
+    [
+        (30, 45, 8.0, 0.0),  # shorter than asked: duration from the frame counts
+        (24, 48, 1.5, 0.0),
+        (Fraction(30000, 1001), 60, 1.2, 0.5),  # NTSC rate, start between frames
+        (10, 20, 1.6, 0.0),  # low rate: frames repeated
+        (50, 100, 0.8, 1.0),  # high rate: frames dropped; start on a frame
+    ],
+)
+def test_frame_selection_matches_official_rule(tmp_path, fps, frames, duration, start):
+    path = make_clip(tmp_path / "clip.mp4", frames=frames, fps=fps)
+    want_duration, want_sync, want_clip, rgb = official_selection(path, duration, start)
+    video = media.decode_video(path, duration, start=start, need_clip=True)
+
+    assert video.duration == want_duration
+    assert video.sync_index.tolist() == want_sync
+    assert video.clip_index.tolist() == want_clip
+    assert video.sync_frames.shape == (int(SYNC_FPS * want_duration), 3, 224, 224)
+    assert video.clip_frames.shape == (int(CLIP_FPS * want_duration), 3, 384, 384)
+    for k in {0, len(want_sync) // 2, len(want_sync) - 1}:
+        assert torch.equal(video.sync_frames[k], media.resize(chw(rgb[want_sync[k]]), 224))
+    assert torch.equal(video.clip_frames[-1], media.resize(chw(rgb[want_clip[-1]]), 384))
+
+
+def test_without_clip_frames(tmp_path):
+    path = make_clip(tmp_path / "clip.mp4", frames=30)
+    video = media.decode_video(path, 1.0)
+    assert video.clip_frames is None
+    assert video.sync_frames.dtype == torch.uint8
+    assert video.clip_index.shape == (int(CLIP_FPS * video.duration),)
+
+
+def test_start_seeks_instead_of_decoding_from_zero(tmp_path):
+    gop = 10
+    path = make_clip(tmp_path / "clip.mp4", frames=100, fps=25, gop=gop)
+    start, duration = 2.5, 0.8
+    video = media.decode_video(path, duration, start=start)
+    window = round(duration * 25) + 1
+    assert video.decoded_frames <= gop + window  # from the keyframe before start
+    assert video.sync_index[0] == math.ceil(start * 25)  # the first frame at or after start
+
+
+@pytest.mark.parametrize(
+    "rotation, white, dark",
+    [  # where the stored picture's white left half is once shown upright, as players do
+        (90, np.s_[:, 140:, :], np.s_[:, :84, :]),  # turned counter-clockwise: at the bottom
+        (-90, np.s_[:, :84, :], np.s_[:, 140:, :]),  # clockwise (phones' portrait): at the top
+        (180, np.s_[:, :, 140:], np.s_[:, :, :84]),  # upside down: on the right
+    ],
+)
+def test_rotated_clip_is_turned_upright(tmp_path, rotation, white, dark):
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, :32] = 255
+    path = make_clip(tmp_path / "rot.mp4", frames=20, rotation=rotation, image=image)
+    video = media.decode_video(path, 0.7)
+    assert video.rotation == rotation % 360 and video.size == (64, 48)
+    frame = video.sync_frames[0].float()
+    assert frame[white].mean() > 200 and frame[dark].mean() < 50
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad inputs: one-line MediaErrors
+
+
+def _truncated(tmp_path: Path) -> Path:
+    full = make_clip(tmp_path / "full.mp4", frames=100)  # index (moov) at the end: cut off
+    path = tmp_path / "cut.mp4"
+    data = full.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _packet_40(tmp_path: Path) -> tuple[bytearray, av.Packet]:
+    """A 4 s clip with its index first (bytes), and where its 41st video packet lies."""
+    full = make_clip(tmp_path / "full.mp4", frames=100, faststart=True)
+    with av.open(str(full)) as container:
+        packet = [p for p in container.demux(video=0) if p.size][40]
+    return bytearray(full.read_bytes()), packet
+
+
+def _packet_aligned_cut(tmp_path: Path) -> Path:
+    data, packet = _packet_40(tmp_path)
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(data[: packet.pos + packet.size])
+    return path
+
+
+def _corrupt_packet(tmp_path: Path) -> Path:
+    data, packet = _packet_40(tmp_path)
+    data[packet.pos : packet.pos + 4] = b"\xff" * 4  # an impossible NAL unit length
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(data)
+    return path
+
+
+def _audio_only(tmp_path: Path) -> Path:
+    path = tmp_path / "sound.m4a"
+    with av.open(str(path), "w", format="mp4") as out:
+        _encode_tone(out, out.add_stream("aac", rate=16000, layout="mono"), 16000, 1.0)
+    return path
+
+
+def _audio_with_cover(tmp_path: Path) -> Path:
+    path = tmp_path / "song.mp4"
+    with av.open(str(path), "w") as out:
+        audio = out.add_stream("aac", rate=16000, layout="mono")
+        cover = out.add_stream("png", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "rgb24"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        picture.pts = 0
+        out.mux(cover.encode(picture) + cover.encode())
+        _encode_tone(out, audio, 16000, 1.0)
+    return path
+
+
+def _no_keyframes(tmp_path: Path) -> Path:
+    """A video stream whose packets decode to nothing: every keyframe removed."""
+    full = make_clip(tmp_path / "full.mp4", frames=40)
+    path = tmp_path / "nokey.mp4"
+    with av.open(str(full)) as source, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(video=0):
+            if packet.dts is not None and not packet.is_keyframe:
+                packet.stream = stream
+                out.mux(packet)
+    return path
+
+
+def _text(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("sheep bleating in a field\n" * 50)
+    return path
+
+
+def _image(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.png"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+        picture = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+        picture.pts = 0
+        out.mux(stream.encode(picture) + stream.encode())
+    return path
+
+
+def _garbage(tmp_path: Path) -> Path:
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return path
+
+
+def _empty(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.mp4"
+    path.touch()
+    return path
+
+
+def _vfr(tmp_path: Path) -> Path:
+    pts = np.cumsum([0] + [20, 60] * 30)[:50].tolist()  # 50 and 17 fps alternating
+    return make_clip(tmp_path / "vfr.mp4", frames=50, pts_ms=pts)
+
+
+BAD_INPUTS = {
+    "missing": (lambda p: p / "nope.mp4", "does not exist"),
+    "directory": (lambda p: p, "is a directory"),
+    "text file": (_text, "is text, not a media file"),
+    "still image": (_image, "is a still image"),
+    "random bytes": (_garbage, "is not a media file ffmpeg can read"),
+    "zero bytes": (_empty, "is empty (0 bytes)"),
+    "truncated (index at the end)": (_truncated, "or is truncated"),
+    "corrupt packet": (_corrupt_packet, "is damaged or truncated: decoding failed after"),
+    "truncated at a packet": (_packet_aligned_cut, "is truncated: its header says 4.00 s"),
+    "audio only": (_audio_only, "has no video stream"),
+    "audio with cover art": (_audio_with_cover, "has no video stream"),
+    "no decodable frames": (_no_keyframes, "no decodable frames"),
+    "shorter than a segment": (
+        lambda p: make_clip(p / "short.mp4", frames=15),
+        "at least 0.64 s (16 frames at 25 fps)",
+    ),
+    "too small": (lambda p: make_clip(p / "tiny.mp4", frames=20, size=(8, 8)), "is 8x8"),
+    "too large": (lambda p: make_clip(p / "wide.mp4", frames=1, size=(8208, 16)), "is 8208x16"),
+    "variable frame rate": (_vfr, "variable frame rate (frame intervals 20-60 ms)"),
+    "mirrored": (
+        lambda p: make_clip(p / "flip.mp4", frames=20, rotation=90, hflip=True),
+        "mirrored",
+    ),
+}
+
+
+# What probe (header + first frame) already catches; the rest needs the decoded window.
+PROBE_CATCHES = set(BAD_INPUTS) - {
+    "truncated at a packet",
+    "corrupt packet",
+    "shorter than a segment",
+    "variable frame rate",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input(tmp_path, case):
+    make, message = BAD_INPUTS[case]
+    path = make(tmp_path)
+    with pytest.raises(MediaError) as info:
+        media.decode_video(path, 8.0)
+    text = str(info.value)
+    assert message in text and "\n" not in text, text
+    if case in PROBE_CATCHES:
+        with pytest.raises(MediaError) as info:
+            media.probe(path)
+        assert str(info.value) == text
+    else:
+        media.probe(path)
+
+
+def test_probe(tmp_path):
+    info = media.probe(make_clip(tmp_path / "rot.mp4", frames=30, rotation=-90))
+    assert info == media.ClipInfo(
+        size=(64, 48), rotation=270, fps=Fraction(25), seconds=1.2, codec="h264"
+    )
+
+
+@pytest.mark.parametrize("duration, start", [(0.0, 0.0), (float("nan"), 0.0), (2.0, -1.0)])
+def test_bad_window_is_a_usage_error(tmp_path, duration, start):
+    path = make_clip(tmp_path / "clip.mp4", frames=20)
+    with pytest.raises(UsageError, match="must be a"):
+        media.decode_video(path, duration, start=start)
+
+
+def test_start_past_the_end(tmp_path):
+    path = make_clip(tmp_path / "clip.mp4", frames=25)
+    with pytest.raises(MediaError, match="ends at 0.96 s, before the start 5.00 s"):
+        media.decode_video(path, 2.0, start=5.0)
+
+
+def test_short_window_after_start(tmp_path):
+    path = make_clip(tmp_path / "clip.mp4", frames=50)
+    with pytest.raises(MediaError, match="at least 0.64 s"):
+        media.decode_video(path, 8.0, start=1.5)
+
+
+def test_a_dropped_frame_is_not_a_variable_rate(tmp_path):
+    pts = [40 * i for i in range(51) if i != 20]  # 25 fps with one frame missing
+    video = media.decode_video(make_clip(tmp_path / "drop.mp4", frames=50, pts_ms=pts), 2.0)
+    assert video.duration == 2.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Stems
+
+
+def sine(freq: float, rate: int, samples: int, amplitude: float = 0.5) -> torch.Tensor:
+    t = torch.arange(samples, dtype=torch.float64) / rate
+    return (amplitude * torch.sin(2 * math.pi * freq * t)).float()[None]
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_write_audio_round_trip(tmp_path, suffix):
+    wav = torch.rand(2, 16001) * 2 - 1
+    path = media.write_audio(tmp_path / f"stem{suffix}", wav, 16000)
+    data, rate = soundfile.read(path, dtype="float64", always_2d=True)
+    info = soundfile.info(str(path))
+    assert rate == 16000 and info.subtype == "PCM_24" and data.shape == (16001, 2)
+    assert np.abs(data.T - wav.double().numpy()).max() <= 2**-24 + 1e-12  # half an LSB
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
+
+
+def test_write_audio_resamples_to_48k(tmp_path):
+    path = media.write_audio(
+        tmp_path / "stem.wav", sine(1000, 16000, 16000)[0], 16000, out_rate=48000
+    )
+    data, rate = soundfile.read(path, dtype="float32")
+    assert rate == 48000 and data.shape == (48000,)
+
+
+def test_write_audio_keeps_existing_file(tmp_path, monkeypatch):
+    path = tmp_path / "stem.wav"
+    path.write_bytes(b"precious")
+    with pytest.raises(OutputError, match="exists; pass --force"):
+        media.write_audio(path, torch.zeros(1, 100), 16000)
+    assert path.read_bytes() == b"precious"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(soundfile, "write", broken)
+    with pytest.raises(RuntimeError):
+        media.write_audio(path, torch.zeros(1, 100), 16000, force=True)
+    assert path.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["stem.wav"]
+    monkeypatch.undo()
+    media.write_audio(path, torch.zeros(1, 100), 16000, force=True)
+    assert soundfile.info(str(path)).frames == 100
+
+
+def test_write_audio_rejects_bad_output(tmp_path):
+    with pytest.raises(OutputError, match="not 'mp3'"):
+        media.write_audio(tmp_path / "stem.mp3", torch.zeros(1, 10), 16000)
+    with pytest.raises(OutputError, match="NaN"):
+        media.write_audio(tmp_path / "stem.wav", torch.full((1, 10), float("nan")), 16000)
+    with pytest.raises(OutputError, match="is not a directory"):
+        media.write_audio(tmp_path / "no" / "stem.wav", torch.zeros(1, 10), 16000)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resampling
+
+
+@pytest.mark.parametrize(
+    "orig, new, freq", [(16000, 48000, 1000), (16000, 48000, 7000), (44100, 48000, 5000)]
+)
+def test_resample_keeps_frequency_and_amplitude(orig, new, freq):
+    x = sine(freq, orig, orig)
+    y = media.resample(x, orig, new)
+    assert y.shape == (1, math.ceil(orig * new / orig))
+    inner = slice(new // 10, -new // 10)  # away from the zero-padded edges
+    ideal = sine(freq, new, y.shape[1])
+    assert (y[:, inner] - ideal[:, inner]).abs().max() < 1e-5
+    spectrum = torch.fft.rfft(y[0]).abs()
+    assert spectrum.argmax().item() * new / y.shape[1] == pytest.approx(freq, abs=1)
+    assert y[:, inner].pow(2).mean().sqrt().item() == pytest.approx(0.5 / math.sqrt(2), rel=1e-5)
+
+
+def test_resample_down_removes_what_cannot_be_kept():
+    y = media.resample(sine(12000, 48000, 48000), 48000, 16000)  # above the new Nyquist
+    assert y[:, 1600:-1600].abs().max() < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# Mux
+
+
+def video_packets(path: Path) -> list[av.Packet]:
+    with av.open(str(path)) as container:
+        return [p for p in container.demux(video=0) if p.size]
+
+
+def decoded_audio(path: Path) -> tuple[np.ndarray, av.AudioStream]:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(stream)])
+        if samples.dtype == np.int32:  # 24-bit PCM decodes to the top bits of int32
+            samples = samples / 2**31
+        return samples, stream
+
+
+def test_mux_mp4_copies_video_bit_exactly(tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", frames=50, audio_rate=44100)
+    audio = sine(440, 16000, 32256)  # the model's 2 s output is 8 ms longer than the picture
+    out = media.mux(clip, audio, 16000, tmp_path / "out.mp4", duration=2.0)
+
+    source, copied = video_packets(clip), video_packets(out)
+    assert [bytes(p) for p in copied] == [bytes(p) for p in source]
+    assert [(p.pts, p.dts) for p in copied] == [(p.pts, p.dts) for p in source]
+    with av.open(str(out)) as container:
+        assert len(container.streams) == 2  # the clip's own audio is replaced
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name == "aac" and stream.rate == 16000
+        assert stream.duration * stream.time_base == 2  # cut to the picture
+    samples, _ = decoded_audio(out)
+    assert samples.size >= 32000  # AAC pads its last frame; the edit list hides it
+    # In time with the input (the encoder's priming is hidden): the best lag is 0 samples.
+    want = audio[0, 1000:31000].numpy()
+    error = {lag: np.abs(samples[1000 + lag : 31000 + lag] - want).mean() for lag in (-1, 0, 1)}
+    assert min(error, key=error.get) == 0 and error[0] < 0.002
+
+
+@pytest.mark.parametrize("suffix", [".mov", ".mkv"])
+def test_mux_pcm_containers(tmp_path, suffix):
+    clip = make_clip(tmp_path / "clip.mp4", frames=50)
+    audio = sine(440, 16000, 24000)  # 1.5 s, shorter than the 2 s picture
+    out = media.mux(clip, audio, 16000, tmp_path / f"out{suffix}")
+
+    source = video_packets(clip)
+    kept = [p for p in source if p.dts * p.time_base < 1.5]  # the cut rule: decode time < end
+    assert len(kept) < len(source)
+    assert [bytes(p) for p in video_packets(out)] == [bytes(p) for p in kept]
+    samples, stream = decoded_audio(out)
+    assert stream.codec_context.name == "pcm_s24le" and stream.rate == 16000
+    np.testing.assert_allclose(samples, audio[0].numpy(), rtol=0, atol=2**-24)
+
+
+def test_mux_from_start_keeps_sync(tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", frames=100, gop=10)
+    start, rate = 1.1, 16000
+    audio = sine(440, rate, rate)  # generated for [1.1, 2.1]
+    out = media.mux(clip, audio, rate, tmp_path / "out.mkv", start=start)
+
+    source = video_packets(clip)
+    tb = source[0].time_base
+    keyframe = max(p.pts for p in source if p.is_keyframe and p.pts * tb <= start)
+    copied = video_packets(out)
+    first = next(i for i, p in enumerate(source) if p.pts == keyframe)
+    assert copied[0].is_keyframe
+    assert [bytes(p) for p in copied] == [bytes(p) for p in source[first : first + len(copied)]]
+    assert all(p.dts * tb < start + 1.0 for p in source[first : first + len(copied)])
+
+    samples, _ = decoded_audio(out)
+    lead = round((start - float(keyframe * tb)) * rate)  # silence until `start`
+    assert lead > 0 and not samples[:lead].any()
+    np.testing.assert_allclose(samples[lead:], audio[0].numpy(), rtol=0, atol=2**-24)
+
+
+def test_mux_keeps_hvc1_tag(tmp_path):
+    clip = tmp_path / "hevc.mp4"
+    with av.open(str(make_clip(tmp_path / "h264.mp4", frames=1))) as probe:
+        image = next(probe.decode(video=0)).to_ndarray(format="rgb24")
+    with av.open(str(clip), "w") as out:  # HEVC tagged 'hvc1', as phones write it
+        video = out.add_stream("libx265", rate=25, options={"x265-params": "log-level=none"})
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.codec_tag = "hvc1"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.roll(image, i, axis=1), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+    out = media.mux(clip, torch.zeros(1, 12800), 16000, tmp_path / "out.mp4")
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.codec_tag == "hvc1"
+    assert [bytes(p) for p in video_packets(out)] == [bytes(p) for p in video_packets(clip)]
+
+
+def test_mux_refuses_a_codec_the_container_cannot_hold(tmp_path):
+    clip = tmp_path / "clip.mkv"
+    with av.open(str(clip), "w") as out:
+        video = out.add_stream("ffv1", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 9 * i, np.uint8), "rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+    with pytest.raises(OutputError, match="ffv1 video of clip.mkv cannot go into .mov"):
+        media.mux(clip, torch.zeros(1, 12800), 16000, tmp_path / "out.mov")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv"]
+    out = media.mux(clip, torch.zeros(1, 12800), 16000, tmp_path / "out.mkv")
+    assert [bytes(p) for p in video_packets(out)] == [bytes(p) for p in video_packets(clip)]
+
+
+def test_mux_start_past_the_end(tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", frames=20)
+    with pytest.raises(MediaError, match="ends at 0.80 s, before the start 5.00 s"):
+        media.mux(clip, torch.zeros(1, 8000), 16000, tmp_path / "out.mp4", start=5.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+
+
+def test_mux_keeps_rotation(tmp_path):
+    clip = make_clip(tmp_path / "rot.mp4", frames=20, rotation=90)
+    out = media.mux(clip, torch.zeros(1, 8000), 16000, tmp_path / "out.mp4")
+    with av.open(str(out)) as container:
+        assert next(container.decode(video=0)).rotation == 90
+
+
+def test_mux_refuses_to_overwrite(tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", frames=20)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"keep me")
+    audio = torch.zeros(1, 12800)  # as long as the clip
+    with pytest.raises(OutputError, match="exists; pass --force"):
+        media.mux(clip, audio, 16000, out)
+    assert out.read_bytes() == b"keep me"
+    media.mux(clip, audio, 16000, out, force=True)
+    assert len(video_packets(out)) == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "out.mp4"]
+    with pytest.raises(OutputError, match="not '.avi'"):
+        media.mux(clip, audio, 16000, tmp_path / "out.avi")
+
+
+def test_sample_asset_is_a_usable_clip():
+    sample = Path(media.__file__).parent / "assets" / "sample.mp4"
+    assert sample.stat().st_size < 300_000
+    video = media.decode_video(sample)
+    assert video.duration > 2.5 and video.size == (320, 240)
