@@ -229,18 +229,27 @@ LARGE = dict(hidden_dim=896, depth=21, fused_depth=14, num_heads=14)
 
 T5_FILES = tuple(
     WeightFile("t5", T5_REPO, p)
-    for p in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "spiece.model")
+    for p in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "spiece.model",
+    )
 )
 CLIP_FILES = (WeightFile("clip", CLIP_REPO, "open_clip_pytorch_model.bin"),)
 SYNCHFORMER_FILE = WeightFile(
-    "synchformer", MMAUDIO_REPO, "ext_weights/synchformer_state_dict.pth",
+    "synchformer",
+    MMAUDIO_REPO,
+    "ext_weights/synchformer_state_dict.pth",
     "5b2f5594b0730f70e41e549b7c94390c",
 )
 MMAUDIO_16K_FILES = (
     WeightFile("vae", MMAUDIO_REPO, "ext_weights/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7"),
-    WeightFile("vocoder", MMAUDIO_REPO, "ext_weights/best_netG.pt",
-               "eeaf372a38a9c31c362120aba2dde292"),
+    WeightFile(
+        "vocoder", MMAUDIO_REPO, "ext_weights/best_netG.pt", "eeaf372a38a9c31c362120aba2dde292"
+    ),
 )
 MMAUDIO_44K_FILES = (
     WeightFile("vae", MMAUDIO_REPO, "ext_weights/v1-44.pth", "fab020275fa44c6589820ce025191600"),
@@ -281,17 +290,26 @@ SELVA_SMALL_16K = Variant(
     clip=ClipConfig(image_layers=0),
     t5=T5Config(),
     files=(
-        WeightFile("generator", SELVA_REPO, "weights/generator_small_16k_sup_5.pth",
-                   "1cb0f0deec52de37f67b1fd9965337d0"),
-        WeightFile("video_encoder", SELVA_REPO, "weights/video_enc_sup_5.pth",
-                   "ff09a6dc36148536ee4db97eba081d05"),
+        WeightFile(
+            "generator",
+            SELVA_REPO,
+            "weights/generator_small_16k_sup_5.pth",
+            "1cb0f0deec52de37f67b1fd9965337d0",
+        ),
+        WeightFile(
+            "video_encoder",
+            SELVA_REPO,
+            "weights/video_enc_sup_5.pth",
+            "ff09a6dc36148536ee4db97eba081d05",
+        ),
         WeightFile("vae", SELVA_REPO, "ext_weights/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7"),
-        WeightFile("vocoder", SELVA_REPO, "ext_weights/best_netG.pt",
-                   "eeaf372a38a9c31c362120aba2dde292"),
+        WeightFile(
+            "vocoder", SELVA_REPO, "ext_weights/best_netG.pt", "eeaf372a38a9c31c362120aba2dde292"
+        ),
         *T5_FILES,
         *CLIP_FILES,
     ),
-    description="SELVA small 16 kHz: text-conditioned selective video-to-audio (the published model)",
+    description="SELVA small 16 kHz: selective video-to-audio (the published model)",
 )
 
 # Same structure as the golden `e2e_tiny` case (gen_small_v1, textsynch_small, vae_dec_16k,
@@ -300,8 +318,14 @@ TINY = Variant(
     name="tiny",
     audio=AUDIO_16K,
     generator=GeneratorConfig(
-        latent_dim=20, hidden_dim=64, depth=4, fused_depth=2, num_heads=2,
-        clip_dim=48, sync_dim=64, text_dim=40,
+        latent_dim=20,
+        hidden_dim=64,
+        depth=4,
+        fused_depth=2,
+        num_heads=2,
+        clip_dim=48,
+        sync_dim=64,
+        text_dim=40,
     ),
     video_encoder=VideoEncoderConfig(embed_dim=64, depth=2, num_heads=2),
     vae=VAEConfig(data_dim=80, embed_dim=20, hidden_dim=16),
@@ -313,7 +337,7 @@ TINY = Variant(
     ),
     clip=ClipConfig(text_width=40, text_layers=2, text_heads=2, embed_dim=40, image_layers=0),
     t5=T5Config(d_model=768, num_layers=1, num_heads=2, d_kv=32, d_ff=128, vocab_size=512),
-    description="tiny random-weight model with the SELVA structure (tests and demo; output is noise)",
+    description="tiny random weights, SELVA structure (tests and demo; output is noise)",
     random_weights=True,
 )
 

@@ -1,13 +1,12 @@
 """MM-DiT generator: manifest layout, golden reproduction (official MMAudio code), CFG, loading."""
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from golden import GOLDEN, assert_close, case_path, load_case
+from golden import GOLDEN, assert_close, case_path, generator_config, load_case
 from selva_rt.runtime.errors import CheckpointError, UsageError
 from selva_rt.runtime.models.checkpoint import expected_shapes, read_state_dict
 from selva_rt.runtime.models.generator import (
@@ -18,7 +17,7 @@ from selva_rt.runtime.models.generator import (
     random_official_state,
 )
 from selva_rt.runtime.sampler import euler_sample
-from selva_rt.runtime.variants import VARIANTS, GeneratorConfig
+from selva_rt.runtime.variants import VARIANTS
 
 torch.set_num_threads(1)
 
@@ -27,7 +26,6 @@ GOLDEN_CASES = ["gen_small_v1", "gen_small_v2"]
 # README tolerances (rel L2, max abs): single passes and the 25-step Euler results.
 SINGLE = (1e-4, 1e-3)
 EULER = (5e-4, 5e-3)
-SEQ_KWARGS = ("latent_seq_len", "clip_seq_len", "sync_seq_len")
 
 
 def manifest(path: Path) -> dict:
@@ -62,12 +60,9 @@ def test_full_size_layout_matches_manifest(name):
 
 def golden_generator(case: str) -> tuple[dict, dict, Generator]:
     meta, tensors = load_case(case)
-    kwargs = meta["constructor_kwargs"]
-    fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
-    assert set(kwargs) == fields | set(SEQ_KWARGS), "unmapped constructor kwargs"
-    config = GeneratorConfig(**{k: kwargs[k] for k in fields})
+    config, lengths = generator_config(meta["constructor_kwargs"])
     with torch.device("meta"):
-        net = Generator(config, *(kwargs[k] for k in SEQ_KWARGS))
+        net = Generator(config, *lengths)
     state = read_state_dict(case_path(case), prefix="state.")
     return meta, tensors, net.load_official(state, case).eval()
 

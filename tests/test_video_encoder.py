@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden import assert_close, case_path, load_case, sync_frames_from_u8
+from golden import assert_close, case_path, load_case, sync_frames_from_u8, video_encoder_config
 from selva_rt.runtime.errors import CheckpointError, UsageError
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.video_encoder import (
@@ -35,14 +35,8 @@ def manifest(name: str) -> dict:
 
 
 def golden_config(meta: dict) -> VideoEncoderConfig:
-    kw, vit = meta["constructor_kwargs"], meta["motionformer_config"]["overrides_applied"]
-    return VideoEncoderConfig(
-        embed_dim=vit["VIT.EMBED_DIM"],
-        depth=vit["VIT.DEPTH"],
-        num_heads=vit["VIT.NUM_HEADS"],
-        text_dim=kw["text_dim"],
-        num_sup_tokens=kw["num_sup_text_tokens"],
-        xattn_depth=kw["xattn_depth"],
+    return video_encoder_config(
+        meta["constructor_kwargs"], meta["motionformer_config"]["overrides_applied"]
     )
 
 

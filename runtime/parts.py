@@ -1,0 +1,158 @@
+"""The torch backend: the parts of DESIGN.md as methods over the faithful networks.
+
+Every backend (torch, onnxruntime, tensorrt) offers the same parts with the same tensor names and
+shapes, so the pipeline composes parts without knowing which backend runs them:
+
+    t5(input_ids [P, L] int64, attention_mask [P, L] int64) -> t5_features [P, L, 768]
+    clip_text(tokens [P, 77] int64) -> clip_text_features [P, 77, W]
+    clip_image(frames [T, 3, 384, 384] in [0, 1]) -> clip_image_features [T, 1024]
+    video_trunk(frames [1, T, 3, 224, 224] in [-1, 1]) -> trunk_tokens [S, 1568, D]
+    video_select(trunk_tokens, t5_features, t5_mask [P, L] bool) -> sync_features [P, 8S, D]
+    dit_conditions(clip_features [P, Nc, C] | None, sync_features, text_features [P, 77, W],
+                   negative_text_features [P, 77, W], latent_len N, clip_len Nc)
+                   -> conditions (named tensors, conditional rows then unconditional rows:
+                   [2P, ...]); clip_features None = the learned empty CLIP feature (SELVA)
+    dit_step(latent [P, N, E], t [P], conditions, cfg) -> velocity [P, N, E]
+    decoder(latent [P, N, E] (normalised x1)) -> (mel [P, M, 2N], waveform [P, samples])
+
+`reference=True` runs the parts the way the official code does (CFG as two network passes per
+step, the prompt's K/V recomputed for every video segment), so speedups are measured against it
+with the same weights and inputs.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .models.clip import ClipImageEncoder, ClipTextEncoder
+from .models.generator import Conditions, Generator, cat_conditions
+from .models.t5 import T5TextEncoder
+from .models.vae import VAE
+from .models.video_encoder import VideoEncoder
+from .models.vocoder import BigVGAN
+from .variants import SYNC_SEGMENT, Variant
+
+PATCHES_PER_SEGMENT = (SYNC_SEGMENT // 2) * 14 * 14  # tubelet 2 x 16 x 16 on 224 x 224
+
+
+@dataclass
+class Networks:
+    """Every network of a variant, loaded."""
+
+    generator: Generator
+    video_encoder: VideoEncoder
+    vae: VAE
+    vocoder: BigVGAN
+    clip_text: ClipTextEncoder
+    t5: T5TextEncoder | None = None
+    clip_image: ClipImageEncoder | None = None
+
+
+class TorchParts:
+    def __init__(
+        self,
+        variant: Variant,
+        nets: Networks,
+        device: torch.device,
+        dtype: torch.dtype,
+        reference: bool = False,
+    ):
+        self.variant, self.nets, self.device, self.dtype = variant, nets, device, dtype
+        self.reference = reference
+        for net in (
+            nets.generator,
+            nets.video_encoder,
+            nets.vae,
+            nets.vocoder,
+            nets.clip_text,
+            nets.clip_image,
+        ):
+            if net is not None:
+                net.to(device, dtype).eval()
+        if nets.t5 is not None:
+            nets.t5.to(device, dtype)
+
+    @torch.inference_mode()
+    def t5(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.nets.t5.forward(input_ids, attention_mask.bool()).to(self.dtype)
+
+    @torch.inference_mode()
+    def clip_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.nets.clip_text(tokens.to(self.device))
+
+    @torch.inference_mode()
+    def clip_image(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.nets.clip_image.encode(frames.to(self.device, self.dtype))
+
+    @torch.inference_mode()
+    def video_trunk(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.nets.video_encoder.trunk(frames.to(self.device, self.dtype))
+
+    @torch.inference_mode()
+    def video_select(
+        self,
+        trunk_tokens: torch.Tensor,
+        t5_features: torch.Tensor | None,
+        t5_mask: torch.Tensor | None,
+        prompts: int = 1,
+    ) -> torch.Tensor:
+        """[SUP] selection of each prompt's sound (`prompts` only matters for plain MMAudio,
+        whose pooled features do not depend on the prompt)."""
+        enc, segments = self.nets.video_encoder, trunk_tokens.shape[0]
+        if not enc.selective:
+            return enc.pool(trunk_tokens, segments).expand(prompts, -1, -1)
+        text, mask = enc.prepend_sup(t5_features.to(self.dtype), t5_mask)
+        if not self.reference:
+            return enc.select(trunk_tokens, text, mask, segments)
+        # Official: every segment is a one-segment item carrying its own copy of the prompt, so
+        # text_proj and the K/V projections run once per segment.
+        return torch.cat(
+            [
+                enc.select(
+                    trunk_tokens,
+                    text[p : p + 1].expand(segments, -1, -1),
+                    mask[p : p + 1].expand(segments, -1),
+                    1,
+                ).flatten(0, 1)[None]
+                for p in range(text.shape[0])
+            ]
+        )
+
+    @torch.inference_mode()
+    def dit_conditions(
+        self,
+        clip_features: torch.Tensor | None,
+        sync_features: torch.Tensor,
+        text_features: torch.Tensor,
+        negative_text_features: torch.Tensor,
+        latent_len: int,
+        clip_len: int,
+    ) -> dict[str, torch.Tensor]:
+        g = self.nets.generator
+        prompts, sync_len = sync_features.shape[:2]
+        if (g.latent_seq_len, g.clip_seq_len, g.sync_seq_len) != (latent_len, clip_len, sync_len):
+            g.update_seq_lengths(latent_len, clip_len, sync_len)
+        if clip_features is None:  # SELVA never uses CLIP video: the learned empty feature
+            clip_features = g.empty_clip_feat[None].expand(prompts, clip_len, -1)
+        cond = g.preprocess_conditions(
+            clip_features.to(self.dtype), sync_features.to(self.dtype), text_features.to(self.dtype)
+        )
+        uncond = g.get_empty_conditions(prompts, negative_text_features.to(self.dtype))
+        return cat_conditions(cond, uncond)._asdict()
+
+    @torch.inference_mode()
+    def dit_step(
+        self, latent: torch.Tensor, t: torch.Tensor, conditions: dict[str, torch.Tensor], cfg: float
+    ) -> torch.Tensor:
+        g, cond = self.nets.generator, Conditions(**conditions)
+        if not self.reference:
+            return g.cfg_velocity_batched(latent, t, cond, cfg)
+        P = latent.shape[0]
+        return g.cfg_velocity(
+            latent, t, Conditions(*(f[:P] for f in cond)), Conditions(*(f[P:] for f in cond)), cfg
+        )
+
+    @torch.inference_mode()
+    def decoder(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mel = self.nets.vae.decode(self.nets.generator.unnormalize(latent).transpose(1, 2))
+        return mel, self.nets.vocoder(mel)[:, 0]
