@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,10 +49,13 @@ def plan_outputs(
     clip: Path, prompts: list[str], out_dir: Path, fmt: str, video: bool, force: bool
 ) -> list[dict]:
     """Output paths per prompt, refusing (before any work) to clobber files or use a bad dir."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output path {out_dir} is a file, not a directory; pass --out DIR")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK | os.X_OK):
+    # Nothing is created until there is something to write: check the nearest existing folder.
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"output path {existing} is a file, not a directory; pass --out DIR")
+    if not os.access(existing, os.W_OK | os.X_OK) or _read_only(existing):
         raise OutputError(f"output directory {out_dir} is not writable; pass --out DIR")
     container = MUX_CONTAINERS.get(clip.suffix.lower(), ".mkv")
     plans, seen = [], {}
@@ -74,6 +78,15 @@ def plan_outputs(
                 "pass --force to overwrite or --out to write elsewhere"
             )
     return plans
+
+
+def _read_only(path: Path) -> bool:
+    """True for folders even root cannot write (read-only mounts, /proc)."""
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            return False
+    except OSError:
+        return True
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -108,6 +121,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     t_write = time.perf_counter()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     out_rate = args.sample_rate or result.sample_rate
     for plan, wav in zip(plans, result.audio, strict=True):
         media.write_audio(

@@ -299,8 +299,11 @@ class Pipeline:
             progress=progress,
             timings=timings,
         )
+        # The model's audio overruns the picture by up to one latent frame (spec §1.4); a stem
+        # for an editor's timeline ends with the picture.
+        samples = round(video.duration * self.variant.audio.sample_rate)
         return GenerationResult(
-            audio=out.audio.float().cpu().numpy(),
+            audio=out.audio[:, :samples].float().cpu().numpy(),
             sample_rate=self.variant.audio.sample_rate,
             prompts=prompts,
             duration=video.duration,

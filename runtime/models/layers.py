@@ -52,7 +52,9 @@ class ChannelLastConv1d(nn.Conv1d):
 class ConvMLP(nn.Module):
     """SwiGLU MLP whose three projections are channel-last convolutions (kernel k, padding p)."""
 
-    def __init__(self, dim: int, hidden: int, kernel_size: int, padding: int, multiple_of: int = 256):
+    def __init__(
+        self, dim: int, hidden: int, kernel_size: int, padding: int, multiple_of: int = 256
+    ):
         super().__init__()
         h = swiglu_hidden(dim, hidden, multiple_of)
         self.w1 = ChannelLastConv1d(dim, h, kernel_size, padding=padding, bias=False)

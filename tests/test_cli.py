@@ -1,0 +1,225 @@
+"""`selva-rt generate` as a user runs it: outputs, the tiny variant end to end, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile
+import torch
+from clips import BAD_INPUTS, make_clip
+from selva_rt.runtime import cli
+from selva_rt.runtime.pipeline import Pipeline
+
+torch.set_num_threads(1)
+
+SAMPLE = Path(cli.__file__).parent / "assets" / "sample.mp4"
+SCRIPT = Path(sys.executable).parent / "selva-rt"
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "selva_rt.runtime.cli"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def video_packets(path: Path) -> list[tuple[bytes, int, int]]:
+    with av.open(str(path)) as container:
+        return [(bytes(p), p.pts, p.dts) for p in container.demux(video=0) if p.size]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Pipeline:
+    return Pipeline.from_pretrained("tiny", device="cpu")
+
+
+def test_generate_subprocess_writes_stem_and_bit_identical_video(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(
+        "generate",
+        str(SAMPLE),
+        "sheep bleating",
+        "--variant",
+        "tiny",
+        "--out",
+        str(out),
+        "--json",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (entry,) = report["outputs"]
+    wav, rate = soundfile.read(entry["audio"], dtype="float32")
+    assert rate == 16000 == report["sample_rate"]
+    assert len(wav) == round(report["duration"] * rate)
+    assert np.isfinite(wav).all() and 0 < np.abs(wav).max() <= 1
+    assert video_packets(Path(entry["video"])) == video_packets(SAMPLE)
+    with av.open(entry["video"]) as muxed:
+        (audio,) = muxed.streams.audio
+        assert audio.codec_context.name == "aac" and audio.sample_rate == 16000
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        Path(entry[k]).name for k in ("audio", "video")
+    )
+    assert report["variant"] == "tiny" and report["seed"] == 42
+
+
+def test_flac_48k_and_no_video(tmp_path):
+    code = cli.main(
+        [
+            "generate",
+            str(SAMPLE),
+            "dog barking",
+            "--variant",
+            "tiny",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+            "--format",
+            "flac",
+            "--sample-rate",
+            "48000",
+            "--no-video",
+            "--duration",
+            "1.0",
+        ]
+    )
+    assert code == 0
+    (stem,) = tmp_path.iterdir()
+    info = soundfile.info(str(stem))
+    assert stem.suffix == ".flac" and info.samplerate == 48000 and info.frames == 48000
+
+
+def test_two_prompts_equal_two_calls_and_share_the_trunk(tiny, monkeypatch):
+    calls = []
+    trunk = tiny.parts.video_trunk
+    monkeypatch.setattr(tiny.parts, "video_trunk", lambda f: calls.append(1) or trunk(f))
+    both = tiny.generate(SAMPLE, ["sheep bleating", "car horn"], seed=3, duration=1.0)
+    assert len(calls) == 1
+    for i, prompt in enumerate(["sheep bleating", "car horn"]):
+        alone = tiny.generate(SAMPLE, prompt, seed=3, duration=1.0)
+        # Equal up to float rounding (batched GEMMs, T5 padding to the longer prompt).
+        diff = np.linalg.norm(both.audio[i] - alone.audio[0]) / np.linalg.norm(alone.audio[0])
+        assert diff < 1e-4 and np.abs(both.audio[i] - alone.audio[0]).max() < 1e-4
+    assert np.abs(both.audio[0] - both.audio[1]).max() > 1e-3  # the prompt matters
+
+
+def test_shorter_clip_gives_shorter_audio(tiny, tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", frames=30)  # 1.2 s at 25 fps
+    result = tiny.generate(clip, "rain", duration=8.0)
+    # The official frame-timing rule keeps 29 of the 30 frames at 25 fps here.
+    assert 1.1 < result.duration <= 1.2
+    assert result.audio.shape == (1, round(result.duration * 16000))
+
+
+def assert_clean_failure(code: int, capsys, message: str, out_dir: Path, before: set[str]):
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.count("\n") == 1 and err.startswith("selva-rt: error: "), err
+    assert message in err, err
+    assert "Traceback" not in err
+    after = {p.name for p in out_dir.iterdir()} if out_dir.exists() else set()
+    assert after == before, "a failed run must not write anything"
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_clip(tmp_path, capsys, case):
+    make, message = BAD_INPUTS[case]
+    (tmp_path / "in").mkdir()
+    clip = make(tmp_path / "in")
+    out = tmp_path / "out"
+    code = cli.main(["generate", str(clip), "rain", "--variant", "tiny", "--out", str(out)])
+    assert_clean_failure(code, capsys, message, out, set())
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("", "prompt is empty"),
+        ("   ", "prompt is empty"),
+        ("x" * 5000, "prompt is 5000 characters long"),
+        ("sheep \udcff bleating", "not valid UTF-8"),
+    ],
+    ids=["empty", "blank", "very long", "not utf-8"],
+)
+def test_bad_prompt(tmp_path, capsys, prompt, message):
+    code = cli.main(["generate", str(SAMPLE), prompt, "--variant", "tiny", "--out", str(tmp_path)])
+    assert_clean_failure(code, capsys, message, tmp_path, set())
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    args = [
+        "generate",
+        str(SAMPLE),
+        "rain",
+        "--variant",
+        "tiny",
+        "--out",
+        str(tmp_path),
+        "--duration",
+        "1.0",
+        "--quiet",
+    ]
+    assert cli.main(args) == 0
+    stems = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert len(stems) == 2
+    (tmp_path / "sample_rain.wav").write_bytes(b"an editor's file")
+    code = cli.main(args)
+    assert_clean_failure(code, capsys, "already exists", tmp_path, set(stems))
+    assert (tmp_path / "sample_rain.wav").read_bytes() == b"an editor's file"
+    assert cli.main([*args, "--force"]) == 0
+    assert (tmp_path / "sample_rain.wav").read_bytes() != b"an editor's file"
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    code = cli.main(["generate", str(SAMPLE), "rain", "--variant", "tiny", "--out", str(blocked)])
+    assert_clean_failure(code, capsys, "is a file, not a directory", tmp_path, {"file"})
+    # /proc takes no new folders, even for root.
+    code = cli.main(
+        ["generate", str(SAMPLE), "rain", "--variant", "tiny", "--out", "/proc/selva_out"]
+    )
+    assert_clean_failure(code, capsys, "is not writable", tmp_path, {"file"})
+
+
+def test_bad_arguments_are_one_line(tmp_path, capsys):
+    code = cli.main(
+        [
+            "generate",
+            str(SAMPLE),
+            "rain",
+            "--variant",
+            "tiny",
+            "--steps",
+            "0",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert_clean_failure(code, capsys, "--steps 0 is out of range", tmp_path, set())
+    code = cli.main(
+        [
+            "generate",
+            str(SAMPLE),
+            "rain",
+            "--variant",
+            "tiny",
+            "--device",
+            "tpu",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert_clean_failure(code, capsys, "device", tmp_path, set())
+
+
+def test_missing_weights_one_line_without_traceback(tmp_path):
+    env_home = tmp_path / "home"
+    env = {"SELVA_RT_HOME": str(env_home), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    result = run_cli("generate", str(SAMPLE), "rain", "--out", str(tmp_path / "out"), env=env)
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "selva-rt weights download selva-small-16k" in result.stderr
+    assert not (tmp_path / "out").exists()
