@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...kernels.sup_cross_attention import sup_cross_attention
 from ..errors import UsageError
 from ..variants import SYNC_HOP, SYNC_SEGMENT, SYNC_SIZE, VideoEncoderConfig
 from .checkpoint import load_strict
@@ -66,27 +67,6 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """[n, h, L, d] -> [n, L, h*d]."""
     return x.transpose(1, 2).flatten(2)
-
-
-def sup_cross_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_mask: torch.Tensor,
-    segments_per_prompt: int,
-) -> torch.Tensor:
-    """Masked cross-attention of segment rows to their prompt's text tokens (spec §3.5).
-
-    q: [n, h, N, d] queries of n segment rows, already RMS-normed, NOT scaled.
-    k, v: [P, h, Lk, d] keys (already RMS-normed) and values of P prompts.
-    key_mask: [P, Lk] bool, True = real token (the [SUP] tokens are always True, so no row is
-    fully masked).
-    Row r attends to prompt r // segments_per_prompt with scale d^-0.5 (SDPA's default).
-    Returns [n, h, N, d].
-    """
-    prompt = torch.arange(q.shape[0], device=q.device) // segments_per_prompt
-    mask = key_mask[prompt][:, None, None, :]
-    return F.scaled_dot_product_attention(q, k[prompt], v[prompt], attn_mask=mask)
 
 
 class PatchEmbed(nn.Module):
@@ -257,9 +237,9 @@ class SupCrossAttention(nn.Module):
         self.q_norm = RMSNorm(dim // heads)
         self.k_norm = RMSNorm(dim // heads)
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [n, N, D] -> RMS-normed q [n, h, N, d]."""
-        return self.q_norm(self.q_proj(x).unflatten(-1, (self.heads, -1))).transpose(1, 2)
+    def raw_query(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [n, N, D] -> q [n, h, N, d] before its RMSNorm (the attention fuses it)."""
+        return split_heads(self.q_proj(x), self.heads)
 
     def key_value(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """c: [P, Lk, D] -> RMS-normed k and v, each [P, h, Lk, d]."""
@@ -289,14 +269,17 @@ class SupCrossBlock(nn.Module):
     ) -> torch.Tensor:
         """x: [n, N, D] video tokens; text: [P, Lk, D] projected prompts; text_mask: [P, Lk].
 
-        `copies` > 1 when one clip's rows serve `copies` prompts: q is projected once and the
-        output has copies*n rows (prompt-major). Returns [copies*n, N, D].
+        `copies` > 1 when one clip's rows serve `copies` prompts: q is projected once, read by
+        every prompt, and the output has copies*n rows (prompt-major). Returns [copies*n, N, D].
         """
         k, v = self.attn.key_value(text)  # once per prompt, shared by all its segments
-        q = self.attn.query(x)
+        q = self.attn.raw_query(x)
         if copies > 1:
-            q, x = q.repeat(copies, 1, 1, 1), x.repeat(copies, 1, 1)
-        out = sup_cross_attention(q, k, v, text_mask, segments_per_prompt)
+            x = x.repeat(copies, 1, 1)
+        # The Triton kernel on CUDA (q RMSNorm fused), the official SDPA math elsewhere.
+        out = sup_cross_attention(
+            q, k, v, text_mask, segments_per_prompt, q_norm_weight=self.attn.q_norm.weight
+        )
         x = x + self.norm1(self.linear1(merge_heads(out)))
         return x + self.ffn(self.norm2(x))
 
