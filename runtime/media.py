@@ -12,6 +12,7 @@ from what the official code would do with the same file, it says so:
 
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +24,12 @@ import numpy as np
 import soundfile
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .errors import MediaError, OutputError, UsageError
 from .variants import CLIP_FPS, CLIP_SIZE, DEFAULT_DURATION, SYNC_FPS, SYNC_SEGMENT, SYNC_SIZE
+
+_BAR = "{desc}: {n:.2f}/{total:.2f} s |{bar}|"
 
 MIN_SIDE = 16
 MAX_SIDE = 8192
@@ -121,6 +125,7 @@ def decode_video(
     duration: float = DEFAULT_DURATION,
     start: float = 0.0,
     need_clip: bool = False,
+    progress: bool = False,
 ) -> Video:
     """Decode the window [start, start + duration] of a clip's first video stream.
 
@@ -150,6 +155,14 @@ def decode_video(
 
         times: list[float] = []  # of the frames in the window
         decoded = 0
+        bar = tqdm(
+            total=round(duration, 2),
+            unit="s",
+            desc="decoding",
+            leave=False,
+            disable=not (progress and sys.stderr.isatty()),
+            bar_format=_BAR,
+        )
         for frame in _decoded_frames(container, stream, start, path):
             t = frame.time
             if t is None:
@@ -167,6 +180,7 @@ def decode_video(
                 break
             times.append(t)
             _take(frame, t - start, index, rotation, tracks)
+            bar.update(round(min(t - start, duration), 2) - bar.n)
             if all(track.seconds() >= duration for track in tracks):
                 break  # later frames cannot change the result
         else:  # the stream ended inside the window
@@ -175,6 +189,7 @@ def decode_video(
             if not times:
                 raise MediaError(f"{path.name} ends at {t:.2f} s, before the start {start:.2f} s")
             _check_not_truncated(stream, t, fps, path)
+        bar.close()
         _check_constant_rate(times, float(stream.time_base), path)
 
     duration = min(duration, clip.seconds(), sync.seconds())

@@ -283,7 +283,11 @@ class Pipeline:
         timings: dict[str, float] = {}
         with _timed(timings, "decode", self.device):
             video = media.decode_video(
-                clip, duration=duration, start=start, need_clip=self.variant.uses_clip_video
+                clip,
+                duration=duration,
+                start=start,
+                need_clip=self.variant.uses_clip_video,
+                progress=progress,
             )
         with _timed(timings, "text", self.device):
             text = self.encode_text(prompts, negative_prompt)
