@@ -91,7 +91,7 @@ def _read_only(path: Path) -> bool:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from . import media
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, resolve_device
 
     t_start = time.perf_counter()
     clip = Path(args.clip)
@@ -103,7 +103,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps {args.steps} is out of range; use 1..1000 (default 25)")
     if args.duration <= 0 or args.start < 0:
         raise UsageError("--duration must be > 0 and --start >= 0 (seconds)")
-    media.probe(clip)  # fail fast on a bad clip before loading any weights
+    resolve_device(args.device)  # fail fast on bad arguments and clips, before loading weights
+    media.probe(clip)
     plans = plan_outputs(clip, prompts, Path(args.out), args.format, not args.no_video, args.force)
 
     pipe = Pipeline.from_pretrained(
@@ -279,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("selva-rt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `selva-rt weights list | head`: the reader is gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as e:  # noqa: BLE001 - the user gets one line; --debug gives the rest
         if args.debug:
             raise
