@@ -42,7 +42,6 @@ from __future__ import annotations  # tl.constexpr annotations stay unevaluated 
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +52,8 @@ try:
     import triton.language as tl
 except ImportError:  # the reference path needs no Triton
     triton = tl = None
+
+from .lazy_jit import interpreting, lazy_jit
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def psca_attention_triton(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         # Triton 3.9's interpreter multiplies bf16 dot operands as raw bits; interpreted runs
         # feed it fp32 copies instead (exact products, the same fp32 accumulation).
-        DOT_UPCAST=_interpreting() and q.dtype == torch.bfloat16,
+        DOT_UPCAST=interpreting() and q.dtype == torch.bfloat16,
         # The centre must follow IEEE fp32 rounding step by step: no fused multiply-adds.
         enable_fp_fusion=False,
         num_warps=num_warps, num_stages=2,
@@ -177,20 +178,6 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(
             f"k {tuple(k.shape)} and v {tuple(v.shape)} must be [{batch}, {heads}, Lv, {d}]"
         )
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _kernel():
-    return _build_kernel(_interpreting())
-
-
-@functools.cache
-def _build_kernel(interpret: bool):
-    # `interpret` only keys the cache: triton.jit reads TRITON_INTERPRET when it is applied.
-    return triton.jit(_psca_attention_kernel)
 
 
 # tl.max, tl.sum and tl.zeros are themselves @triton.jit functions, compiled or interpreted
@@ -274,3 +261,6 @@ def _psca_attention_kernel(
     o_ptrs = O + batch * stride_ob + head * stride_oh
     o_ptrs += offs_m[:, None] * stride_om + offs_d[None, :]
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < la)
+
+
+_kernel = lazy_jit(_psca_attention_kernel)

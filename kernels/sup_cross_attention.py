@@ -38,9 +38,7 @@ tests run the kernel on the CPU.
 
 from __future__ import annotations  # tl.constexpr annotations stay unevaluated without Triton
 
-import functools
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +50,7 @@ except ImportError:  # the reference path needs no Triton
     triton = tl = None
 
 from ..runtime.models.layers import RMS_EPS
+from .lazy_jit import interpreting, lazy_jit
 
 
 def sup_cross_attention(
@@ -125,7 +124,7 @@ def sup_cross_attention_triton(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         # Triton 3.9's interpreter multiplies bf16 dot operands as raw bits; interpreted runs
         # feed it fp32 copies instead (exact products, the same fp32 accumulation).
-        DOT_UPCAST=_interpreting() and q.dtype == torch.bfloat16,
+        DOT_UPCAST=interpreting() and q.dtype == torch.bfloat16,
         enable_fp_fusion=True,
         num_warps=num_warps, num_stages=2,
     )  # fmt: skip
@@ -156,20 +155,6 @@ def _check_shapes(q, k, v, key_mask, segments_per_prompt, q_norm_weight) -> int:
     if q_norm_weight is not None and q_norm_weight.shape != (d,):
         raise ValueError(f"q_norm_weight must be [{d}], got {tuple(q_norm_weight.shape)}")
     return n_out
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _kernel():
-    return _build_kernel(_interpreting())
-
-
-@functools.cache
-def _build_kernel(interpret: bool):
-    # `interpret` only keys the cache: triton.jit reads TRITON_INTERPRET when it is applied.
-    return triton.jit(_sup_attention_kernel)
 
 
 # tl.max, tl.sum and tl.zeros are themselves @triton.jit functions, compiled or interpreted
@@ -258,3 +243,6 @@ def _sup_attention_kernel(
     o_ptrs = O + row * stride_on + head * stride_oh
     o_ptrs += offs_m[:, None] * stride_om + offs_d[None, :]
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < lq)
+
+
+_kernel = lazy_jit(_sup_attention_kernel)
