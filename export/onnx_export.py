@@ -1,0 +1,512 @@
+"""Trace the parts of DESIGN.md to ONNX, and check each graph against the torch backend.
+
+One wrapper module per part gives the graph the named inputs and outputs of `plan.part_io`. The
+wrappers call the faithful networks' own submodules. Where a network method holds per-duration
+state (the generator's RoPE tables, sync index and length checks) or a construct that does not
+export, the wrapper takes the state as a graph input or spells the same math out, and the check
+against `TorchParts` (the networks' own methods) proves the two agree. The known traps:
+
+* RoPE: `latent_rot` / `clip_rot` fp32 tables are inputs, made on the host by
+  `generator.rope_table`, applied with real arithmetic (no complex numbers). They stay fp32 in
+  fp16/bf16 graphs, as in the reference, so no low-precision Sin/Cos of angles up to N rad.
+* nearest-exact interpolation of the sync features to N rows: a Gather by the `sync_index`
+  input, made by `generator.nearest_exact_index` with ATen's float32 formula (ONNX Resize has no
+  nearest-exact mode, and its rounding modes pick other rows).
+* [SUP] cross-attention with a key-padding mask: the bool mask is an input and masked logits are
+  -inf; the [SUP] keys are always valid, so no row is fully masked (no NaN). Each segment's
+  queries meet each prompt's keys by broadcasting, not by repeat_interleave, whose ONNX
+  translation is wrong for a dynamic repeat count (torch 2.13).
+* weight norm (vocoder) and the MPConv normalisation (VAE) are folded at load, so the graphs hold
+  plain convolution weights; SnakeBeta is elementwise Exp/Sin/Mul with the alias-free filters as
+  constant depthwise convolutions.
+* fp16 overflow: `plan.graph_precision` keeps Flan-T5 and the decoder in fp32 in fp16 builds.
+* the joint attention output of the MM-DiT is cut by slicing, not `split` with dynamic sizes
+  (exported as SplitToSequence/SequenceAt, which TensorRT's parser lacks).
+* HF T5's SDPA attention decomposes into a view torch.export cannot prove valid for a dynamic
+  token count; the eager attention (the same math) is traced instead.
+
+Dynamic axes: every dim named in `plan.part_io`. Tracing uses sizes >= 2, all distinct, so that
+torch.export specialises on none of them; the checks run other sizes, one prompt among them.
+"""
+
+import copy
+import hashlib
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..runtime.models.generator import attention
+from ..runtime.models.video_encoder import merge_heads, split_heads
+from ..runtime.ort_backend import GraphInputs, OrtParts
+from ..runtime.parts import Networks, TorchParts
+from ..runtime.variants import SYNC_SIZE, Variant
+from . import plan
+
+OPSET = 18  # LayerNormalization needs 17; TensorRT 10's parser takes 9..24
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# -- wrappers -------------------------------------------------------------------------------
+
+
+class T5Part(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class ClipTextPart(nn.Module):
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encoder(tokens)
+
+
+class ClipImagePart(nn.Module):
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encoder(frames)
+
+
+class VideoTrunkPart(nn.Module):
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encoder.trunk(frames)
+
+
+class VideoSelectPart(nn.Module):
+    """One clip's trunk tokens [S, 1568, D] and P prompts -> sync features [P, 8S, D]
+    (`VideoEncoder.select`). Plain Synchformer: the pooled features [1, 8S, D]."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, trunk_tokens, t5_features=None, t5_mask=None):
+        enc, segments = self.encoder, trunk_tokens.shape[0]
+        if not enc.selective:
+            return enc.pool(trunk_tokens, segments)
+        text, mask = enc.prepend_sup(t5_features, t5_mask)
+        text = enc.text_proj(text)  # [P, 5+L, D]
+        x = trunk_tokens[None]  # [1, S, 1568, D]: every prompt reads the same segments
+        for block in enc.synch_text_cross_blocks:
+            x = cross_block(block, x, text, mask)  # [P, S, 1568, D]
+        return enc.pool(x.flatten(0, 1), segments)
+
+
+def cross_block(block: nn.Module, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor):
+    """`SupCrossBlock` for x [1 or P, S, Nq, D] against P prompts' text [P, Lk, D] and key
+    mask [P, Lk] -> [P, S, Nq, D]: q per segment row, k/v once per prompt, broadcast."""
+    attn = block.attn
+    k, v = attn.key_value(text)  # [P, h, Lk, d], k RMS-normed
+    q = attn.q_norm(split_heads(attn.q_proj(x.flatten(0, 1)), attn.heads))
+    q = q.unflatten(0, x.shape[:2])  # [1|P, S, h, Nq, d]
+    logits = (q * q.shape[-1] ** -0.5) @ k[:, None].transpose(-1, -2)  # [P, S, h, Nq, Lk]
+    logits = logits.masked_fill(~mask[:, None, None, None, :], float("-inf"))
+    out = F.softmax(logits, dim=-1) @ v[:, None]  # [P, S, h, Nq, d]
+    out = merge_heads(out.flatten(0, 1)).unflatten(0, out.shape[:2])  # [P, S, Nq, D]
+    x = x + block.norm1(block.linear1(out))
+    return x + block.ffn(block.norm2(x))
+
+
+class DitConditionsPart(nn.Module):
+    """`Generator.preprocess_conditions` of the conditional rows and the empty/negative rows
+    (`get_empty_conditions`) as one pass over 2P rows, with the nearest-exact index an input."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.g = generator
+
+    def forward(
+        self, clip_features, sync_features, text_features, negative_text_features, sync_index
+    ):
+        g, prompts = self.g, sync_features.shape[0]
+        empty_clip = g.empty_clip_feat[None].expand(prompts, clip_features.shape[1], -1)
+        empty_sync = g.empty_sync_feat[None].expand(prompts, sync_features.shape[1], -1)
+        clip_f = torch.cat([clip_features, empty_clip])
+        sync_f = torch.cat([sync_features, empty_sync])
+        text_f = torch.cat([text_features, negative_text_features])
+        # As preprocess_conditions: the position embedding in sync_dim space, then projections.
+        sync_f = (sync_f.unflatten(1, (-1, g.sync_pos_emb.shape[2])) + g.sync_pos_emb).flatten(1, 2)
+        clip_f = g.clip_input_proj(clip_f)
+        sync_f = g.sync_input_proj(sync_f)[:, sync_index]
+        text_f = g.text_input_proj(text_f)
+        return (
+            clip_f,
+            sync_f,
+            text_f,
+            g.clip_cond_proj(clip_f.mean(dim=1)),
+            g.text_cond_proj(text_f.mean(dim=1)),
+        )
+
+
+class DitStepPart(nn.Module):
+    """`Generator.cfg_velocity_batched`: predict_flow over [latent; latent] and the 2P condition
+    rows, then cfg * v_cond + (1 - cfg) * v_uncond, or v_cond alone when cfg < 1."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.g = generator
+
+    def forward(
+        self, latent, t, clip_f, sync_f, text_f, clip_f_c, text_f_c, latent_rot, clip_rot, cfg
+    ):
+        g = self.g
+        x = g.audio_input_proj(torch.cat([latent, latent]))
+        global_c = g.t_embed(torch.cat([t, t])) + g.global_cond_mlp(clip_f_c + text_f_c)
+        global_c = global_c[:, None]
+        extended_c = global_c + sync_f
+        for block in g.joint_blocks:
+            x, clip_f, text_f = joint_block(
+                block, x, clip_f, text_f, global_c, extended_c, latent_rot, clip_rot
+            )
+        for block in g.fused_blocks:
+            x = block(x, extended_c, latent_rot)
+        v = g.final_layer(x, global_c)  # global_c, not extended_c, as trained (#55)
+        # Slices, not chunk(2): torch.export cannot prove 2P rows make exactly two chunks.
+        v_cond, v_uncond = v[: latent.shape[0]], v[latent.shape[0] :]
+        cfg = cfg.to(latent.dtype)
+        return torch.where(cfg < 1, v_cond, cfg * v_cond + (1 - cfg) * v_uncond)
+
+
+def joint_block(block, latent, clip_f, text_f, global_c, extended_c, latent_rot, clip_rot):
+    """`JointBlock.forward`, cutting the joint attention output by slicing: a split with
+    dynamic sizes exports as SplitToSequence/SequenceAt, which TensorRT's parser lacks."""
+    x_qkv, x_mod = block.latent_block.pre_attention(latent, extended_c, latent_rot)
+    c_qkv, c_mod = block.clip_block.pre_attention(clip_f, global_c, clip_rot)
+    t_qkv, t_mod = block.text_block.pre_attention(text_f, global_c, None)
+    out = attention(*(torch.cat(parts, dim=2) for parts in zip(x_qkv, c_qkv, t_qkv, strict=True)))
+    n, nc = latent.shape[1], clip_f.shape[1]
+    latent = block.latent_block.post_attention(latent, out[:, :n], x_mod)
+    if not block.pre_only:
+        clip_f = block.clip_block.post_attention(clip_f, out[:, n : n + nc], c_mod)
+        text_f = block.text_block.post_attention(text_f, out[:, n + nc :], t_mod)
+    return latent, clip_f, text_f
+
+
+class DecoderPart(nn.Module):
+    """Normalised latent [P, N, E] -> (mel [P, M, 2N], waveform [P, samples])."""
+
+    def __init__(self, generator: nn.Module, vae: nn.Module, vocoder: nn.Module):
+        super().__init__()
+        self.g, self.vae, self.vocoder = generator, vae, vocoder
+
+    def forward(self, latent: torch.Tensor):
+        mel = self.vae.decode(self.g.unnormalize(latent).transpose(1, 2))
+        return mel, self.vocoder(mel)[:, 0]
+
+
+def part_module(name: str, nets: Networks) -> nn.Module:
+    makers = {
+        "t5": lambda: T5Part(nets.t5.model),
+        "clip_text": lambda: ClipTextPart(nets.clip_text),
+        "clip_image": lambda: ClipImagePart(nets.clip_image),
+        "video_trunk": lambda: VideoTrunkPart(nets.video_encoder),
+        "video_select": lambda: VideoSelectPart(nets.video_encoder),
+        "dit_conditions": lambda: DitConditionsPart(nets.generator),
+        "dit_step": lambda: DitStepPart(nets.generator),
+        "decoder": lambda: DecoderPart(nets.generator, nets.vae, nets.vocoder),
+    }
+    return makers[name]().eval()
+
+
+# -- part arguments -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The free sizes of one set of part arguments."""
+
+    prompts: int
+    tokens: int  # T5 tokens per prompt
+    duration: float
+
+
+# Traced sizes: all dynamic dims >= 2 and distinct (16 kHz: N 63, Nc 16, S 5, T 50).
+EXPORT_SIZES = Sizes(prompts=2, tokens=7, duration=2.0)
+CHECK_SIZES = (Sizes(prompts=1, tokens=11, duration=3.0), Sizes(prompts=3, tokens=4, duration=1.6))
+
+
+def sample_args(name: str, variant: Variant, sizes: Sizes, seed: int) -> tuple:
+    """Random arguments of TorchParts.<name> in realistic ranges (fp32)."""
+    gen = torch.Generator().manual_seed(seed)
+    d = plan.dims(variant, sizes.prompts, sizes.tokens, sizes.duration)
+    P, L = sizes.prompts, sizes.tokens
+    g, enc = variant.generator, variant.video_encoder
+
+    def randn(*shape):
+        return torch.randn(shape, generator=gen)
+
+    def padding_mask() -> torch.Tensor:
+        lengths = torch.randint(1, L + 1, (P,), generator=gen)
+        lengths[0] = L  # the tokenizer pads to the longest prompt
+        return torch.arange(L)[None] < lengths[:, None]
+
+    if name == "t5":
+        return torch.randint(0, variant.t5.vocab_size, (P, L), generator=gen), padding_mask().long()
+    if name == "clip_text":
+        ctx = variant.clip.context_length
+        return (torch.randint(0, variant.clip.vocab_size, (P, ctx), generator=gen),)
+    if name == "clip_image":
+        return (torch.rand(d["clip_frames"], 3, plan.CLIP_SIZE, plan.CLIP_SIZE, generator=gen),)
+    if name == "video_trunk":
+        return (torch.rand(1, d["frames"], 3, SYNC_SIZE, SYNC_SIZE, generator=gen) * 2 - 1,)
+    if name == "video_select":
+        tokens = randn(d["segments"], plan.VIDEO_TOKENS, enc.embed_dim)
+        if not variant.selective:
+            return tokens, None, None, P
+        return tokens, randn(P, L, enc.text_dim), padding_mask(), P
+    if name == "dit_conditions":
+        clip = randn(P, d["clip_frames"], g.clip_dim) if variant.uses_clip_video else None
+        text = (randn(P, g.text_seq_len, g.text_dim) for _ in range(2))
+        return (clip, randn(P, d["8*segments"], g.sync_dim), *text, d["latent"], d["clip_frames"])
+    if name == "dit_step":
+        H, N, Nc = g.hidden_dim, d["latent"], d["clip_frames"]
+        conditions = {
+            "clip_f": randn(2 * P, Nc, H),
+            "sync_f": randn(2 * P, N, H),
+            "text_f": randn(2 * P, g.text_seq_len, H),
+            "clip_f_c": randn(2 * P, H),
+            "text_f_c": randn(2 * P, H),
+        }
+        return randn(P, N, g.latent_dim), torch.rand(P, generator=gen), conditions, 4.5
+    if name == "decoder":
+        return (randn(P, d["latent"], g.latent_dim),)
+    raise ValueError(f"unknown part {name!r}")
+
+
+def graph_inputs(name: str, variant: Variant, nets: Networks, args: tuple) -> dict:
+    """The graph inputs the ONNX backends feed for TorchParts-form `args`."""
+    inputs = GraphInputs(variant, nets.generator.empty_clip_feat.detach().float().cpu())
+    if name == "video_select":
+        args = args[:3]  # `prompts` only expands a prompt-independent result
+    return getattr(inputs, name)(*args)
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Exported:
+    path: Path
+    sha256: str
+    seconds: float
+
+
+def export_part(
+    name: str, variant: Variant, nets: Networks, path: Path, precision: str
+) -> Exported:
+    """Trace part `name` in `plan.graph_precision(name, precision)` to `path` (weights in the
+    file, or beside it as external data past protobuf's 2 GiB limit)."""
+    dtype = DTYPES[plan.graph_precision(name, precision)]
+    module = part_module(name, nets)
+    if dtype != torch.float32:  # a cast copy: the fp32 networks stay the checks' reference
+        module = copy.deepcopy(module).to(dtype)
+    inputs, _ = plan.part_io(name, variant)
+    feeds = graph_inputs(name, variant, nets, sample_args(name, variant, EXPORT_SIZES, seed=0))
+    feeds = {s.name: _cast(feeds[s.name], s.dtype, dtype) for s in inputs}
+    dims = _export_dims()
+    dynamic = {
+        s.name: {i: dims[n] for i, n in enumerate(s.shape) if isinstance(n, str)} or None
+        for s in inputs
+    }
+    _, outputs = plan.part_io(name, variant)
+    t0 = time.perf_counter()
+    with torch.no_grad(), _eager_attention(module), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation chatter of the exporter's dependencies
+        program = torch.onnx.export(
+            module,
+            kwargs=feeds,
+            dynamic_shapes=dynamic,
+            input_names=list(feeds),
+            output_names=[s.name for s in outputs],
+            opset_version=OPSET,
+            dynamo=True,
+            optimize=False,
+            verbose=False,
+        )
+    _clean(program.model)
+    big = sum(t.numel() * t.element_size() for t in module.state_dict().values()) > 1.8 * 2**30
+    _check_dynamic(program.model, inputs)
+    path.unlink(missing_ok=True)
+    program.save(str(path), external_data=big)
+    return Exported(path, sha256_file(path), time.perf_counter() - t0)
+
+
+def io_entries(name: str, variant: Variant, precision: str) -> dict[str, list[dict]]:
+    """The manifest's description of part `name`'s graph inputs and outputs: name, dtype (as in
+    the graph) and shape (ints and dim names)."""
+    gp = plan.graph_precision(name, precision)
+    inputs, outputs = plan.part_io(name, variant)
+    return {
+        key: [
+            {"name": s.name, "dtype": plan.resolve_dtype(s, gp), "shape": list(s.shape)}
+            for s in specs
+        ]
+        for key, specs in (("inputs", inputs), ("outputs", outputs))
+    }
+
+
+def _check_dynamic(model, inputs: list[plan.TensorSpec]) -> None:
+    """torch.onnx falls back to fixed sizes where torch.export cannot keep a dim dynamic; a
+    graph that silently lost a dynamic axis is an export bug, not a result."""
+    graph_inputs = {v.name: v for v in model.graph.inputs}
+    for spec in inputs:
+        got = graph_inputs[spec.name].shape
+        for axis, want in enumerate(spec.shape):
+            if isinstance(want, str) and isinstance(got[axis], int):
+                raise RuntimeError(
+                    f"export fixed {spec.name} axis {axis} ({want}) to {got[axis]}; the part's "
+                    "code makes torch.export specialise it"
+                )
+
+
+def _clean(model) -> None:
+    """Fold constants (e.g. the vocoder's filter taps and exp(alpha)), drop dead nodes, share
+    equal initializers and subexpressions, and make every constant an initializer (TensorRT
+    wants reduce/squeeze axes as initializers). The exporter's own optimize also runs pattern
+    rewrites, which take minutes on the vocoder's thousands of nodes and change nothing here."""
+    import onnx_ir.passes.common as passes
+    import onnxscript.optimizer
+
+    onnxscript.optimizer.fold_constants(model)
+    passes.RemoveUnusedNodesPass()(model)
+    passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    passes.DeduplicateInitializersPass()(model)
+    passes.CommonSubexpressionEliminationPass()(model)
+
+
+def _cast(t: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if kind == "float" else t
+
+
+def _export_dims() -> dict[str, torch.export.Dim]:
+    # Lower bounds of 2: torch.export would specialise a size seen as 1 or 0 (the graphs still
+    # hold for 1, which the checks run).
+    prompts = torch.export.Dim("prompts", min=2, max=1024)
+    segments = torch.export.Dim("segments", min=2, max=1024)
+    return {
+        "prompts": prompts,
+        "2*prompts": 2 * prompts,
+        "tokens": torch.export.Dim("tokens", min=2, max=4096),
+        "frames": torch.export.Dim("frames", min=24, max=8192),
+        "segments": segments,
+        "8*segments": 8 * segments,
+        "latent": torch.export.Dim("latent", min=2, max=8192),
+        "clip_frames": torch.export.Dim("clip_frames", min=2, max=4096),
+    }
+
+
+class _eager_attention:
+    """Trace HF T5 with its eager attention (see the module doc), restoring the setting after."""
+
+    def __init__(self, module: nn.Module):
+        self.model = module.model if isinstance(module, T5Part) else None
+        self.saved = None
+
+    def __enter__(self):
+        if self.model is not None:
+            self.saved = self.model.config._attn_implementation
+            self.model.set_attn_implementation("eager")
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.model.set_attn_implementation(self.saved)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- check ----------------------------------------------------------------------------------
+
+
+def errors(actual: torch.Tensor, expected: torch.Tensor) -> dict[str, float]:
+    """Relative L2 and max abs error of `actual` against `expected`, in float64."""
+    a, b = actual.detach().double().cpu(), expected.detach().double().cpu()
+    if a.shape != b.shape:
+        raise AssertionError(f"shape {tuple(a.shape)} != {tuple(b.shape)}")
+    finite = bool(torch.isfinite(a).all())
+    return {
+        "rel_l2": ((a - b).norm() / b.norm().clamp_min(1e-30)).item() if finite else float("inf"),
+        "max_abs": (a - b).abs().max().item() if finite else float("inf"),
+    }
+
+
+def _outputs(result) -> list[torch.Tensor]:
+    if isinstance(result, dict):
+        return list(result.values())
+    return list(result) if isinstance(result, tuple) else [result]
+
+
+def check_parts(
+    names: list[str],
+    variant: Variant,
+    nets: Networks,
+    ort_parts: OrtParts,
+    sizes: tuple[Sizes, ...] = CHECK_SIZES,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Each part through ONNX Runtime (`ort_parts`) and through the fp32 torch backend on the
+    same fresh random arguments, at sizes other than the traced ones (one prompt among them):
+    part -> output -> worst {rel_l2, max_abs}."""
+    torch_parts = TorchParts(variant, nets, torch.device("cpu"), torch.float32)
+    report: dict[str, dict[str, dict[str, float]]] = {}
+    for name in names:
+        _, outputs = plan.part_io(name, variant)
+        worst: dict[str, dict[str, float]] = {}
+        for i, s in enumerate(sizes):
+            args = sample_args(name, variant, s, seed=100 + i)
+            if name == "dit_step":  # TorchParts takes the lengths from its last dit_conditions
+                g, d = nets.generator, plan.dims(variant, s.prompts, s.tokens, s.duration)
+                g.update_seq_lengths(d["latent"], d["clip_frames"], d["8*segments"])
+            expected = _outputs(getattr(torch_parts, name)(*args))
+            actual = _outputs(getattr(ort_parts, name)(*args))
+            for spec, a, e in zip(outputs, actual, expected, strict=True):
+                err = errors(a, e)
+                if spec.name not in worst or err["rel_l2"] > worst[spec.name]["rel_l2"]:
+                    worst[spec.name] = err
+        report[name] = worst
+    return report
+
+
+def model_hash(nets: Networks) -> str:
+    """sha256 over every weight of the variant as loaded (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    modules = {
+        "generator": nets.generator,
+        "video_encoder": nets.video_encoder,
+        "vae": nets.vae,
+        "vocoder": nets.vocoder,
+        "clip_text": nets.clip_text,
+        "clip_image": nets.clip_image,
+        "t5": nets.t5.model if nets.t5 is not None else None,
+    }
+    for role, module in modules.items():
+        if module is None:
+            continue
+        for key, t in sorted(module.state_dict().items()):
+            shape = t.shape
+            t = t.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{role}.{key}:{t.dtype}:{tuple(shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,379 @@
+"""Every export and TensorRT decision that needs neither torch tracing nor TensorRT itself.
+
+Plain functions over the variant table: the parts' graph inputs and outputs with their symbolic
+and concrete shapes, the precision each part's graph is exported in, TensorRT optimization
+profiles, engine cache keys, output binding plans, and the TensorRT-readiness check of an ONNX
+graph against the operators TensorRT's ONNX parser documents.
+"""
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from ..runtime.variants import SYNC_SIZE, Variant, sequence_lengths
+
+PARTS = (
+    "t5",
+    "clip_text",
+    "clip_image",
+    "video_trunk",
+    "video_select",
+    "dit_conditions",
+    "dit_step",
+    "decoder",
+)
+PRECISIONS = ("fp32", "fp16", "bf16")
+CLIP_SIZE = 384  # CLIP video frames (plain MMAudio)
+VIDEO_TOKENS = 8 * 14 * 14  # MotionFormer tokens per segment
+MIN_DURATION = 0.64  # one 16-frame segment at 25 fps (spec §1.2)
+DEFAULT_MAX_DURATION = 10.0
+DEFAULT_MAX_BATCH = 4
+DEFAULT_OPT_DURATION = 8.0  # the trained duration
+T5_MAX_TOKENS = 512  # Flan-T5 tokenizer truncation (spec §2.1)
+OPT_TOKENS = 16
+
+
+def part_names(variant: Variant) -> tuple[str, ...]:
+    """The parts `variant` has: t5 only with TextSynch, clip_image only for plain MMAudio."""
+    skip = set()
+    if variant.t5 is None:
+        skip.add("t5")
+    if not variant.uses_clip_video:
+        skip.add("clip_image")
+    return tuple(p for p in PARTS if p not in skip)
+
+
+# -- precision --------------------------------------------------------------------------------
+
+# Parts kept in fp32 in an fp16 build: fp16's range (max 65504) is the problem, not its precision.
+# Flan-T5's feed-forward activations overflow fp16 (the reason transformers keeps `wo` in fp32),
+# and the vocoder's unbounded residual stack and SnakeBeta's 1 / (exp(beta) + 1e-9) (1e-9 is 0 in
+# fp16) have no headroom guarantee. bf16 has fp32's range and is what the reference runs.
+FP16_KEEP_FP32 = {"t5": "Flan-T5 activations overflow fp16", "decoder": "vocoder overflow"}
+
+
+def graph_precision(part: str, precision: str) -> str:
+    """The dtype part `part`'s graph is exported (and its TensorRT engine typed) in."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}")
+    if precision == "fp16" and part in FP16_KEEP_FP32:
+        return "fp32"
+    return precision
+
+
+# -- shapes -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: dtype is "float" (the graph's precision), "float32" (always
+    fp32: RoPE tables and cfg), "int64" or "bool"; shape entries are ints or dim names."""
+
+    name: str
+    dtype: str
+    shape: tuple
+
+
+SYMBOLS = (
+    "prompts",
+    "2*prompts",
+    "tokens",
+    "frames",
+    "segments",
+    "8*segments",
+    "latent",
+    "clip_frames",
+    "mel_frames",
+    "samples",
+)
+
+
+def dims(variant: Variant, prompts: int, tokens: int, duration: float) -> dict[str, int]:
+    """Concrete sizes of every dim name for P prompts of `tokens` T5 tokens over `duration` s."""
+    seq = sequence_lengths(duration, variant.audio)
+    return {
+        "prompts": prompts,
+        "2*prompts": 2 * prompts,
+        "tokens": tokens,
+        "frames": seq.sync_frames,
+        "segments": seq.sync_segments,
+        "8*segments": seq.sync,
+        "latent": seq.latent,
+        "clip_frames": seq.clip,
+        "mel_frames": 2 * seq.latent,
+        "samples": seq.audio_samples,
+    }
+
+
+def symbolic_dims() -> dict[str, str]:
+    return {s: s for s in SYMBOLS}
+
+
+def part_io(part: str, variant: Variant, d: dict | None = None):
+    """(inputs, outputs) of part `part` as TensorSpec lists, shapes resolved with `d` (dim name ->
+    size; symbolic names when None)."""
+    d = symbolic_dims() if d is None else d
+    g, enc, clip = variant.generator, variant.video_encoder, variant.clip
+    H, P, P2 = g.hidden_dim, d["prompts"], d["2*prompts"]
+    head_dim = H // g.num_heads
+    T = TensorSpec
+    cond = [
+        T("clip_f", "float", (P2, d["clip_frames"], H)),
+        T("sync_f", "float", (P2, d["latent"], H)),
+        T("text_f", "float", (P2, g.text_seq_len, H)),
+        T("clip_f_c", "float", (P2, H)),
+        T("text_f_c", "float", (P2, H)),
+    ]
+    if part == "t5":
+        width = variant.t5.d_model
+        return (
+            [
+                T("input_ids", "int64", (P, d["tokens"])),
+                T("attention_mask", "int64", (P, d["tokens"])),
+            ],
+            [T("t5_features", "float", (P, d["tokens"], width))],
+        )
+    if part == "clip_text":
+        return (
+            [T("tokens", "int64", (P, clip.context_length))],
+            [T("clip_text_features", "float", (P, clip.context_length, clip.text_width))],
+        )
+    if part == "clip_image":
+        return (
+            [T("frames", "float", (d["clip_frames"], 3, CLIP_SIZE, CLIP_SIZE))],
+            [T("clip_image_features", "float", (d["clip_frames"], clip.embed_dim))],
+        )
+    if part == "video_trunk":
+        return (
+            [T("frames", "float", (1, d["frames"], 3, SYNC_SIZE, SYNC_SIZE))],
+            [T("trunk_tokens", "float", (d["segments"], VIDEO_TOKENS, enc.embed_dim))],
+        )
+    if part == "video_select":
+        inputs = [T("trunk_tokens", "float", (d["segments"], VIDEO_TOKENS, enc.embed_dim))]
+        rows = P
+        if variant.selective:
+            inputs += [
+                T("t5_features", "float", (P, d["tokens"], enc.text_dim)),
+                T("t5_mask", "bool", (P, d["tokens"])),
+            ]
+        else:
+            rows = 1  # the pooled features do not depend on a prompt
+        return inputs, [T("sync_features", "float", (rows, d["8*segments"], enc.embed_dim))]
+    if part == "dit_conditions":
+        return (
+            [
+                T("clip_features", "float", (P, d["clip_frames"], g.clip_dim)),
+                T("sync_features", "float", (P, d["8*segments"], g.sync_dim)),
+                T("text_features", "float", (P, g.text_seq_len, g.text_dim)),
+                T("negative_text_features", "float", (P, g.text_seq_len, g.text_dim)),
+                T("sync_index", "int64", (d["latent"],)),
+            ],
+            cond,
+        )
+    if part == "dit_step":
+        return (
+            [
+                T("latent", "float", (P, d["latent"], g.latent_dim)),
+                T("t", "float", (P,)),
+                *cond,
+                T("latent_rot", "float32", (1, d["latent"], head_dim // 2, 2, 2)),
+                T("clip_rot", "float32", (1, d["clip_frames"], head_dim // 2, 2, 2)),
+                T("cfg", "float32", ()),
+            ],
+            [T("velocity", "float", (P, d["latent"], g.latent_dim))],
+        )
+    if part == "decoder":
+        return (
+            [T("latent", "float", (P, d["latent"], g.latent_dim))],
+            [
+                T("mel", "float", (P, variant.vae.data_dim, d["mel_frames"])),
+                T("waveform", "float", (P, d["samples"])),
+            ],
+        )
+    raise ValueError(f"unknown part {part!r}")
+
+
+def resolve_dtype(spec: TensorSpec, precision: str) -> str:
+    """The concrete dtype name of a TensorSpec in a graph of `precision` (fp32/fp16/bf16)."""
+    if spec.dtype == "float":
+        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
+    return spec.dtype
+
+
+# -- TensorRT optimization profiles -------------------------------------------------------------
+
+
+def profile(
+    part: str,
+    variant: Variant,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_duration: float = DEFAULT_MAX_DURATION,
+    max_tokens: int = T5_MAX_TOKENS,
+) -> dict[str, tuple[tuple, tuple, tuple]]:
+    """TensorRT profile of part `part`: input name -> (min, opt, max) shapes, for 1..max_batch
+    prompts, 1..max_tokens T5 tokens and MIN_DURATION..max_duration seconds. opt is one prompt
+    of OPT_TOKENS tokens at the trained 8 s (or max_duration when shorter)."""
+    if not MIN_DURATION <= max_duration:
+        raise ValueError(f"max duration {max_duration} s is below {MIN_DURATION} s")
+    opt_duration = min(DEFAULT_OPT_DURATION, max_duration)
+    corners = [
+        part_io(part, variant, dims(variant, 1, 1, MIN_DURATION))[0],
+        part_io(part, variant, dims(variant, 1, min(OPT_TOKENS, max_tokens), opt_duration))[0],
+        part_io(part, variant, dims(variant, max_batch, max_tokens, max_duration))[0],
+    ]
+    return {lo.name: (lo.shape, opt.shape, hi.shape) for lo, opt, hi in zip(*corners, strict=True)}
+
+
+# -- engine cache -------------------------------------------------------------------------------
+
+
+def engine_key(
+    *,
+    model_hash: str,
+    part: str,
+    precision: str,
+    onnx_sha256: str,
+    shapes: dict,
+    gpu: str,
+    compute_capability: tuple[int, int],
+    trt_version: str,
+) -> str:
+    """Cache key of one engine: everything that makes a serialized engine valid or not. An
+    engine only loads on the TensorRT version and GPU model it was built with."""
+    fields = {
+        "model": model_hash,
+        "part": part,
+        "precision": precision,
+        "onnx": onnx_sha256,
+        "profile": {k: [list(s) for s in v] for k, v in sorted(shapes.items())},
+        "gpu": gpu,
+        "sm": list(compute_capability),
+        "tensorrt": trt_version,
+    }
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+    return f"{part}-{precision}-{digest}"
+
+
+def engine_dir_name(gpu: str, compute_capability: tuple[int, int], trt_version: str) -> str:
+    """Folder of one GPU model and TensorRT version inside an engines directory."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "gpu"
+    return f"trt-{trt_version}-sm{compute_capability[0]}{compute_capability[1]}-{slug}"
+
+
+TIMING_CACHE = "timing.cache"  # one per engine_dir_name folder, shared by all parts
+
+
+# -- binding plan -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Binding:
+    name: str
+    is_input: bool
+    dtype: str  # float32 / float16 / bfloat16 / int64 / bool
+    shape: tuple[int, ...]
+
+
+def binding_plan(
+    part: str, variant: Variant, precision: str, prompts: int, tokens: int, duration: float
+) -> list[Binding]:
+    """Every input and output buffer of part `part` for one request shape, so a backend can
+    allocate outputs before it runs (static shapes per duration: CUDA-graph capturable)."""
+    inputs, outputs = part_io(part, variant, dims(variant, prompts, tokens, duration))
+    gp = graph_precision(part, precision)
+    return [
+        Binding(s.name, is_input, resolve_dtype(s, gp), tuple(s.shape))
+        for is_input, specs in ((True, inputs), (False, outputs))
+        for s in specs
+    ]
+
+
+# -- TensorRT readiness -------------------------------------------------------------------------
+
+# The operators TensorRT's ONNX parser supports, with the opset range it takes: onnx-tensorrt
+# docs/operators.md for TensorRT 10.15 ("supports operators in the inclusive range of opset 9 to
+# opset 24"; every row marked Y). github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md
+TRT_OPSET_RANGE = (9, 24)
+TRT_ONNX_OPS = frozenset(
+    """
+    Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool
+    BatchNormalization BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape
+    Conv ConvTranspose Cos Cosh CumSum DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum
+    Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gelu Gemm
+    GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample
+    GroupNormalization GRU HammingWindow HannWindow HardSigmoid HardSwish Hardmax Identity If
+    ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual
+    Log LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean
+    MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad
+    ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform
+    RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax
+    ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence
+    RMSNormalization RNN RoiAlign RotaryEmbedding Round STFT ScaledTanh Scan Scatter
+    ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
+    Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh TensorScatter ThresholdedRelu Tile
+    TopK Transpose Trilu Unsqueeze Upsample Where Xor
+    """.split()
+)
+# Output shapes that depend on tensor values, not shapes: TensorRT handles some of them, but
+# they defeat static per-duration buffers and CUDA graphs, so the graphs must have none.
+DATA_DEPENDENT_OPS = frozenset({"NonZero", "Unique", "Compress", "NonMaxSuppression"})
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+# Inputs the parser needs as build-time constants (the docs' Restrictions column).
+CONSTANT_INPUTS = {
+    **{
+        op: 1
+        for op in (
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceMax",
+            "ReduceMean",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceSum",
+            "ReduceSumSquare",
+        )
+    },
+    "Squeeze": 1,
+    "Unsqueeze": 1,
+    "CumSum": 1,
+    "TopK": 1,
+    "OneHot": 1,
+}
+
+
+def trt_problems(model) -> list[str]:
+    """Why TensorRT's ONNX parser would reject `model` (an onnx.ModelProto) or build it with
+    data-dependent shapes; empty when the graph is TensorRT-ready."""
+    problems = []
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    opset = opsets.get("ai.onnx")
+    lo, hi = TRT_OPSET_RANGE
+    if opset is None or not lo <= opset <= hi:
+        problems.append(f"opset {opset} is outside TensorRT's {lo}..{hi}")
+    if len(model.functions):
+        problems.append(f"{len(model.functions)} local functions (not inlined)")
+    graph = model.graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    for node in graph.node:
+        where = f"{node.op_type} node {node.name!r}"
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"{where} is in domain {node.domain!r}")
+        elif node.op_type not in TRT_ONNX_OPS:
+            problems.append(f"{where} is not supported by TensorRT's ONNX parser")
+        if node.op_type in DATA_DEPENDENT_OPS:
+            problems.append(f"{where} has a data-dependent output shape")
+        if node.op_type in CONTROL_FLOW_OPS:
+            problems.append(f"{where} is control flow")
+        index = CONSTANT_INPUTS.get(node.op_type)
+        if index is not None and len(node.input) > index and node.input[index]:
+            if node.input[index] not in constants:
+                problems.append(f"{where} takes input {index} from a computed tensor")
+    for value in [*graph.input, *graph.output]:
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            if not (dim.HasField("dim_value") or dim.HasField("dim_param")):
+                problems.append(f"{value.name} dim {i} has no static size or symbolic name")
+    return problems
