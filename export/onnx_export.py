@@ -31,6 +31,7 @@ torch.export specialises on none of them; the checks run other sizes, one prompt
 
 import copy
 import hashlib
+import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ from ..runtime.ort_backend import GraphInputs, OrtParts
 from ..runtime.parts import Networks, TorchParts
 from ..runtime.variants import SYNC_SIZE, Variant
 from . import plan
+
+# Without torchvision the exporter logs a warning per torchvision op it cannot register.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 OPSET = 18  # LayerNormalization needs 17; TensorRT 10's parser takes 9..24
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

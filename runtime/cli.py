@@ -108,7 +108,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     plans = plan_outputs(clip, prompts, Path(args.out), args.format, not args.no_video, args.force)
 
     pipe = Pipeline.from_pretrained(
-        args.variant, device=args.device, precision=args.precision, quiet=args.quiet
+        args.variant,
+        device=args.device,
+        precision=args.precision,
+        quiet=args.quiet,
+        backend=args.backend,
+        engines=args.engines,
     )
     result = pipe.generate(
         clip,
@@ -240,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "fp32", "bf16", "fp16"),
         help="auto: fp32 on CPU, bf16 on CUDA",
     )
+    gen.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnxruntime", "tensorrt"),
+        help="what runs the parts (onnxruntime/tensorrt need --engines)",
+    )
+    gen.add_argument("--engines", default=None, help="folder built by `selva-rt export`")
     gen.add_argument("--out", default="selva_out", help="output directory (default selva_out)")
     gen.add_argument("--format", default="wav", choices=AUDIO_FORMATS)
     gen.add_argument(
@@ -264,10 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=cmd_weights)
+    for name, (_, help_text) in DELEGATED.items():  # listed in --help; main() hands them over
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+# Subcommands with parsers of their own; `selva-rt X --help` shows theirs.
+DELEGATED = {
+    "export": ("selva_rt.export.build_engines", "build ONNX graphs / TensorRT engines"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in DELEGATED:
+        import importlib
+
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        return module.main(argv[1:], prog=f"selva-rt {argv[0]}")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

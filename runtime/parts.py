@@ -15,21 +15,31 @@ shapes, so the pipeline composes parts without knowing which backend runs them:
     dit_step(latent [P, N, E], t [P], conditions, cfg) -> velocity [P, N, E]
     decoder(latent [P, N, E] (normalised x1)) -> (mel [P, M, 2N], waveform [P, samples])
 
-`reference=True` runs the parts the way the official code does (CFG as two network passes per
-step, the prompt's K/V recomputed for every video segment), so speedups are measured against it
-with the same weights and inputs.
+`reference=True` runs the parts the way the official code does, so speedups are measured against
+it with the same weights and inputs: the trunk in chunks of B segments for a batch of B (clip,
+prompt) items with einsum attention, the prompt's text projection and K/V recomputed for every
+segment, the full spatial pooling layer (see `reference.py`), the generator's tables rebuilt per
+call, CFG as two network passes per step. The pipeline gives reference parts the clip once per
+prompt, as the official `generate` takes it.
+
+Optional behaviour of the fast mode (not part of the contract above):
+- `decoder_dtype`: run the VAE and vocoder in another dtype (fp32 beside a bf16 generator);
+- `cuda_graphs`: `sample` runs the whole Euler loop as one captured CUDA graph.
 """
 
 from dataclasses import dataclass
 
 import torch
 
+from . import reference as official
+from .cuda_graph import EulerGraphs
 from .models.clip import ClipImageEncoder, ClipTextEncoder
 from .models.generator import Conditions, Generator, cat_conditions
 from .models.t5 import T5TextEncoder
 from .models.vae import VAE
 from .models.video_encoder import VideoEncoder
 from .models.vocoder import BigVGAN
+from .sampler import euler_sample
 from .variants import SYNC_SEGMENT, Variant
 
 PATCHES_PER_SEGMENT = (SYNC_SEGMENT // 2) * 14 * 14  # tubelet 2 x 16 x 16 on 224 x 224
@@ -56,9 +66,15 @@ class TorchParts:
         device: torch.device,
         dtype: torch.dtype,
         reference: bool = False,
+        decoder_dtype: torch.dtype | None = None,
+        cuda_graphs: bool = False,
     ):
         self.variant, self.nets, self.device, self.dtype = variant, nets, device, dtype
         self.reference = reference
+        self.decoder_dtype = decoder_dtype or dtype
+        if cuda_graphs and (reference or device.type != "cuda"):
+            raise ValueError("CUDA graphs are a fast-mode option on a CUDA device")
+        self.graphs = EulerGraphs() if cuda_graphs else None
         for net in (
             nets.generator,
             nets.video_encoder,
@@ -69,6 +85,8 @@ class TorchParts:
         ):
             if net is not None:
                 net.to(device, dtype).eval()
+        nets.vae.to(dtype=self.decoder_dtype)
+        nets.vocoder.to(dtype=self.decoder_dtype)
         if nets.t5 is not None:
             nets.t5.to(device, dtype)
 
@@ -86,7 +104,10 @@ class TorchParts:
 
     @torch.inference_mode()
     def video_trunk(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.nets.video_encoder.trunk(frames.to(self.device, self.dtype))
+        frames = frames.to(self.device, self.dtype)
+        if self.reference:
+            return official.trunk(self.nets.video_encoder, frames)
+        return self.nets.video_encoder.trunk(frames)
 
     @torch.inference_mode()
     def video_select(
@@ -97,26 +118,25 @@ class TorchParts:
         prompts: int = 1,
     ) -> torch.Tensor:
         """[SUP] selection of each prompt's sound (`prompts` only matters for plain MMAudio,
-        whose pooled features do not depend on the prompt)."""
-        enc, segments = self.nets.video_encoder, trunk_tokens.shape[0]
+        whose pooled features do not depend on the prompt).
+
+        Reference parts read trunk_tokens [P*S, 1568, D]: the clip's tokens once per prompt,
+        from `video_trunk` on the clip repeated P times, as the official batch holds it.
+        """
+        enc = self.nets.video_encoder
+        if t5_features is not None:
+            prompts = t5_features.shape[0]
+        if self.reference:
+            segments = trunk_tokens.shape[0] // prompts
+            if not enc.selective:
+                return official.pool(enc, trunk_tokens, segments)
+            text, mask = enc.prepend_sup(t5_features.to(self.dtype), t5_mask)
+            return official.select(enc, trunk_tokens, text, mask, segments)
+        segments = trunk_tokens.shape[0]
         if not enc.selective:
             return enc.pool(trunk_tokens, segments).expand(prompts, -1, -1)
         text, mask = enc.prepend_sup(t5_features.to(self.dtype), t5_mask)
-        if not self.reference:
-            return enc.select(trunk_tokens, text, mask, segments)
-        # Official: every segment is a one-segment item carrying its own copy of the prompt, so
-        # text_proj and the K/V projections run once per segment.
-        return torch.cat(
-            [
-                enc.select(
-                    trunk_tokens,
-                    text[p : p + 1].expand(segments, -1, -1),
-                    mask[p : p + 1].expand(segments, -1),
-                    1,
-                ).flatten(0, 1)[None]
-                for p in range(text.shape[0])
-            ]
-        )
+        return enc.select(trunk_tokens, text, mask, segments)
 
     @torch.inference_mode()
     def dit_conditions(
@@ -130,8 +150,10 @@ class TorchParts:
     ) -> dict[str, torch.Tensor]:
         g = self.nets.generator
         prompts, sync_len = sync_features.shape[:2]
-        if (g.latent_seq_len, g.clip_seq_len, g.sync_seq_len) != (latent_len, clip_len, sync_len):
-            g.update_seq_lengths(latent_len, clip_len, sync_len)
+        lengths = (latent_len, clip_len, sync_len)
+        # The official generate rebuilds the tables on every call; the fast path when they change.
+        if self.reference or (g.latent_seq_len, g.clip_seq_len, g.sync_seq_len) != lengths:
+            g.update_seq_lengths(*lengths)
         if clip_features is None:  # SELVA never uses CLIP video: the learned empty feature
             clip_features = g.empty_clip_feat[None].expand(prompts, clip_len, -1)
         cond = g.preprocess_conditions(
@@ -154,5 +176,17 @@ class TorchParts:
 
     @torch.inference_mode()
     def decoder(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mel = self.nets.vae.decode(self.nets.generator.unnormalize(latent).transpose(1, 2))
+        latent = self.nets.generator.unnormalize(latent).to(self.decoder_dtype)
+        mel = self.nets.vae.decode(latent.transpose(1, 2))
         return mel, self.nets.vocoder(mel)[:, 0]
+
+    def sample(
+        self, x0: torch.Tensor, conditions: dict[str, torch.Tensor], steps: int, cfg: float
+    ) -> torch.Tensor:
+        """The whole Euler loop x0 [P, N, E] -> x1 [P, N, E] over `dit_step`; with
+        `cuda_graphs` captured once per shape as one CUDA graph and replayed."""
+        if self.graphs is None:
+            return euler_sample(lambda t, x: self.dit_step(x, t, conditions, cfg), x0, steps)
+        g = self.nets.generator
+        keep = (*g.parameters(), *g.buffers())
+        return self.graphs.sample(self.dit_step, x0, conditions, steps, cfg, keep_alive=keep)

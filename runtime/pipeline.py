@@ -31,7 +31,7 @@ from .models.checkpoint import read_state_dict
 from .models.clip import ClipImageEncoder, ClipTextEncoder
 from .models.clip_tokenizer import ClipTokenizer
 from .models.generator import Generator
-from .models.t5 import load_t5
+from .models.t5 import T5TextEncoder, load_t5, load_tokenizer
 from .models.vae import VAE
 from .models.video_encoder import VideoEncoder
 from .models.vocoder import BigVGAN
@@ -177,17 +177,52 @@ class Pipeline:
         precision: str = "auto",
         reference: bool = False,
         quiet: bool = True,
+        cuda_graphs: bool | None = None,
+        backend: str = "torch",
+        engines: str | Path | None = None,
     ) -> "Pipeline":
         """Load `variant` from the local weights folder ($SELVA_RT_HOME; `selva-rt weights
         download VARIANT` fetches the files; `tiny` needs none). `reference=True` runs the
-        parts the official way (see parts.TorchParts)."""
+        parts the official way (see parts.TorchParts). `cuda_graphs` (default: on for the fast
+        mode on CUDA) replays the Euler loop as one captured CUDA graph. `backend` "onnxruntime" or
+        "tensorrt" runs the parts from the files `selva-rt export` built into `engines`."""
         from . import weights
 
         v = get_variant(variant)
         dev = resolve_device(device)
+        if backend != "torch":
+            return cls._from_engines(v, backend, engines, dev)
         dtype = DTYPES[resolve_precision(precision, dev)]
+        if cuda_graphs is None:
+            cuda_graphs = dev.type == "cuda" and not reference
         nets = build_networks(v, weights.resolve(v, quiet=quiet))
-        return cls(v, TorchParts(v, nets, dev, dtype, reference=reference), Tokenizers(nets))
+        parts = TorchParts(v, nets, dev, dtype, reference=reference, cuda_graphs=cuda_graphs)
+        return cls(v, parts, Tokenizers(nets.t5))
+
+    @classmethod
+    def _from_engines(
+        cls, v: Variant, backend: str, engines: str | Path | None, dev: torch.device
+    ) -> "Pipeline":
+        """Parts from files built by `selva-rt export`; only the tokenizers come from weights."""
+        from . import weights
+
+        if engines is None:
+            raise UsageError(f"the {backend} backend needs --engines DIR (see selva-rt export)")
+        if backend == "onnxruntime":
+            from .ort_backend import OrtParts
+
+            parts = OrtParts.load(engines, v, dev)
+        elif backend == "tensorrt":
+            from .trt_backend import TrtParts
+
+            parts = TrtParts.load(engines, v, dev)
+        else:
+            raise UsageError(f"unknown backend {backend!r}; use torch, onnxruntime or tensorrt")
+        t5 = None
+        if v.t5 is not None:
+            folder = None if v.random_weights else weights.local_path(v.file("t5")).parent
+            t5 = load_tokenizer(v, folder)
+        return cls(v, parts, Tokenizers(t5))
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str], negative_prompt: str = "") -> TextFeatures:
@@ -223,6 +258,8 @@ class Pipeline:
         parts, dev, dt = self.parts, self.device, self.dtype
         seq = self.variant.sequence_lengths(duration)
         prompts = text.clip.shape[0]
+        if getattr(parts, "reference", False):  # the official batch holds the clip per prompt
+            sync_frames = sync_frames.expand(prompts, -1, -1, -1, -1)
         with _timed(timings, "video_trunk", dev):
             trunk = parts.video_trunk(sync_frames)
         with _timed(timings, "video_select", dev):
@@ -251,14 +288,17 @@ class Pipeline:
             ]
         )
         with _timed(timings, "sampling", dev):
-            bar = _progress(steps, "sampling", progress)
+            if getattr(parts, "graphs", None) is not None:  # one graph replay: no progress bar
+                x1 = parts.sample(x0, conditions, steps, cfg)
+            else:
+                bar = _progress(steps, "sampling", progress)
 
-            def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                bar.update()
-                return parts.dit_step(x, t, conditions, cfg)
+                def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+                    bar.update()
+                    return parts.dit_step(x, t, conditions, cfg)
 
-            x1 = euler_sample(velocity, x0, steps)
-            bar.close()
+                x1 = euler_sample(velocity, x0, steps)
+                bar.close()
         with _timed(timings, "decoder", dev):
             mel, audio = parts.decoder(x1)
         return Synthesis(sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio)
@@ -320,9 +360,9 @@ class Pipeline:
 class Tokenizers:
     """Text to token ids, on the CPU, whatever backend runs the encoders."""
 
-    def __init__(self, nets: Networks):
+    def __init__(self, t5: T5TextEncoder | None):
         self.clip = ClipTokenizer()
-        self._t5 = nets.t5
+        self._t5 = t5  # only its tokenizer is used (it may hold no model)
 
     def t5(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self._t5.tokenize(prompts)

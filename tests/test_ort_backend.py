@@ -94,7 +94,7 @@ def test_step_below_cfg_1_is_the_conditional_velocity(ort_parts, torch_parts, ne
 def test_generate_matches_torch_end_to_end(engines, nets):
     """Two stems over the sample clip: decode, text, trunk, selection, conditions, Euler steps
     with CFG, decoder, all through ONNX Runtime, against the torch backend."""
-    tokenizers = Tokenizers(nets)
+    tokenizers = Tokenizers(nets.t5)
     ours = Pipeline(TINY, OrtParts.load(engines, "tiny", threads=2), tokenizers)
     theirs = Pipeline(TINY, TorchParts(TINY, nets, torch.device("cpu"), torch.float32), tokenizers)
     kwargs = dict(steps=3, duration=1.2, seed=7)

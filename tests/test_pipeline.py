@@ -150,7 +150,7 @@ def test_mmaudio_structure_runs_clip_video_and_plain_synchformer():
     nets = build_networks(variant, {})
     assert nets.t5 is None and nets.clip_image is not None
     pipe = Pipeline(
-        variant, TorchParts(variant, nets, torch.device("cpu"), torch.float32), Tokenizers(nets)
+        variant, TorchParts(variant, nets, torch.device("cpu"), torch.float32), Tokenizers(nets.t5)
     )
     sample = Path(media.__file__).parent / "assets" / "sample.mp4"
     result = pipe.generate(sample, ["rain", "thunder"], duration=1.0)

@@ -152,9 +152,11 @@ class T5TextEncoder:
     """Flan-T5 tokenizer + encoder, called the way SELVA calls them (spec §2.1)."""
 
     def __init__(
-        self, model: transformers.T5EncoderModel, tokenizer: transformers.PreTrainedTokenizerFast
+        self,
+        model: transformers.T5EncoderModel | None,
+        tokenizer: transformers.PreTrainedTokenizerFast,
     ):
-        self.model = model.eval()
+        self.model = model.eval() if model is not None else None  # None: tokenizer only
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
 
@@ -258,3 +260,19 @@ def load_t5(variant: Variant, weights_dir: str | Path | None = None) -> T5TextEn
     if weights_dir is None:
         raise UsageError(f"variant {variant.name} needs the folder of its Flan-T5 files")
     return from_folder(weights_dir, variant.t5)
+
+
+def load_tokenizer(variant: Variant, weights_dir: str | Path | None = None) -> T5TextEncoder:
+    """Only the tokenizer of `variant`'s Flan-T5 (for backends that run the encoder from engines):
+    a `T5TextEncoder` whose `tokenize` works and that holds no model."""
+    if variant.t5 is None:
+        raise UsageError(f"variant {variant.name} takes no Flan-T5 prompt encoder")
+    if variant.random_weights:
+        return T5TextEncoder(None, tiny_tokenizer(variant.t5))
+    try:
+        tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(
+            weights_dir, local_files_only=True
+        )
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load the Flan-T5 tokenizer from {weights_dir}: {e}") from e
+    return T5TextEncoder(None, tokenizer)
