@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands with parsers of their own; `selva-rt X --help` shows theirs.
 DELEGATED = {
     "export": ("selva_rt.export.build_engines", "build ONNX graphs / TensorRT engines"),
+    "bench": ("selva_rt.benchmarks.bench", "latency benchmark: fast vs reference mode, per part"),
 }
 
 
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         module = importlib.import_module(DELEGATED[argv[0]][0])
-        return module.main(argv[1:], prog=f"selva-rt {argv[0]}")
+        return module.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,671 @@
+"""Latency of selva-rt, per part and end to end, each fast configuration against reference mode.
+
+    selva-rt bench [--variant selva-small-16k] [--device auto] [--modes reference,fast]
+                   [--precisions auto] [--prompts 1,4] [--warmup 1] [--repeat 3] ...
+    python -m selva_rt.benchmarks.bench ...
+
+A configuration is (mode, precision, number of prompts over one clip). Modes:
+
+  reference  the official way (parts.TorchParts(reference=True)): the trunk once per prompt with
+             einsum attention, [SUP] K/V per segment, full pooling layer, CFG as two passes
+  fast       CFG as one batched pass, the trunk once per clip, K/V once per prompt
+  graphs     fast, with the 25-step Euler loop replayed as one CUDA graph (CUDA only)
+
+Every configuration runs on the same weights and inputs in the same process, round-robin (one
+run of each configuration per round), so a change in machine load hits all of them alike. Each
+run is `Pipeline.encode_text` + `Pipeline.synthesize` (frames to waveform) with per-part times
+(CUDA synchronised around each part, CUDA events end to end). Reported: median and p90 over the
+timed rounds, real-time factor (latency / audio seconds), peak memory, the speedup against the
+reference configuration of the same precision and prompts, and how far the outputs are from it
+(relative L2; fp32 vs fp32 should sit within the golden tolerances).
+
+Weights default to random full-size ones (`--weights random`): the FLOPs and the code paths are
+the real ones, the audio is noise. `--weights local` loads the downloaded checkpoints.
+`--file-to-file [CLIP]` also times decode -> generate -> write -> remux on a clip (default: a
+synthetic 8 s 1080p H.264 clip made here).
+
+Results go to benchmarks/results/<name>.json and .md; the markdown is printed.
+"""
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..runtime import media
+from ..runtime.parts import Networks, TorchParts
+from ..runtime.pipeline import DTYPES, Pipeline, Tokenizers, build_networks, resolve_device
+from ..runtime.variants import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, SYNC_SIZE, get_variant
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+MODES = ("reference", "fast", "graphs")
+PROMPTS = ("dog barking", "car horn honking", "sheep bleating", "rain on a window")
+SCHEMA = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    mode: str
+    precision: str  # fp32 | bf16 | fp16, optionally "+fp32dec": VAE and vocoder kept in fp32
+    prompts: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}/{self.precision}/p{self.prompts}"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision.split("+")[0]]
+
+    @property
+    def decoder_dtype(self) -> torch.dtype:
+        return torch.float32 if self.precision.endswith("+fp32dec") else self.dtype
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="selva-rt bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", default="selva-small-16k")
+    p.add_argument("--weights", choices=("random", "local"), default="random")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--backend", choices=("torch",), default="torch")
+    p.add_argument(
+        "--modes", default="auto", help="comma list of reference,fast,graphs (auto: all usable)"
+    )
+    p.add_argument(
+        "--precisions",
+        default="auto",
+        help="comma list of fp32, bf16, fp16, bf16+fp32dec (auto: fp32 on CPU, bf16 on CUDA)",
+    )
+    p.add_argument("--prompts", default="1,4", help="comma list of prompt counts over one clip")
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--cfg", type=float, default=DEFAULT_CFG)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--repeat", type=int, default=3, help="timed rounds")
+    p.add_argument("--step-repeat", type=int, default=10, help="timed calls of one dit_step")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch)")
+    p.add_argument(
+        "--file-to-file",
+        nargs="?",
+        const="synthetic",
+        default=None,
+        metavar="CLIP",
+        help="also time decode, generate, write and remux (default clip: synthetic 8 s 1080p)",
+    )
+    p.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON and MD")
+    p.add_argument("--name", default=None, help="file stem (default: bench-<device>-<date>)")
+    p.add_argument("--note", default="", help="free text kept in the results")
+    return p.parse_args(argv)
+
+
+def configs_of(args: argparse.Namespace, device: torch.device) -> list[Config]:
+    cuda = device.type == "cuda"
+    modes = list(MODES if args.modes == "auto" else args.modes.split(","))
+    if args.modes == "auto" and not cuda:
+        modes.remove("graphs")
+    for mode in modes:
+        if mode not in MODES:
+            raise SystemExit(f"unknown mode {mode!r}; use {', '.join(MODES)}")
+        if mode == "graphs" and not cuda:
+            raise SystemExit("mode graphs needs a CUDA device")
+    precisions = ["bf16" if cuda else "fp32"] if args.precisions == "auto" else []
+    precisions += [] if args.precisions == "auto" else args.precisions.split(",")
+    for prec in precisions:
+        if prec.split("+")[0] not in DTYPES or prec.split("+")[1:] not in ([], ["fp32dec"]):
+            raise SystemExit(f"unknown precision {prec!r}; use fp32, bf16, fp16, bf16+fp32dec")
+    prompts = [int(n) for n in args.prompts.split(",")]
+    return [Config(m, pr, n) for pr in precisions for n in prompts for m in modes]
+
+
+# -- the environment -------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> dict:
+    """Device, versions, commit, load: what a reader needs to compare two result files."""
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "device": {"type": device.type, "name": _device_name(device)},
+        "cpu": {"name": _cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads()},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        },
+        "load_average_start": _loadavg(),
+    }
+    try:
+        import triton
+
+        env["versions"]["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+class PeakMemory:
+    """Peak memory of a region: CUDA allocator peak on CUDA, else the process's peak resident
+    set, sampled every 10 ms from /proc (None where /proc is missing)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._stop = threading.Event()
+        self.peak = _rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            rss = _rss()
+            if rss is not None and self.peak is not None:
+                self.peak = max(self.peak, rss)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def _rss() -> int | None:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# -- one configuration -----------------------------------------------------------------------
+
+
+def random_networks(variant_name: str) -> Networks:
+    """A full-size variant's networks with deterministic random weights in the official
+    layout, loaded through the real loaders (timing only: the output is noise)."""
+    variant = get_variant(variant_name)
+    return build_networks(dataclasses.replace(variant, random_weights=True), {})
+
+
+def local_networks(variant_name: str) -> Networks:
+    from ..runtime import weights
+
+    variant = get_variant(variant_name)
+    return build_networks(variant, weights.resolve(variant, quiet=True))
+
+
+def weights_note(args: argparse.Namespace) -> str:
+    if args.weights == "local":
+        return "the downloaded official checkpoints"
+    size = "tiny" if get_variant(args.variant).random_weights else "full-size"
+    return f"random {size} weights in the official layout (timing only; the audio is noise)"
+
+
+def make_pipelines(
+    variant_name: str, nets: Networks, configs: list[Config], device: torch.device
+) -> dict[Config, Pipeline]:
+    """One Pipeline per configuration; configurations of one precision share its networks (an
+    fp32 master is kept on the CPU so no cast is ever made from an already rounded copy)."""
+    variant = get_variant(variant_name)
+    shared: dict[str, Networks] = {}
+    pipes = {}
+    for c in configs:
+        if c.precision not in shared:
+            in_place = device.type == "cpu" and c.dtype == c.decoder_dtype == torch.float32
+            shared[c.precision] = nets if in_place else copy.deepcopy(nets)
+        n = shared[c.precision]
+        parts = TorchParts(
+            variant,
+            n,
+            device,
+            c.dtype,
+            reference=c.mode == "reference",
+            decoder_dtype=c.decoder_dtype,
+            cuda_graphs=c.mode == "graphs",
+        )
+        pipes[c] = Pipeline(variant, parts, Tokenizers(n.t5))
+    return pipes
+
+
+def synthetic_frames(duration: float, seed: int) -> torch.Tensor:
+    """[1, int(25 * duration), 3, 224, 224] float32 in [-1, 1], deterministic."""
+    frames = int(25 * duration)
+    g = torch.Generator().manual_seed(seed)
+    u8 = torch.randint(0, 256, (frames, 3, SYNC_SIZE, SYNC_SIZE), dtype=torch.uint8, generator=g)
+    return media.to_model_input(u8)[None]
+
+
+def run_once(pipe: Pipeline, frames: torch.Tensor, prompts: list[str], args) -> dict:
+    """One timed run: text encoding, then frames to waveform. Seconds per part."""
+    dev = pipe.device
+    cuda = dev.type == "cuda"
+    frames = frames.to(dev)
+    timings: dict[str, float] = {}
+    with PeakMemory(dev) as mem:
+        _sync(dev)
+        t0 = time.perf_counter()
+        text = pipe.encode_text(prompts)
+        _sync(dev)
+        timings["text"] = time.perf_counter() - t0
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        t1 = time.perf_counter()
+        out = pipe.synthesize(
+            frames,
+            text,
+            duration=args.duration,
+            seed=args.seed,
+            steps=args.steps,
+            cfg=args.cfg,
+            timings=timings,
+        )
+        if cuda:
+            end.record()
+            end.synchronize()
+            timings["frames_to_waveform"] = start.elapsed_time(end) / 1000
+        else:
+            timings["frames_to_waveform"] = time.perf_counter() - t1
+    timings["total"] = timings["text"] + timings["frames_to_waveform"]
+    return {"timings": timings, "peak_memory": mem.peak, "out": out, "text": text}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_dit_step(pipe: Pipeline, run: dict, args) -> list[float]:
+    """Seconds of single `dit_step` calls (CFG included) at mid-trajectory, P prompts."""
+    parts, text, out = pipe.parts, run["text"], run["out"]
+    seq = pipe.variant.sequence_lengths(args.duration)
+    prompts = text.clip.shape[0]
+    clip_f = None
+    if pipe.variant.uses_clip_video:  # not timed here: only the step is
+        frames = torch.zeros(seq.clip, 3, 384, 384, device=pipe.device)
+        clip_f = parts.clip_image(frames)[None].expand(prompts, -1, -1)
+    conditions = parts.dit_conditions(
+        clip_f,
+        out.sync_features,
+        text.clip,
+        text.negative.expand(prompts, -1, -1),
+        seq.latent,
+        seq.clip,
+    )
+    x = out.noise
+    t = torch.full((prompts,), 0.48, dtype=x.dtype, device=x.device)
+    times = []
+    for i in range(args.step_repeat + 2):  # two untimed calls first
+        _sync(pipe.device)
+        t0 = time.perf_counter()
+        parts.dit_step(x, t, conditions, args.cfg)
+        _sync(pipe.device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+# -- statistics and the report ---------------------------------------------------------------
+
+
+def stats(values: list[float]) -> dict:
+    """median and p90 (nearest rank) of seconds; `runs` keeps every value."""
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, int(np.ceil(0.9 * len(ordered))) - 1)]
+    return {"median": statistics.median(ordered), "p90": p90, "runs": values}
+
+
+def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    a, b = actual.detach().double().cpu(), expected.detach().double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def compare_outputs(out, ref) -> dict[str, float]:
+    """Relative L2 distance of a configuration's outputs from another's (same seed, inputs)."""
+    return {
+        "sync_features": rel_l2(out.sync_features, ref.sync_features),
+        "latent": rel_l2(out.latent, ref.latent),
+        "mel": rel_l2(out.mel, ref.mel),
+        "audio": rel_l2(out.audio, ref.audio),
+    }
+
+
+def summarise(c: Config, runs: list[dict], step_times: list[float], args) -> dict:
+    parts = [k for k in runs[0]["timings"] if k not in ("frames_to_waveform", "total")]
+    f2w = stats([r["timings"]["frames_to_waveform"] for r in runs])
+    peak = max((r["peak_memory"] or 0) for r in runs) or None
+    return {
+        "name": c.name,
+        "mode": c.mode,
+        "backend": args.backend,
+        "precision": c.precision,
+        "prompts": c.prompts,
+        "clips": 1,
+        "frames_to_waveform_s": f2w,
+        "total_s": stats([r["timings"]["total"] for r in runs]),
+        "parts_s": {p: stats([r["timings"][p] for r in runs]) for p in parts},
+        "sampling_per_step_ms": 1000
+        * statistics.median(r["timings"]["sampling"] for r in runs)
+        / args.steps,
+        "dit_step_ms": {k: 1000 * v for k, v in stats(step_times).items() if k != "runs"},
+        "rtf": f2w["median"] / args.duration,
+        "peak_memory_mb": None if peak is None else round(peak / 2**20, 1),
+    }
+
+
+def add_comparisons(results: list[dict], outputs: dict[str, object]) -> None:
+    """speedup_vs_reference and output distance against the reference of the same precision
+    and prompts; error_vs_fp32 against the fp32 configuration of the same mode and prompts."""
+    by_key = {(r["mode"], r["precision"], r["prompts"]): r for r in results}
+    for r in results:
+        ref = by_key.get(("reference", r["precision"], r["prompts"]))
+        if ref is not None and r is not ref:
+            r["speedup_vs_reference"] = (
+                ref["frames_to_waveform_s"]["median"] / r["frames_to_waveform_s"]["median"]
+            )
+            r["parts_speedup_vs_reference"] = {
+                p: ref["parts_s"][p]["median"] / v["median"]
+                for p, v in r["parts_s"].items()
+                if v["median"] > 0
+            }
+            r["rel_l2_vs_reference"] = compare_outputs(outputs[r["name"]], outputs[ref["name"]])
+        else:
+            r["speedup_vs_reference"] = None
+        fp32 = by_key.get((r["mode"], "fp32", r["prompts"])) or by_key.get(
+            ("reference", "fp32", r["prompts"])
+        )
+        if fp32 is not None and not r["precision"].startswith("fp32"):
+            r["rel_l2_vs_fp32"] = compare_outputs(outputs[r["name"]], outputs[fp32["name"]])
+    # Sharing the trunk: what P prompts cost relative to one, per mode and precision.
+    for r in results:
+        one = by_key.get((r["mode"], r["precision"], 1))
+        if one is not None and r["prompts"] > 1:
+            r["cost_vs_one_prompt"] = (
+                r["frames_to_waveform_s"]["median"] / one["frames_to_waveform_s"]["median"]
+            )
+
+
+def markdown(report: dict) -> str:
+    env, setup = report["environment"], report["setup"]
+    lines = [
+        f"# selva-rt bench: {setup['variant']} on {env['device']['name']}",
+        "",
+        f"{env['date']}, commit {(env['commit'] or 'unknown')[:10]}"
+        f"{' (dirty)' if env['dirty'] else ''}, torch {env['versions']['torch']}, "
+        f"{env['cpu']['threads']} CPU threads; load average (1, 5, 15 min) "
+        f"{env['load_average_start']} at the start, {report.get('load_average_end')} at the end "
+        f"(1-min after each round: {[x[0] for x in report.get('load_average_rounds', []) if x]}).",
+        f"Weights: {setup['weights']}. {setup['duration']} s clip, {setup['steps']} Euler "
+        f"steps, cfg {setup['cfg']}; {setup['warmup']} warm-up + {setup['repeat']} timed rounds "
+        "(round-robin over configurations); times are medians (p90 in brackets).",
+    ]
+    if setup.get("note"):
+        lines += ["", setup["note"]]
+    lines += [
+        "",
+        "| configuration | frames→waveform s | speedup vs reference | RTF | text s "
+        "| one dit_step ms | per step in loop ms | P prompts / 1 prompt | peak MB "
+        "| audio rel L2 vs reference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        f2w = r["frames_to_waveform_s"]
+        speed = r.get("speedup_vs_reference")
+        err = r.get("rel_l2_vs_reference", {}).get("audio")
+        cost = r.get("cost_vs_one_prompt")
+        lines.append(
+            f"| {r['name']} | {_fmt(f2w['median'])} ({_fmt(f2w['p90'])}) "
+            f"| {'—' if speed is None else f'{speed:.2f}×'} | {r['rtf']:.3g} "
+            f"| {_fmt(r['parts_s']['text']['median'])} | {_fmt(r['dit_step_ms']['median'])} "
+            f"| {_fmt(r['sampling_per_step_ms'])} | {'—' if cost is None else f'{cost:.2f}×'} "
+            f"| {r['peak_memory_mb'] or '—'} | {'—' if err is None else f'{err:.2e}'} |"
+        )
+    parts = [p for p in report["results"][0]["parts_s"] if p != "text"]
+    lines += [
+        "",
+        "Per part (median seconds; speedup vs reference in brackets):",
+        "",
+        "| configuration | " + " | ".join(parts) + " |",
+        "|---|" + "---|" * len(parts),
+    ]
+    for r in report["results"]:
+        ps = r.get("parts_speedup_vs_reference", {})
+        cells = [
+            _fmt(r["parts_s"][p]["median"]) + (f" ({ps[p]:.2f}×)" if p in ps else "") for p in parts
+        ]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    errs = [r for r in report["results"] if "rel_l2_vs_fp32" in r]
+    if errs:
+        lines += ["", "Distance from fp32 (relative L2, same inputs and seed):", ""]
+        lines += [
+            "| configuration | sync_features | latent | mel | audio |",
+            "|---|---|---|---|---|",
+        ]
+        for r in errs:
+            e = r["rel_l2_vs_fp32"]
+            lines.append(
+                f"| {r['name']} | {e['sync_features']:.2e} | {e['latent']:.2e} "
+                f"| {e['mel']:.2e} | {e['audio']:.2e} |"
+            )
+    f2f = report.get("file_to_file")
+    if f2f:
+        lines += [
+            "",
+            f"File to file ({f2f['config']}, {f2f['clip']}): {_fmt(f2f['total_s'])} s in all",
+            "",
+            "| " + " | ".join(f2f["timings_s"]) + " |",
+            "|" + "---|" * len(f2f["timings_s"]),
+            "| " + " | ".join(_fmt(v) for v in f2f["timings_s"].values()) + " |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:.3g}" if seconds < 100 else f"{seconds:.0f}"
+
+
+# -- file to file ----------------------------------------------------------------------------
+
+
+def synthetic_clip(path: Path, seconds: float = 8.0, size=(1920, 1080), fps: int = 30) -> Path:
+    """An H.264 (yuv420p, High profile defaults) clip with moving texture and an AAC track."""
+    import av
+
+    width, height = size
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 48, (height, width, 3), dtype=np.uint8)
+    y, x = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        audio = out.add_stream("aac", rate=48000, layout="stereo")
+        for i in range(int(seconds * fps)):
+            img = np.stack(
+                [(x + 7 * i) % 256, (y + 3 * i) % 256, ((x + y) // 4 + 5 * i) % 256], axis=-1
+            ).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(img + np.roll(noise, 9 * i, axis=1), format="rgb24")
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        samples = int(seconds * 48000)
+        tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(samples) / 48000)).astype(np.float32)
+        for start in range(0, samples, 1024):
+            chunk = np.tile(tone[start : start + 1024], (2, 1))
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+            frame.sample_rate = 48000
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode())
+    return path
+
+
+def file_to_file(pipe: Pipeline, clip: Path, out_dir: Path, args) -> dict:
+    """Seconds of each stage of `selva-rt generate CLIP PROMPT` minus model loading."""
+    t0 = time.perf_counter()
+    info = media.probe(clip)
+    probe_s = time.perf_counter() - t0
+    result = pipe.generate(
+        clip, PROMPTS[0], seed=args.seed, steps=args.steps, cfg=args.cfg, duration=args.duration
+    )
+    timings = {"probe": probe_s, **result.timings}
+    t1 = time.perf_counter()
+    wav = out_dir / "stem.wav"
+    media.write_audio(wav, result.audio[0], result.sample_rate, force=True)
+    timings["write_audio"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    media.mux(
+        clip,
+        result.audio[0],
+        result.sample_rate,
+        out_dir / f"muxed{clip.suffix}",
+        start=result.start,
+        duration=result.duration,
+        force=True,
+    )
+    timings["remux"] = time.perf_counter() - t2
+    return {
+        "clip": f"{clip.name}: {info.codec} {info.size[0]}x{info.size[1]}, {float(info.fps):g} fps",
+        "timings_s": timings,
+        "total_s": sum(timings.values()),
+    }
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    configs = configs_of(args, device)
+    env = environment(device)
+    print(f"selva-rt bench: {len(configs)} configurations on {env['device']['name']}", flush=True)
+
+    t0 = time.perf_counter()
+    nets = (
+        random_networks(args.variant) if args.weights == "random" else local_networks(args.variant)
+    )
+    pipes = make_pipelines(args.variant, nets, configs, device)
+    load_s = time.perf_counter() - t0
+    frames = synthetic_frames(args.duration, args.seed)
+
+    runs: dict[Config, list[dict]] = {c: [] for c in configs}
+    last: dict[str, object] = {}
+    load: list[list[float] | None] = []  # 1-minute load average after each round
+    for round_ in range(args.warmup + args.repeat):
+        timed = round_ >= args.warmup
+        for c in configs:
+            run = run_once(pipes[c], frames, list(PROMPTS[: c.prompts]), args)
+            f2w = run["timings"]["frames_to_waveform"]
+            print(
+                f"  round {round_ + 1}/{args.warmup + args.repeat} {c.name:<22s} "
+                f"{f2w:9.3f} s {'' if timed else '(warm-up)'}",
+                flush=True,
+            )
+            if timed:
+                runs[c].append(run)
+            last[c.name] = run
+        load.append(_loadavg())
+        print(f"  load average after round {round_ + 1}: {load[-1]}", flush=True)
+    results = []
+    for c in configs:
+        step_times = time_dit_step(pipes[c], last[c.name], args)
+        results.append(summarise(c, runs[c] or [last[c.name]], step_times, args))
+    add_comparisons(results, {name: run["out"] for name, run in last.items()})
+
+    report = {
+        "schema": SCHEMA,
+        "environment": env,
+        "setup": {
+            "variant": args.variant,
+            "weights": weights_note(args),
+            "duration": args.duration,
+            "steps": args.steps,
+            "cfg": args.cfg,
+            "seed": args.seed,
+            "warmup": args.warmup,
+            "repeat": args.repeat,
+            "step_repeat": args.step_repeat,
+            "load_s": load_s,
+            "note": args.note,
+        },
+        "results": results,
+    }
+    if args.file_to_file:
+        fast = next((c for c in configs if c.mode != "reference" and c.prompts == 1), configs[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            clip = (
+                synthetic_clip(Path(tmp) / "clip_1080p.mp4")
+                if args.file_to_file == "synthetic"
+                else Path(args.file_to_file)
+            )
+            report["file_to_file"] = {
+                "config": fast.name,
+                **file_to_file(pipes[fast], clip, Path(tmp), args),
+            }
+    report["load_average_rounds"] = load
+    report["load_average_end"] = _loadavg()
+
+    stem = args.name or f"bench-{device.type}-{args.variant}-{env['date'][:10]}"
+    args.output.mkdir(parents=True, exist_ok=True)
+    md = markdown(report)
+    (args.output / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.output / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"wrote {args.output / stem}.json and .md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

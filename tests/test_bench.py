@@ -1,0 +1,73 @@
+"""`selva-rt bench` on the tiny variant: it runs quickly and writes the documented JSON schema
+(with speedup_vs_reference for every fast configuration) and the markdown table."""
+
+import json
+
+import pytest
+import torch
+from clips import make_clip
+from selva_rt.benchmarks import bench
+
+torch.set_num_threads(1)
+
+QUICK = ["--variant", "tiny", "--duration", "1", "--steps", "2", "--warmup", "0", "--repeat", "1"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    clip = make_clip(out / "clip.mp4", frames=40)
+    argv = [*QUICK, "--prompts", "1,2", "--step-repeat", "1", "--device", "cpu"]
+    assert (
+        bench.main([*argv, "--file-to-file", str(clip), "--output", str(out), "--name", "r"]) == 0
+    )
+    return json.loads((out / "r.json").read_text()), (out / "r.md").read_text()
+
+
+def test_json_schema(report):
+    r, _ = report
+    assert r["schema"] == bench.SCHEMA
+    env = r["environment"]
+    assert {"date", "commit", "device", "versions", "cpu", "load_average_start"} <= set(env)
+    assert env["versions"]["torch"] == torch.__version__
+    assert r["setup"]["weights"].startswith("random tiny weights")
+    names = [x["name"] for x in r["results"]]
+    assert names == ["reference/fp32/p1", "fast/fp32/p1", "reference/fp32/p2", "fast/fp32/p2"]
+    for x in r["results"]:
+        assert x["backend"] == "torch"
+        assert {"median", "p90", "runs"} <= set(x["frames_to_waveform_s"])
+        parts = {"text", "video_trunk", "video_select", "dit_conditions", "sampling", "decoder"}
+        assert set(x["parts_s"]) == parts
+        assert x["rtf"] == pytest.approx(x["frames_to_waveform_s"]["median"] / 1.0)
+        assert x["dit_step_ms"]["median"] > 0 and x["peak_memory_mb"] > 0
+        if x["mode"] == "reference":
+            assert x["speedup_vs_reference"] is None
+        else:
+            assert x["speedup_vs_reference"] > 0
+            assert set(x["parts_speedup_vs_reference"]) == parts
+            assert x["rel_l2_vs_reference"]["audio"] < 2e-3  # fp32 fast vs fp32 reference
+    assert r["results"][3]["cost_vs_one_prompt"] > 0
+
+
+def test_markdown_and_file_to_file(report):
+    r, md = report
+    assert "| fast/fp32/p1 |" in md and "speedup vs reference" in md
+    f2f = r["file_to_file"]
+    assert f2f["config"] == "fast/fp32/p1"
+    assert {
+        "probe",
+        "decode",
+        "text",
+        "video_trunk",
+        "sampling",
+        "decoder",
+        "write_audio",
+        "remux",
+    } <= set(f2f["timings_s"])
+
+
+def test_bad_arguments_exit_with_a_message():
+    with pytest.raises(SystemExit, match="graphs needs a CUDA device"):
+        bench.main([*QUICK, "--device", "cpu", "--modes", "graphs"])
+    with pytest.raises(SystemExit, match="unknown precision"):
+        bench.main([*QUICK, "--device", "cpu", "--precisions", "fp8"])
