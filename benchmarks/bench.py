@@ -192,8 +192,9 @@ def _loadavg() -> list[float] | None:
 
 
 class PeakMemory:
-    """Peak memory of a region: CUDA allocator peak on CUDA, else the process's peak resident
-    set, sampled every 10 ms from /proc (None where /proc is missing)."""
+    """Peak memory a region adds to what was in use when it began (so the weights, and other
+    configurations' copies of them, are not counted): the CUDA allocator's peak on CUDA, else
+    the process's resident set sampled every 10 ms from /proc (None where /proc is missing)."""
 
     def __init__(self, device: torch.device):
         self.device, self.peak = device, None
@@ -201,9 +202,10 @@ class PeakMemory:
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
             return self
         self._stop = threading.Event()
-        self.peak = _rss()
+        self._start = self._max = _rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -211,15 +213,17 @@ class PeakMemory:
     def _sample(self) -> None:
         while not self._stop.wait(0.01):
             rss = _rss()
-            if rss is not None and self.peak is not None:
-                self.peak = max(self.peak, rss)
+            if rss is not None and self._max is not None:
+                self._max = max(self._max, rss)
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._start
         else:
             self._stop.set()
             self._thread.join()
+            if self._start is not None:
+                self.peak = self._max - self._start
 
 
 def _rss() -> int | None:
@@ -302,7 +306,7 @@ def run_once(pipe: Pipeline, frames: torch.Tensor, prompts: list[str], args) -> 
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-        t1 = time.perf_counter()
+        t1, cpu1 = time.perf_counter(), time.process_time()
         out = pipe.synthesize(
             frames,
             text,
@@ -319,7 +323,10 @@ def run_once(pipe: Pipeline, frames: torch.Tensor, prompts: list[str], args) -> 
         else:
             timings["frames_to_waveform"] = time.perf_counter() - t1
     timings["total"] = timings["text"] + timings["frames_to_waveform"]
-    return {"timings": timings, "peak_memory": mem.peak, "out": out, "text": text}
+    # CPU seconds of all threads: on a shared machine, less inflated by others' load than wall
+    # time (a descheduled thread does not count; a spinning one does).
+    cpu_s = time.process_time() - cpu1
+    return {"timings": timings, "cpu_s": cpu_s, "peak_memory": mem.peak, "out": out, "text": text}
 
 
 def _sync(device: torch.device) -> None:
@@ -361,10 +368,11 @@ def time_dit_step(pipe: Pipeline, run: dict, args) -> list[float]:
 
 
 def stats(values: list[float]) -> dict:
-    """median and p90 (nearest rank) of seconds; `runs` keeps every value."""
+    """median, p90 (nearest rank) and min of seconds; `runs` keeps every value. The min is the
+    best estimate of the unloaded time on a shared machine."""
     ordered = sorted(values)
     p90 = ordered[min(len(ordered) - 1, int(np.ceil(0.9 * len(ordered))) - 1)]
-    return {"median": statistics.median(ordered), "p90": p90, "runs": values}
+    return {"median": statistics.median(ordered), "p90": p90, "min": ordered[0], "runs": values}
 
 
 def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -395,6 +403,7 @@ def summarise(c: Config, runs: list[dict], step_times: list[float], args) -> dic
         "clips": 1,
         "frames_to_waveform_s": f2w,
         "total_s": stats([r["timings"]["total"] for r in runs]),
+        "frames_to_waveform_cpu_s": stats([r["cpu_s"] for r in runs]),
         "parts_s": {p: stats([r["timings"][p] for r in runs]) for p in parts},
         "sampling_per_step_ms": 1000
         * statistics.median(r["timings"]["sampling"] for r in runs)
@@ -407,13 +416,17 @@ def summarise(c: Config, runs: list[dict], step_times: list[float], args) -> dic
 
 def add_comparisons(results: list[dict], outputs: dict[str, object]) -> None:
     """speedup_vs_reference and output distance against the reference of the same precision
-    and prompts; error_vs_fp32 against the fp32 configuration of the same mode and prompts."""
+    and prompts; for reduced precisions also speedup_vs_reference_fp32, and rel_l2_vs_fp32
+    against the fp32 configuration of the same mode and prompts."""
     by_key = {(r["mode"], r["precision"], r["prompts"]): r for r in results}
     for r in results:
         ref = by_key.get(("reference", r["precision"], r["prompts"]))
         if ref is not None and r is not ref:
             r["speedup_vs_reference"] = (
                 ref["frames_to_waveform_s"]["median"] / r["frames_to_waveform_s"]["median"]
+            )
+            r["speedup_vs_reference_min"] = (
+                ref["frames_to_waveform_s"]["min"] / r["frames_to_waveform_s"]["min"]
             )
             r["parts_speedup_vs_reference"] = {
                 p: ref["parts_s"][p]["median"] / v["median"]
@@ -423,6 +436,12 @@ def add_comparisons(results: list[dict], outputs: dict[str, object]) -> None:
             r["rel_l2_vs_reference"] = compare_outputs(outputs[r["name"]], outputs[ref["name"]])
         else:
             r["speedup_vs_reference"] = None
+        # What a reduced precision buys over the official fp32 run.
+        ref32 = by_key.get(("reference", "fp32", r["prompts"]))
+        if ref32 is not None and not r["precision"].startswith("fp32"):
+            r["speedup_vs_reference_fp32"] = (
+                ref32["frames_to_waveform_s"]["median"] / r["frames_to_waveform_s"]["median"]
+            )
         fp32 = by_key.get((r["mode"], "fp32", r["prompts"])) or by_key.get(
             ("reference", "fp32", r["prompts"])
         )
@@ -455,22 +474,24 @@ def markdown(report: dict) -> str:
         lines += ["", setup["note"]]
     lines += [
         "",
-        "| configuration | frames→waveform s | speedup vs reference | RTF | text s "
-        "| one dit_step ms | per step in loop ms | P prompts / 1 prompt | peak MB "
-        "| audio rel L2 vs reference |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| configuration | frames→waveform s: median (p90) min | speedup vs reference: "
+        "median (min) | RTF | CPU s | text s | one dit_step ms | per step in loop ms "
+        "| P prompts / 1 prompt | peak MB above weights | audio rel L2 vs reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         f2w = r["frames_to_waveform_s"]
         speed = r.get("speedup_vs_reference")
+        speed = "—" if speed is None else f"{speed:.2f}× ({r['speedup_vs_reference_min']:.2f}×)"
         err = r.get("rel_l2_vs_reference", {}).get("audio")
         cost = r.get("cost_vs_one_prompt")
+        peak = r["peak_memory_mb"]
         lines.append(
-            f"| {r['name']} | {_fmt(f2w['median'])} ({_fmt(f2w['p90'])}) "
-            f"| {'—' if speed is None else f'{speed:.2f}×'} | {r['rtf']:.3g} "
+            f"| {r['name']} | {_fmt(f2w['median'])} ({_fmt(f2w['p90'])}) {_fmt(f2w['min'])} "
+            f"| {speed} | {r['rtf']:.3g} | {_fmt(r['frames_to_waveform_cpu_s']['median'])} "
             f"| {_fmt(r['parts_s']['text']['median'])} | {_fmt(r['dit_step_ms']['median'])} "
             f"| {_fmt(r['sampling_per_step_ms'])} | {'—' if cost is None else f'{cost:.2f}×'} "
-            f"| {r['peak_memory_mb'] or '—'} | {'—' if err is None else f'{err:.2e}'} |"
+            f"| {'—' if peak is None else peak} | {'—' if err is None else f'{err:.2e}'} |"
         )
     parts = [p for p in report["results"][0]["parts_s"] if p != "text"]
     lines += [
@@ -488,16 +509,20 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     errs = [r for r in report["results"] if "rel_l2_vs_fp32" in r]
     if errs:
-        lines += ["", "Distance from fp32 (relative L2, same inputs and seed):", ""]
         lines += [
-            "| configuration | sync_features | latent | mel | audio |",
-            "|---|---|---|---|---|",
+            "",
+            "Reduced precision: speedup over reference/fp32 with the same prompts, and distance "
+            "from fp32 of the same mode (relative L2, same inputs and seed):",
+            "",
+            "| configuration | speedup vs reference/fp32 | sync_features | latent | mel | audio |",
+            "|---|---|---|---|---|---|",
         ]
         for r in errs:
-            e = r["rel_l2_vs_fp32"]
+            e, speed = r["rel_l2_vs_fp32"], r.get("speedup_vs_reference_fp32")
             lines.append(
-                f"| {r['name']} | {e['sync_features']:.2e} | {e['latent']:.2e} "
-                f"| {e['mel']:.2e} | {e['audio']:.2e} |"
+                f"| {r['name']} | {'—' if speed is None else f'{speed:.2f}×'} "
+                f"| {e['sync_features']:.2e} | {e['latent']:.2e} | {e['mel']:.2e} "
+                f"| {e['audio']:.2e} |"
             )
     f2f = report.get("file_to_file")
     if f2f:

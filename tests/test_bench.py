@@ -17,7 +17,8 @@ QUICK = ["--variant", "tiny", "--duration", "1", "--steps", "2", "--warmup", "0"
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     clip = make_clip(out / "clip.mp4", frames=40)
-    argv = [*QUICK, "--prompts", "1,2", "--step-repeat", "1", "--device", "cpu"]
+    argv = [*QUICK, "--prompts", "1,2", "--precisions", "fp32,bf16", "--step-repeat", "1"]
+    argv += ["--device", "cpu"]
     assert (
         bench.main([*argv, "--file-to-file", str(clip), "--output", str(out), "--name", "r"]) == 0
     )
@@ -32,26 +33,39 @@ def test_json_schema(report):
     assert env["versions"]["torch"] == torch.__version__
     assert r["setup"]["weights"].startswith("random tiny weights")
     names = [x["name"] for x in r["results"]]
-    assert names == ["reference/fp32/p1", "fast/fp32/p1", "reference/fp32/p2", "fast/fp32/p2"]
+    assert names == [
+        f"{mode}/{precision}/p{prompts}"
+        for precision in ("fp32", "bf16")
+        for prompts in (1, 2)
+        for mode in ("reference", "fast")
+    ]
+    assert r["results"][0]["peak_memory_mb"] > 0  # the first run allocates its activations
     for x in r["results"]:
         assert x["backend"] == "torch"
         assert {"median", "p90", "runs"} <= set(x["frames_to_waveform_s"])
         parts = {"text", "video_trunk", "video_select", "dit_conditions", "sampling", "decoder"}
         assert set(x["parts_s"]) == parts
         assert x["rtf"] == pytest.approx(x["frames_to_waveform_s"]["median"] / 1.0)
-        assert x["dit_step_ms"]["median"] > 0 and x["peak_memory_mb"] > 0
+        assert x["dit_step_ms"]["median"] > 0 and x["peak_memory_mb"] >= 0
         if x["mode"] == "reference":
             assert x["speedup_vs_reference"] is None
         else:
             assert x["speedup_vs_reference"] > 0
             assert set(x["parts_speedup_vs_reference"]) == parts
-            assert x["rel_l2_vs_reference"]["audio"] < 2e-3  # fp32 fast vs fp32 reference
+            if x["precision"] == "fp32":
+                assert x["rel_l2_vs_reference"]["audio"] < 2e-3  # the golden e2e tolerance
+        if x["precision"] == "bf16":
+            assert x["speedup_vs_reference_fp32"] > 0
+            assert 0 < x["rel_l2_vs_fp32"]["audio"] < 1  # rounded, yet the same signal
+        else:
+            assert "speedup_vs_reference_fp32" not in x and "rel_l2_vs_fp32" not in x
     assert r["results"][3]["cost_vs_one_prompt"] > 0
 
 
 def test_markdown_and_file_to_file(report):
     r, md = report
     assert "| fast/fp32/p1 |" in md and "speedup vs reference" in md
+    assert "| fast/bf16/p1 |" in md and "Reduced precision" in md
     f2f = r["file_to_file"]
     assert f2f["config"] == "fast/fp32/p1"
     assert {
