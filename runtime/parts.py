@@ -42,6 +42,12 @@ from .models.vocoder import BigVGAN
 from .sampler import euler_sample
 from .variants import SYNC_SEGMENT, Variant
 
+# Segments per MotionFormer call. On the CPU one at a time: a segment's activations (~5 MB a
+# tensor) stay in cache, where the 24 segments of an 8 s clip at once send every elementwise op
+# to DRAM (one at a time measured ~15 % faster on 2 cores). On CUDA one large batch keeps the GPU
+# busy; chunks of 32 bound the activations of long clips.
+TRUNK_CHUNK = {"cpu": 1, "cuda": 32}
+
 PATCHES_PER_SEGMENT = (SYNC_SEGMENT // 2) * 14 * 14  # tubelet 2 x 16 x 16 on 224 x 224
 
 
@@ -107,7 +113,7 @@ class TorchParts:
         frames = frames.to(self.device, self.dtype)
         if self.reference:
             return official.trunk(self.nets.video_encoder, frames)
-        return self.nets.video_encoder.trunk(frames)
+        return self.nets.video_encoder.trunk(frames, TRUNK_CHUNK.get(self.device.type))
 
     @torch.inference_mode()
     def video_select(

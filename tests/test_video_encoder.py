@@ -122,6 +122,14 @@ def test_golden_trunk(golden):
     )
 
 
+def test_chunked_trunk_matches_one_call(small):
+    """Segments are independent: any chunking gives the one-call tokens (up to GEMM rounding)."""
+    enc, frames, tokens, _, _ = small
+    with torch.inference_mode():
+        for chunk in (1, 3, 100):
+            torch.testing.assert_close(enc.trunk(frames, chunk), tokens, rtol=1e-5, atol=1e-5)
+
+
 def test_golden_sync_features_and_split(golden):
     enc, t, frames, tokens = golden
     with torch.inference_mode():

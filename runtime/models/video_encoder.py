@@ -322,9 +322,16 @@ class VideoEncoder(nn.Module):
         load_strict(self, {k: v for k, v in state.items() if k.startswith(prefixes)}, source)
         return self
 
-    def trunk(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames: [B, T, 3, 224, 224] in [-1, 1] -> tokens [B*S, 1568, D] (prompt-independent)."""
-        return self.vfeat_extractor(segment(frames))
+    def trunk(self, frames: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """frames: [B, T, 3, 224, 224] in [-1, 1] -> tokens [B*S, 1568, D] (prompt-independent).
+
+        chunk: segments per MotionFormer call (default: all in one); segments are independent,
+        so chunking changes only speed and peak memory.
+        """
+        segments = segment(frames)
+        if chunk is None:
+            return self.vfeat_extractor(segments)
+        return torch.cat([self.vfeat_extractor(c) for c in segments.split(chunk)])
 
     def pool(self, tokens: torch.Tensor, segments: int) -> torch.Tensor:
         """tokens: [R*S, 1568, D] -> [R, S*8, D] (segment-major, then the 8 feature frames)."""
