@@ -29,6 +29,7 @@ Results go to benchmarks/results/<name>.json and .md; the markdown is printed.
 
 import argparse
 import copy
+import ctypes
 import dataclasses
 import datetime
 import json
@@ -204,6 +205,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
             return self
+        _trim_heap()
         self._stop = threading.Event()
         self._start = self._max = _rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -224,6 +226,15 @@ class PeakMemory:
             self._thread.join()
             if self._start is not None:
                 self.peak = self._max - self._start
+
+
+def _trim_heap() -> None:
+    """Hand the pages glibc keeps after frees back to the OS, so the resident set at the start
+    of a run is what is live (else an earlier, larger run's freed pages hide this run's peak)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure may then read low
+        pass
 
 
 def _rss() -> int | None:

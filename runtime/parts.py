@@ -42,11 +42,13 @@ from .models.vocoder import BigVGAN
 from .sampler import euler_sample
 from .variants import SYNC_SEGMENT, Variant
 
-# Segments per MotionFormer call. On the CPU one at a time: a segment's activations (~5 MB a
-# tensor) stay in cache, where the 24 segments of an 8 s clip at once send every elementwise op
-# to DRAM (one at a time measured ~15 % faster on 2 cores). On CUDA one large batch keeps the GPU
-# busy; chunks of 32 bound the activations of long clips.
-TRUNK_CHUNK = {"cpu": 1, "cuda": 32}
+# Items per network call in fast mode. On the CPU one at a time: one item's activations stay in
+# cache, where a batch sends every elementwise op to DRAM (2 cores, 8 s clip: the trunk ~15 %
+# faster one segment at a time; the decoder of 4 prompts 35 s one by one against 87 s as one
+# batch). On CUDA a batch keeps the GPU busy: every prompt at once, and the trunk in chunks of 32
+# segments to bound the activations of long clips.
+TRUNK_CHUNK = {"cpu": 1, "cuda": 32}  # segments per MotionFormer call
+PROMPT_CHUNK = {"cpu": 1}  # prompts per [SUP] selection and per decoder call (else all)
 
 PATCHES_PER_SEGMENT = (SYNC_SEGMENT // 2) * 14 * 14  # tubelet 2 x 16 x 16 on 224 x 224
 
@@ -142,7 +144,13 @@ class TorchParts:
         if not enc.selective:
             return enc.pool(trunk_tokens, segments).expand(prompts, -1, -1)
         text, mask = enc.prepend_sup(t5_features.to(self.dtype), t5_mask)
-        return enc.select(trunk_tokens, text, mask, segments)
+        chunk = PROMPT_CHUNK.get(self.device.type, prompts)
+        return torch.cat(
+            [
+                enc.select(trunk_tokens, t, m, segments)
+                for t, m in zip(text.split(chunk), mask.split(chunk), strict=True)
+            ]
+        )
 
     @torch.inference_mode()
     def dit_conditions(
@@ -183,8 +191,11 @@ class TorchParts:
     @torch.inference_mode()
     def decoder(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         latent = self.nets.generator.unnormalize(latent).to(self.decoder_dtype)
-        mel = self.nets.vae.decode(latent.transpose(1, 2))
-        return mel, self.nets.vocoder(mel)[:, 0]
+        # Reference: the whole batch in one call, as the official code decodes it.
+        n = latent.shape[0]
+        chunk = n if self.reference else PROMPT_CHUNK.get(self.device.type, n)
+        mels = [self.nets.vae.decode(x.transpose(1, 2)) for x in latent.split(chunk)]
+        return torch.cat(mels), torch.cat([self.nets.vocoder(m)[:, 0] for m in mels])
 
     def sample(
         self, x0: torch.Tensor, conditions: dict[str, torch.Tensor], steps: int, cfg: float
