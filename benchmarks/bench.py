@@ -6,7 +6,7 @@
 
 A configuration is (mode, precision, number of prompts over one clip). Modes:
 
-  reference  the official way (parts.TorchParts(reference=True)): the trunk once per prompt with
+  reference  the official way (TorchParts(reference=True)): the trunk once per prompt with
              einsum attention, [SUP] K/V per segment, full pooling layer, CFG as two passes
   fast       CFG as one batched pass, the trunk once per clip, K/V once per prompt
   graphs     fast, with the 25-step Euler loop replayed as one CUDA graph (CUDA only)
@@ -48,8 +48,11 @@ import numpy as np
 import torch
 
 from ..runtime import media
-from ..runtime.parts import Networks, TorchParts
-from ..runtime.pipeline import DTYPES, Pipeline, Tokenizers, build_networks, resolve_device
+from ..runtime.backends.torch_parts import TorchParts
+from ..runtime.device import DTYPES, resolve_device
+from ..runtime.models.networks import Networks, build_networks
+from ..runtime.outputs import plan_outputs, write_outputs
+from ..runtime.pipeline import Pipeline, Tokenizers
 from ..runtime.variants import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, SYNC_SIZE, get_variant
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,6 +278,7 @@ def make_pipelines(
     fp32 master is kept on the CPU so no cast is ever made from an already rounded copy)."""
     variant = get_variant(variant_name)
     shared: dict[str, Networks] = {}
+    tokenizers = Tokenizers.load(variant)
     pipes = {}
     for c in configs:
         if c.precision not in shared:
@@ -290,7 +294,7 @@ def make_pipelines(
             decoder_dtype=c.decoder_dtype,
             cuda_graphs=c.mode == "graphs",
         )
-        pipes[c] = Pipeline(variant, parts, Tokenizers(n.t5))
+        pipes[c] = Pipeline(variant, parts, tokenizers)
     return pipes
 
 
@@ -595,20 +599,8 @@ def file_to_file(pipe: Pipeline, clip: Path, out_dir: Path, args) -> dict:
     )
     timings = {"probe": probe_s, **result.timings}
     t1 = time.perf_counter()
-    wav = out_dir / "stem.wav"
-    media.write_audio(wav, result.audio[0], result.sample_rate, force=True)
-    timings["write_audio"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    media.mux(
-        clip,
-        result.audio[0],
-        result.sample_rate,
-        out_dir / f"muxed{clip.suffix}",
-        start=result.start,
-        duration=result.duration,
-        force=True,
-    )
-    timings["remux"] = time.perf_counter() - t2
+    write_outputs(plan_outputs(clip, result.prompts, out_dir, force=True), result)
+    timings["write"] = time.perf_counter() - t1  # the WAV stem and the remux
     return {
         "clip": f"{clip.name}: {info.codec} {info.size[0]}x{info.size[1]}, {float(info.fps):g} fps",
         "timings_s": timings,

@@ -14,7 +14,6 @@ without --force.
 
 # Absolute imports: this file also runs as a script, with export/ (not the package) on sys.path.
 import argparse
-import json
 import platform
 import sys
 import time
@@ -23,11 +22,10 @@ from importlib import metadata
 from pathlib import Path
 
 from selva_rt.export import plan
+from selva_rt.runtime.backends.graphs import CONSTANTS, MANIFEST, Manifest, PartEntry
 from selva_rt.runtime.errors import OutputError, SelvaError, UsageError
-from selva_rt.runtime.ort_backend import CONSTANTS, MANIFEST
 from selva_rt.runtime.variants import VARIANTS, get_variant
 
-FORMAT = 1
 # Worst relative L2 error per output the ONNX Runtime check accepts, against the fp32 torch
 # backend. fp32: kernel rounding only (measured ~1e-6 on the tiny variant). fp16/bf16 graphs are
 # held to the reduced-precision tolerances of the golden README.
@@ -111,7 +109,7 @@ def check_arguments(args) -> None:
         raise UsageError("--threads must be >= 0")
 
 
-def plan_output(out: Path, parts: list[str], force: bool) -> dict | None:
+def plan_output(out: Path, parts: list[str], force: bool) -> Manifest | None:
     """Refuse (before any work) to overwrite a build or to write into a file; return the old
     manifest when --force may merge into it."""
     if out.exists() and not out.is_dir():
@@ -124,8 +122,8 @@ def plan_output(out: Path, parts: list[str], force: bool) -> dict | None:
         )
     if (out / MANIFEST).is_file():
         try:
-            return json.loads((out / MANIFEST).read_text())
-        except ValueError:
+            return Manifest.read(out)
+        except SelvaError:  # unreadable or of another format: rebuilt whole
             return None
     return None
 
@@ -152,7 +150,7 @@ def build(args) -> dict:
     from selva_rt.export import onnx_export as ox
     from selva_rt.export import trt_build
     from selva_rt.runtime import weights
-    from selva_rt.runtime.pipeline import build_networks
+    from selva_rt.runtime.models.networks import build_networks
 
     check_arguments(args)
     variant = get_variant(args.variant)
@@ -173,47 +171,46 @@ def build(args) -> dict:
     entries = {}
     for name in parts:
         exported = ox.export_part(name, variant, nets, out / f"{name}.onnx", args.precision)
-        entries[name] = {
-            "onnx": exported.path.name,
-            "sha256": exported.sha256,
-            "precision": plan.graph_precision(name, args.precision),
+        entries[name] = PartEntry(
+            onnx=exported.path.name,
+            sha256=exported.sha256,
+            precision=plan.graph_precision(name, args.precision),
             **ox.io_entries(name, variant, args.precision),
-            "export_s": round(exported.seconds, 2),
-        }
+            export_s=round(exported.seconds, 2),
+        )
         _say(f"  {name}: exported in {exported.seconds:.1f} s", args.quiet)
     empty_clip_feat = nets.generator.empty_clip_feat.detach().float().cpu().contiguous()
     save_file({"empty_clip_feat": empty_clip_feat}, str(out / CONSTANTS))
 
-    manifest = {
-        "format": FORMAT,
-        "variant": variant.name,
-        "precision": args.precision,
-        "model_hash": model_hash,
-        "opset": ox.OPSET,
-        "limits": {
+    manifest = Manifest(
+        variant=variant.name,
+        precision=args.precision,
+        model_hash=model_hash,
+        opset=ox.OPSET,
+        limits={
             "max_batch": args.max_batch,
             "max_duration": args.max_duration,
             "max_tokens": plan.T5_MAX_TOKENS,
         },
-        "tools": tool_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "parts": entries,
-    }
-    failed = check(args, variant, nets, entries, out, empty_clip_feat)
+        tools=tool_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        parts=entries,
+    )
+    failed = check(args, variant, nets, manifest, out, empty_clip_feat)
 
     if not args.onnx_only:
         engines = trt_build.build_engines(out, manifest, variant, parts, quiet=args.quiet)
         for name, engine in engines.items():
-            entries[name]["tensorrt"] = engine
+            entries[name].tensorrt = engine
 
-    if previous and all(
-        previous.get(k) == manifest[k] for k in ("format", "variant", "precision", "model_hash")
+    if previous and (previous.variant, previous.precision, previous.model_hash) == (
+        manifest.variant,
+        manifest.precision,
+        manifest.model_hash,
     ):
         # A rebuild of some parts keeps the entries of the others.
-        manifest["parts"] = {**previous.get("parts", {}), **entries}
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(out / MANIFEST)
+        manifest.parts = {**previous.parts, **entries}
+    manifest.write(out)
     if failed:
         raise SelvaError(
             f"ONNX Runtime disagrees with torch for {', '.join(failed)}; see {out / MANIFEST}"
@@ -222,13 +219,14 @@ def build(args) -> dict:
     return manifest
 
 
-def check(args, variant, nets, entries: dict, out: Path, empty_clip_feat) -> list[str]:
+def check(args, variant, nets, manifest: Manifest, out: Path, empty_clip_feat) -> list[str]:
     """Run every exported part with ONNX Runtime against the fp32 torch backend and record the
-    errors in `entries`; the parts whose error exceeds CHECK_RTOL."""
+    errors in the manifest's entries; the parts whose error exceeds CHECK_RTOL."""
     import onnxruntime as ort
     from selva_rt.export import onnx_export as ox
-    from selva_rt.runtime.ort_backend import OrtParts
+    from selva_rt.runtime.backends.ort_parts import OrtParts
 
+    entries = manifest.parts
     device, provider = "cpu", "CPUExecutionProvider"
     if args.precision == "bf16":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -237,19 +235,18 @@ def check(args, variant, nets, entries: dict, out: Path, empty_clip_feat) -> lis
                 "this onnxruntime has no CUDA provider"
             )
             for entry in entries.values():
-                entry["check"] = {"skipped": reason}
+                entry.check = {"skipped": reason}
             _say(f"  check {reason}", args.quiet)
             return []
         device, provider = "cuda", "CUDAExecutionProvider"
-    manifest = {"precision": args.precision, "parts": entries}
-    graphs = {n: out / e["onnx"] for n, e in entries.items()}
+    graphs = {n: out / e.onnx for n, e in entries.items()}
     ort_parts = OrtParts(
         variant, manifest, graphs, empty_clip_feat, device, [provider], args.threads
     )
     rtol = CHECK_RTOL[args.precision]
     failed = []
     for name, outs in ox.check_parts(list(entries), variant, nets, ort_parts).items():
-        entries[name]["check"] = {
+        entries[name].check = {
             "against": "torch backend, fp32, CPU",
             "provider": provider,
             "sizes": [vars(s) for s in ox.CHECK_SIZES],

@@ -41,10 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime.backends.graphs import GraphInputs
+from ..runtime.backends.ort_parts import OrtParts
+from ..runtime.backends.torch_parts import TorchParts
+from ..runtime.device import DTYPES
 from ..runtime.models.generator import attention
+from ..runtime.models.networks import Networks
 from ..runtime.models.video_encoder import merge_heads, split_heads
-from ..runtime.ort_backend import GraphInputs, OrtParts
-from ..runtime.parts import Networks, TorchParts
 from ..runtime.variants import SYNC_SIZE, Variant
 from . import plan
 
@@ -52,7 +55,6 @@ from . import plan
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 OPSET = 18  # LayerNormalization needs 17; TensorRT 10's parser takes 9..24
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # -- wrappers -------------------------------------------------------------------------------
@@ -297,7 +299,8 @@ def sample_args(name: str, variant: Variant, sizes: Sizes, seed: int) -> tuple:
 
 def graph_inputs(name: str, variant: Variant, nets: Networks, args: tuple) -> dict:
     """The graph inputs the ONNX backends feed for TorchParts-form `args`."""
-    inputs = GraphInputs(variant, nets.generator.empty_clip_feat.detach().float().cpu())
+    empty_clip_feat = nets.generator.empty_clip_feat.detach().float().cpu()
+    inputs = GraphInputs(variant, empty_clip_feat, torch.device("cpu"))
     if name == "video_select":
         args = args[:3]  # `prompts` only expands a prompt-independent result
     return getattr(inputs, name)(*args)

@@ -6,9 +6,6 @@ profiles, engine cache keys, output binding plans, and the TensorRT-readiness ch
 graph against the operators TensorRT's ONNX parser documents.
 """
 
-import hashlib
-import json
-import re
 from dataclasses import dataclass
 
 from ..runtime.variants import SYNC_SIZE, Variant, sequence_lengths
@@ -227,66 +224,7 @@ def profile(
 
 # -- engine cache -------------------------------------------------------------------------------
 
-
-def engine_key(
-    *,
-    model_hash: str,
-    part: str,
-    precision: str,
-    onnx_sha256: str,
-    shapes: dict,
-    gpu: str,
-    compute_capability: tuple[int, int],
-    trt_version: str,
-) -> str:
-    """Cache key of one engine: everything that makes a serialized engine valid or not. An
-    engine only loads on the TensorRT version and GPU model it was built with."""
-    fields = {
-        "model": model_hash,
-        "part": part,
-        "precision": precision,
-        "onnx": onnx_sha256,
-        "profile": {k: [list(s) for s in v] for k, v in sorted(shapes.items())},
-        "gpu": gpu,
-        "sm": list(compute_capability),
-        "tensorrt": trt_version,
-    }
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
-    return f"{part}-{precision}-{digest}"
-
-
-def engine_dir_name(gpu: str, compute_capability: tuple[int, int], trt_version: str) -> str:
-    """Folder of one GPU model and TensorRT version inside an engines directory."""
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "gpu"
-    return f"trt-{trt_version}-sm{compute_capability[0]}{compute_capability[1]}-{slug}"
-
-
-TIMING_CACHE = "timing.cache"  # one per engine_dir_name folder, shared by all parts
-
-
-# -- binding plan -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Binding:
-    name: str
-    is_input: bool
-    dtype: str  # float32 / float16 / bfloat16 / int64 / bool
-    shape: tuple[int, ...]
-
-
-def binding_plan(
-    part: str, variant: Variant, precision: str, prompts: int, tokens: int, duration: float
-) -> list[Binding]:
-    """Every input and output buffer of part `part` for one request shape, so a backend can
-    allocate outputs before it runs (static shapes per duration: CUDA-graph capturable)."""
-    inputs, outputs = part_io(part, variant, dims(variant, prompts, tokens, duration))
-    gp = graph_precision(part, precision)
-    return [
-        Binding(s.name, is_input, resolve_dtype(s, gp), tuple(s.shape))
-        for is_input, specs in ((True, inputs), (False, outputs))
-        for s in specs
-    ]
+TIMING_CACHE = "timing.cache"  # one per engine folder (graphs.engine_dir_name), shared by all parts
 
 
 # -- TensorRT readiness -------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Every decision (profiles, cache keys, folders, precision) is made in `plan`; this module only
 drives TensorRT, which is imported lazily: nothing else in selva-rt needs it installed.
 
-Engines go to `<out>/<plan.engine_dir_name(gpu, sm, version)>/<plan.engine_key(...)>.plan`: an
+Engines go to `<out>/<engine_dir_name(gpu, sm, version)>/<engine_key(...)>.plan`: an
 engine only loads on the TensorRT version and GPU model it was built for, so one engines
 directory can hold builds for several machines. The networks are strongly typed: TensorRT keeps
 the dtypes of the graph, which `plan.graph_precision` chose at export (fp32 RoPE tables and
@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..runtime.backends.graphs import Manifest, engine_dir_name, engine_key
 from ..runtime.errors import SelvaError
 from ..runtime.variants import Variant
 from . import plan
@@ -85,29 +86,29 @@ def dynamic_shapes(part: str, variant: Variant, limits: dict) -> dict:
 
 
 def build_engines(
-    out: Path, manifest: dict, variant: Variant, parts: list[str], quiet: bool = False
+    out: Path, manifest: Manifest, variant: Variant, parts: list[str], quiet: bool = False
 ) -> dict[str, dict]:
     """Engines of `parts` for this GPU: part -> {folder: entry} for the manifest."""
     gpu, sm = gpu_identity()
     version = tensorrt_version()
-    folder = out / plan.engine_dir_name(gpu, sm, version)
+    folder = out / engine_dir_name(gpu, sm, version)
     folder.mkdir(exist_ok=True)
     built = {}
     for part in parts:
-        entry = manifest["parts"][part]
-        shapes = dynamic_shapes(part, variant, manifest["limits"])
-        key = plan.engine_key(
-            model_hash=manifest["model_hash"],
+        entry = manifest.parts[part]
+        shapes = dynamic_shapes(part, variant, manifest.limits)
+        key = engine_key(
+            model_hash=manifest.model_hash,
             part=part,
-            precision=entry["precision"],
-            onnx_sha256=entry["sha256"],
+            precision=entry.precision,
+            onnx_sha256=entry.sha256,
             shapes=shapes,
             gpu=gpu,
             compute_capability=sm,
             trt_version=version,
         )
         t0 = time.perf_counter()
-        engine = build_engine(out / entry["onnx"], shapes, folder / plan.TIMING_CACHE)
+        engine = build_engine(out / entry.onnx, shapes, folder / plan.TIMING_CACHE)
         (folder / f"{key}.plan").write_bytes(engine)
         seconds = time.perf_counter() - t0
         built[part] = {

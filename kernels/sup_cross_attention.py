@@ -49,8 +49,12 @@ try:
 except ImportError:  # the reference path needs no Triton
     triton = tl = None
 
-from ..runtime.models.layers import RMS_EPS
 from .lazy_jit import interpreting, lazy_jit
+
+# nn.RMSNorm(eps=None) uses the epsilon of the op-math type (fp32) for every input dtype, not
+# finfo(x.dtype).eps as its docs say (spec §8.1): pinned, so bf16 runs match the official code.
+# runtime.models.layers.RMSNorm reads it from here.
+RMS_EPS = torch.finfo(torch.float32).eps
 
 
 def sup_cross_attention(

@@ -7,118 +7,51 @@ traceback. Outputs are planned and checked before any work starts, and written a
 import argparse
 import json
 import os
-import re
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from .errors import OutputError, SelvaError, UsageError
+from .backends import BACKENDS
+from .checks import check_negative_prompt, check_options, check_prompts
+from .errors import SelvaError, UsageError
+from .outputs import AUDIO_FORMATS, OUT_RATES, describe, plan_outputs, report, write_outputs
 from .variants import DEFAULT_CFG, DEFAULT_DURATION, DEFAULT_SEED, DEFAULT_STEPS, VARIANTS
-
-AUDIO_FORMATS = ("wav", "flac")
-# Stream copy keeps the clip's container where its audio codec choice is clear (spec: AAC in MP4,
-# PCM in MOV/MKV); anything else is remuxed into Matroska, which takes every video codec.
-MUX_CONTAINERS = {".mp4": ".mp4", ".m4v": ".mp4", ".mov": ".mov", ".mkv": ".mkv"}
-MAX_PROMPT_CHARS = 1000
-
-
-def _slug(text: str, limit: int = 40) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-    return slug[:limit].rstrip("_") or "prompt"
-
-
-def check_prompt(prompt: str) -> str:
-    """Return the prompt stripped, or raise UsageError with one line saying what is wrong."""
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UsageError("prompt is not valid UTF-8 text; pass the prompt as UTF-8") from None
-    stripped = prompt.strip()
-    if not stripped:
-        raise UsageError("prompt is empty; describe the sound to generate, e.g. 'dog barking'")
-    if len(stripped) > MAX_PROMPT_CHARS:
-        raise UsageError(
-            f"prompt is {len(stripped)} characters long (at most {MAX_PROMPT_CHARS}); "
-            "shorten it to the sound you want"
-        )
-    return stripped
-
-
-def plan_outputs(
-    clip: Path, prompts: list[str], out_dir: Path, fmt: str, video: bool, force: bool
-) -> list[dict]:
-    """Output paths per prompt, refusing (before any work) to clobber files or use a bad dir."""
-    # Nothing is created until there is something to write: check the nearest existing folder.
-    existing = out_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError(f"output path {existing} is a file, not a directory; pass --out DIR")
-    if not os.access(existing, os.W_OK | os.X_OK) or _read_only(existing):
-        raise OutputError(f"output directory {out_dir} is not writable; pass --out DIR")
-    container = MUX_CONTAINERS.get(clip.suffix.lower(), ".mkv")
-    plans, seen = [], {}
-    for prompt in prompts:
-        stem = f"{clip.stem}_{_slug(prompt)}"
-        seen[stem] = seen.get(stem, 0) + 1
-        if seen[stem] > 1:
-            stem = f"{stem}_{seen[stem]}"
-        plan = {"prompt": prompt, "audio": out_dir / f"{stem}.{fmt}"}
-        if video:
-            plan["video"] = out_dir / f"{stem}{container}"
-        plans.append(plan)
-    if not force:
-        existing = [
-            str(p) for plan in plans for k, p in plan.items() if k != "prompt" and p.exists()
-        ]
-        if existing:
-            raise OutputError(
-                f"{existing[0]} already exists{' (and more)' if len(existing) > 1 else ''}; "
-                "pass --force to overwrite or --out to write elsewhere"
-            )
-    return plans
-
-
-def _read_only(path: Path) -> bool:
-    """True for folders even root cannot write (read-only mounts, /proc)."""
-    try:
-        with tempfile.TemporaryFile(dir=path):
-            return False
-    except OSError:
-        return True
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from . import media
-    from .pipeline import Pipeline, resolve_device
+    from .device import resolve_device
+    from .pipeline import Pipeline
 
     t_start = time.perf_counter()
-    clip = Path(args.clip)
-    prompts = [check_prompt(p) for p in args.prompts]
-    negative = args.negative_prompt
-    if negative:
-        negative = check_prompt(negative)
-    if args.steps < 1 or args.steps > 1000:
-        raise UsageError(f"--steps {args.steps} is out of range; use 1..1000 (default 25)")
-    if args.duration <= 0 or args.start < 0:
-        raise UsageError("--duration must be > 0 and --start >= 0 (seconds)")
-    resolve_device(args.device)  # fail fast on bad arguments and clips, before loading weights
-    media.probe(clip)
-    plans = plan_outputs(clip, prompts, Path(args.out), args.format, not args.no_video, args.force)
-
+    # Every check that needs no model runs before the weights load.
+    prompts = check_prompts(args.prompts)
+    negative = check_negative_prompt(args.negative_prompt)
+    check_options(
+        steps=args.steps, cfg=args.cfg, seed=args.seed, duration=args.duration, start=args.start
+    )
+    resolve_device(args.device)
+    media.probe(args.clip)
+    plan = plan_outputs(
+        args.clip,
+        prompts,
+        args.out,
+        fmt=args.format,
+        video=not args.no_video,
+        sample_rate=args.sample_rate,
+        force=args.force,
+    )
     pipe = Pipeline.from_pretrained(
         args.variant,
         device=args.device,
         precision=args.precision,
-        quiet=args.quiet,
         backend=args.backend,
         engines=args.engines,
+        quiet=args.quiet,
     )
     result = pipe.generate(
-        clip,
+        args.clip,
         prompts,
-        negative_prompt=negative or "",
+        negative_prompt=negative,
         seed=args.seed,
         steps=args.steps,
         cfg=args.cfg,
@@ -127,55 +60,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     t_write = time.perf_counter()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    out_rate = args.sample_rate or result.sample_rate
-    for plan, wav in zip(plans, result.audio, strict=True):
-        media.write_audio(
-            plan["audio"],
-            wav,
-            result.sample_rate,
-            fmt=args.format,
-            out_rate=out_rate,
-            force=args.force,
-        )
-        if "video" in plan:
-            media.mux(
-                clip,
-                wav,
-                result.sample_rate,
-                plan["video"],
-                start=result.start,
-                duration=result.duration,
-                force=args.force,
-            )
-    timings = dict(
-        result.timings, write=time.perf_counter() - t_write, total=time.perf_counter() - t_start
-    )
-
+    write_outputs(plan, result)
+    now = time.perf_counter()
+    timings = dict(result.timings, write=now - t_write, total=now - t_start)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "variant": pipe.variant.name,
-                    "seed": args.seed,
-                    "steps": args.steps,
-                    "cfg": args.cfg,
-                    "duration": result.duration,
-                    "start": result.start,
-                    "sample_rate": out_rate,
-                    "device": str(pipe.device),
-                    "precision": pipe.precision,
-                    "outputs": [{k: str(v) for k, v in plan.items()} for plan in plans],
-                    "timings_s": {k: round(v, 4) for k, v in timings.items()},
-                }
-            )
-        )
+        print(json.dumps(report(plan, result, pipe, timings)))
     elif not args.quiet:
-        for plan in plans:
-            print(f"{plan['prompt']!r}:")
-            print(f"  stem  {plan['audio']}")
-            if "video" in plan:
-                print(f"  video {plan['video']}")
+        print(describe(plan))
         print(
             f"done in {timings['total']:.1f} s ({result.duration:.2f} s of audio, "
             f"{pipe.variant.name} on {pipe.device})"
@@ -248,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--backend",
         default="torch",
-        choices=("torch", "onnxruntime", "tensorrt"),
+        choices=BACKENDS,
         help="what runs the parts (onnxruntime/tensorrt need --engines)",
     )
     gen.add_argument("--engines", default=None, help="folder built by `selva-rt export`")
@@ -257,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--sample-rate",
         type=int,
-        choices=(48000,),
+        choices=OUT_RATES,
         default=None,
         help="resample stems (e.g. 48000 for video delivery)",
     )

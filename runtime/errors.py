@@ -25,6 +25,8 @@ class MediaError(SelvaError):
 class PromptError(SelvaError):
     """A prompt is empty, too long, or not text."""
 
+    exit_code = 2
+
 
 class OutputError(SelvaError):
     """An output cannot be written (exists without --force, unwritable directory, ...)."""

@@ -11,7 +11,7 @@ sound; then conditions, the Euler loop and the decoder run for all prompts as on
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,23 +20,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import media
-from .errors import UsageError
-from .models import clip as clip_mod
-from .models import generator as gen_mod
-from .models import vae as vae_mod
-from .models import video_encoder as venc_mod
-from .models import vocoder as voc_mod
-from .models.checkpoint import read_state_dict
-from .models.clip import ClipImageEncoder, ClipTextEncoder
+from .backends import Parts, load_parts
+from .checks import check_negative_prompt, check_options, check_prompts
+from .device import precision_name
 from .models.clip_tokenizer import ClipTokenizer
-from .models.generator import Generator
-from .models.t5 import T5TextEncoder, load_t5, load_tokenizer
-from .models.vae import VAE
-from .models.video_encoder import VideoEncoder
-from .models.vocoder import BigVGAN
-from .parts import Networks, TorchParts
-from .sampler import euler_sample
+from .models.t5 import load_tokenizer
 from .variants import (
     DEFAULT_CFG,
     DEFAULT_DURATION,
@@ -45,10 +33,6 @@ from .variants import (
     Variant,
     get_variant,
 )
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Fixed seeds of the `tiny` variant's locally made weights, one per network.
-TINY_SEEDS = {"generator": 1, "video_encoder": 2, "vae": 3, "vocoder": 4, "clip": 5}
 
 
 @dataclass
@@ -82,92 +66,20 @@ class GenerationResult:
     duration: float  # seconds of picture the audio follows (shorter clips give shorter audio)
     start: float
     seed: int
+    steps: int
+    cfg: float
     timings: dict[str, float] = field(default_factory=dict)  # seconds per part
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device} was asked for but no CUDA device is available; use cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in DTYPES:
-        raise UsageError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
-    return precision
-
-
-def build_networks(variant: Variant, paths: dict[str, Path]) -> Networks:
-    """Construct every network of `variant` and load its weights (fp32, CPU).
-
-    `paths` maps weight roles to local files (`weights.resolve`); the `tiny` variant makes its
-    weights locally from fixed seeds, in the official layout, through the same loaders.
-    """
-
-    def load(net, role: str, make: Callable[[], dict], entry: str | None = None):
-        if variant.random_weights:
-            return net.load_official(make(), f"{variant.name} random {role} weights")
-        return net.load_official(read_state_dict(paths[role], entry=entry), str(paths[role]))
-
-    seq = variant.sequence_lengths()
-    with torch.device("meta"):  # nothing is allocated until the weights are assigned
-        generator = Generator(variant.generator, seq.latent, seq.clip, seq.sync)
-        video_encoder = VideoEncoder(variant.video_encoder)
-        vae, vocoder = VAE(variant.vae), BigVGAN(variant.vocoder)
-        clip_text = ClipTextEncoder(variant.clip)
-        clip_image = ClipImageEncoder(variant.clip) if variant.uses_clip_video else None
-    load(
-        generator,
-        "generator",
-        lambda: gen_mod.random_official_state(variant.generator, TINY_SEEDS["generator"]),
-    )
-    load(
-        video_encoder,
-        "video_encoder" if variant.selective else "synchformer",
-        lambda: venc_mod.random_official_state(variant.video_encoder, TINY_SEEDS["video_encoder"]),
-    )
-    load(vae, "vae", lambda: vae_mod.random_official_state(variant.vae, TINY_SEEDS["vae"]))
-    load(
-        vocoder,
-        "vocoder",
-        lambda: voc_mod.random_official_state(variant.vocoder, TINY_SEEDS["vocoder"]),
-        entry="generator",
-    )
-    # One open_clip file holds both towers; read it once.
-    clip_state = (
-        clip_mod.random_official_state(variant.clip, TINY_SEEDS["clip"])
-        if variant.random_weights
-        else read_state_dict(paths["clip"])
-    )
-    clip_source = (
-        f"{variant.name} random clip weights" if variant.random_weights else str(paths.get("clip"))
-    )
-    clip_text.load_official(clip_state, clip_source)
-    if clip_image is not None:
-        clip_image.load_official(clip_state, clip_source)
-    t5 = load_t5(variant, paths.get("t5")) if variant.t5 is not None else None
-    return Networks(generator, video_encoder, vae, vocoder, clip_text, t5, clip_image)
 
 
 class Pipeline:
     """A loaded variant on one device and precision, kept warm; `generate` is the one call."""
 
-    def __init__(self, variant: Variant, parts, tokenizers: "Tokenizers"):
+    def __init__(self, variant: Variant, parts: Parts, tokenizers: "Tokenizers | None" = None):
         self.variant = variant
-        self.parts = parts  # a backend: TorchParts, or one with the same parts
-        self.tokenizers = tokenizers
+        self.parts = parts
+        self.tokenizers = tokenizers or Tokenizers.load(variant)
         self.device, self.dtype = parts.device, parts.dtype
-        self.precision = next(k for k, v in DTYPES.items() if v == parts.dtype)
+        self.precision = precision_name(parts.dtype)
 
     @classmethod
     def from_pretrained(
@@ -175,54 +87,29 @@ class Pipeline:
         variant: str = "selva-small-16k",
         device: str = "auto",
         precision: str = "auto",
-        reference: bool = False,
-        quiet: bool = True,
-        cuda_graphs: bool | None = None,
+        *,
         backend: str = "torch",
         engines: str | Path | None = None,
+        reference: bool = False,
+        cuda_graphs: bool | None = None,
+        quiet: bool = True,
     ) -> "Pipeline":
         """Load `variant` from the local weights folder ($SELVA_RT_HOME; `selva-rt weights
-        download VARIANT` fetches the files; `tiny` needs none). `reference=True` runs the
-        parts the official way (see parts.TorchParts). `cuda_graphs` (default: on for the fast
-        mode on CUDA) replays the Euler loop as one captured CUDA graph. `backend` "onnxruntime" or
-        "tensorrt" runs the parts from the files `selva-rt export` built into `engines`."""
-        from . import weights
-
+        download VARIANT` fetches the files; `tiny` needs none), on `backend` (see
+        `backends.load_parts`: torch, or onnxruntime/tensorrt from the `engines` folder that
+        `selva-rt export` built)."""
         v = get_variant(variant)
-        dev = resolve_device(device)
-        if backend != "torch":
-            return cls._from_engines(v, backend, engines, dev)
-        dtype = DTYPES[resolve_precision(precision, dev)]
-        if cuda_graphs is None:
-            cuda_graphs = dev.type == "cuda" and not reference
-        nets = build_networks(v, weights.resolve(v, quiet=quiet))
-        parts = TorchParts(v, nets, dev, dtype, reference=reference, cuda_graphs=cuda_graphs)
-        return cls(v, parts, Tokenizers(nets.t5))
-
-    @classmethod
-    def _from_engines(
-        cls, v: Variant, backend: str, engines: str | Path | None, dev: torch.device
-    ) -> "Pipeline":
-        """Parts from files built by `selva-rt export`; only the tokenizers come from weights."""
-        from . import weights
-
-        if engines is None:
-            raise UsageError(f"the {backend} backend needs --engines DIR (see selva-rt export)")
-        if backend == "onnxruntime":
-            from .ort_backend import OrtParts
-
-            parts = OrtParts.load(engines, v, dev)
-        elif backend == "tensorrt":
-            from .trt_backend import TrtParts
-
-            parts = TrtParts.load(engines, v, dev)
-        else:
-            raise UsageError(f"unknown backend {backend!r}; use torch, onnxruntime or tensorrt")
-        t5 = None
-        if v.t5 is not None:
-            folder = None if v.random_weights else weights.local_path(v.file("t5")).parent
-            t5 = load_tokenizer(v, folder)
-        return cls(v, parts, Tokenizers(t5))
+        parts = load_parts(
+            v,
+            backend,
+            device=device,
+            precision=precision,
+            reference=reference,
+            cuda_graphs=cuda_graphs,
+            engines=engines,
+            quiet=quiet,
+        )
+        return cls(v, parts)
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str], negative_prompt: str = "") -> TextFeatures:
@@ -258,10 +145,8 @@ class Pipeline:
         parts, dev, dt = self.parts, self.device, self.dtype
         seq = self.variant.sequence_lengths(duration)
         prompts = text.clip.shape[0]
-        if getattr(parts, "reference", False):  # the official batch holds the clip per prompt
-            sync_frames = sync_frames.expand(prompts, -1, -1, -1, -1)
         with _timed(timings, "video_trunk", dev):
-            trunk = parts.video_trunk(sync_frames)
+            trunk = parts.video_trunk(sync_frames, prompts)
         with _timed(timings, "video_select", dev):
             sync_f = parts.video_select(trunk, text.t5, text.t5_mask, prompts)
         with _timed(timings, "dit_conditions", dev):
@@ -287,18 +172,8 @@ class Pipeline:
                 for _ in range(prompts)
             ]
         )
-        with _timed(timings, "sampling", dev):
-            if getattr(parts, "graphs", None) is not None:  # one graph replay: no progress bar
-                x1 = parts.sample(x0, conditions, steps, cfg)
-            else:
-                bar = _progress(steps, "sampling", progress)
-
-                def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                    bar.update()
-                    return parts.dit_step(x, t, conditions, cfg)
-
-                x1 = euler_sample(velocity, x0, steps)
-                bar.close()
+        with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
+            x1 = parts.sample(x0, conditions, steps, cfg, bar.update)
         with _timed(timings, "decoder", dev):
             mel, audio = parts.decoder(x1)
         return Synthesis(sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio)
@@ -316,10 +191,13 @@ class Pipeline:
         start: float = 0.0,
         progress: bool = False,
     ) -> GenerationResult:
-        """One stem per prompt for `clip`, from `start` for `duration` seconds."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise UsageError("give at least one prompt")
+        """One stem per prompt for `clip`, from `start` for `duration` seconds. Bad values raise
+        a SelvaError with the one-line message the CLI prints."""
+        prompts = check_prompts(prompts)
+        negative_prompt = check_negative_prompt(negative_prompt)
+        check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
+        from . import media  # PyAV only where media is touched
+
         timings: dict[str, float] = {}
         with _timed(timings, "decode", self.device):
             video = media.decode_video(
@@ -353,6 +231,8 @@ class Pipeline:
             duration=video.duration,
             start=video.start,
             seed=seed,
+            steps=steps,
+            cfg=cfg,
             timings=timings,
         )
 
@@ -360,9 +240,21 @@ class Pipeline:
 class Tokenizers:
     """Text to token ids, on the CPU, whatever backend runs the encoders."""
 
-    def __init__(self, t5: T5TextEncoder | None):
-        self.clip = ClipTokenizer()
-        self._t5 = t5  # only its tokenizer is used (it may hold no model)
+    def __init__(self, clip: ClipTokenizer, t5=None):
+        self.clip = clip
+        self._t5 = t5  # a T5TextEncoder; only its tokenizer is used (it may hold no model)
+
+    @classmethod
+    def load(cls, variant: Variant) -> "Tokenizers":
+        """The variant's tokenizers: CLIP's (bundled) and, for SELVA, Flan-T5's (from the
+        weights folder; made locally for random-weight variants)."""
+        from . import weights
+
+        t5 = None
+        if variant.t5 is not None:
+            folder = None if variant.random_weights else weights.local_path(variant.file("t5"))
+            t5 = load_tokenizer(variant, None if folder is None else folder.parent)
+        return cls(ClipTokenizer(), t5)
 
     def t5(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self._t5.tokenize(prompts)

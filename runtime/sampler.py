@@ -35,3 +35,25 @@ def euler_sample(
     for i in range(len(dts)):
         x = x + dts[i] * velocity_fn(times[i] * ones, x)
     return x
+
+
+def euler_loop(
+    dit_step: Callable[[torch.Tensor, torch.Tensor, dict, float], torch.Tensor],
+    x0: torch.Tensor,
+    conditions: dict[str, torch.Tensor],
+    steps: int,
+    cfg: float,
+    progress: Callable[[int], None] | None = None,
+    *,
+    times: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`euler_sample` over a backend's `dit_step(latent, t, conditions, cfg)`, telling
+    `progress` of every finished step."""
+
+    def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        v = dit_step(x, t, conditions, cfg)
+        if progress is not None:
+            progress(1)
+        return v
+
+    return euler_sample(velocity, x0, steps, times=times)

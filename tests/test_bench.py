@@ -75,8 +75,7 @@ def test_markdown_and_file_to_file(report):
         "video_trunk",
         "sampling",
         "decoder",
-        "write_audio",
-        "remux",
+        "write",
     } <= set(f2f["timings_s"])
 
 

@@ -94,7 +94,7 @@ def test_flac_48k_and_no_video(tmp_path):
 def test_two_prompts_equal_two_calls_and_share_the_trunk(tiny, monkeypatch):
     calls = []
     trunk = tiny.parts.video_trunk
-    monkeypatch.setattr(tiny.parts, "video_trunk", lambda f: calls.append(1) or trunk(f))
+    monkeypatch.setattr(tiny.parts, "video_trunk", lambda *a: calls.append(1) or trunk(*a))
     both = tiny.generate(SAMPLE, ["sheep bleating", "car horn"], seed=3, duration=1.0)
     assert len(calls) == 1
     for i, prompt in enumerate(["sheep bleating", "car horn"]):
@@ -198,7 +198,7 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
             str(tmp_path),
         ]
     )
-    assert_clean_failure(code, capsys, "--steps 0 is out of range", tmp_path, set())
+    assert_clean_failure(code, capsys, "steps 0 is out of range", tmp_path, set())
     code = cli.main(
         [
             "generate",

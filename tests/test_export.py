@@ -16,8 +16,9 @@ import onnx
 import pytest
 import torch
 from selva_rt.export import build_engines, onnx_export, plan, trt_build
-from selva_rt.runtime.ort_backend import OrtParts
-from selva_rt.runtime.pipeline import build_networks
+from selva_rt.runtime.backends.graphs import Manifest, PartEntry
+from selva_rt.runtime.backends.ort_parts import OrtParts
+from selva_rt.runtime.models.networks import build_networks
 from selva_rt.runtime.variants import get_variant
 
 torch.set_num_threads(2)
@@ -270,10 +271,16 @@ def test_plain_mmaudio_parts(tmp_path):
         path = tmp_path / f"{name}.onnx"
         onnx_export.export_part(name, variant, nets, path, "fp32")
         assert plan.trt_problems(onnx.load(str(path))) == []
-        entries[name] = onnx_export.io_entries(name, variant, "fp32")
+        entries[name] = PartEntry(
+            onnx=path.name,
+            sha256="",
+            precision="fp32",
+            **onnx_export.io_entries(name, variant, "fp32"),
+        )
+    manifest = Manifest("tiny-mmaudio", "fp32", "", onnx_export.OPSET, {}, {}, "", entries)
     ort_parts = OrtParts(
         variant,
-        {"precision": "fp32", "parts": entries},
+        manifest,
         {n: tmp_path / f"{n}.onnx" for n in parts},
         nets.generator.empty_clip_feat.detach(),
         threads=2,
@@ -291,15 +298,15 @@ def test_plain_mmaudio_parts(tmp_path):
     reason="needs TensorRT and a CUDA GPU (TensorRT's wheels come from NVIDIA's index)",
 )
 def test_tensorrt_engines_build_and_match(tmp_path):
-    from selva_rt.runtime.parts import TorchParts
-    from selva_rt.runtime.trt_backend import TrtParts
+    from selva_rt.runtime.backends.torch_parts import TorchParts
+    from selva_rt.runtime.backends.trt_parts import TrtParts
 
     out = tmp_path / "trt"
     assert build_engines.main(["--variant", "tiny", "--out", str(out), "--quiet"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(entry.get("tensorrt") for entry in manifest["parts"].values())
     nets = build_networks(TINY, {})
-    trt_parts = TrtParts.load(out, "tiny", device="cuda")
+    trt_parts = TrtParts.load(out, TINY, device="cuda")
     torch_parts = TorchParts(TINY, nets, torch.device("cuda"), torch.float32)
     for name in manifest["parts"]:
         args = onnx_export.sample_args(name, TINY, onnx_export.CHECK_SIZES[0], seed=7)

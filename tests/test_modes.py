@@ -6,9 +6,10 @@ official-way video encoder pieces equal the fast ones; the CUDA-graph loop equal
 import pytest
 import torch
 from golden import assert_close, load_case, sync_frames_from_u8
-from selva_rt.runtime import reference as official
-from selva_rt.runtime.parts import TorchParts
-from selva_rt.runtime.pipeline import Pipeline, TextFeatures, Tokenizers, build_networks
+from selva_rt.runtime.backends import reference as official
+from selva_rt.runtime.backends.torch_parts import TorchParts
+from selva_rt.runtime.models.networks import build_networks
+from selva_rt.runtime.pipeline import Pipeline, TextFeatures
 from selva_rt.runtime.variants import TINY
 from test_pipeline import golden_pipeline
 
@@ -38,7 +39,7 @@ def tiny_nets():
 
 def tiny_pipeline(nets, reference: bool) -> Pipeline:
     parts = TorchParts(TINY, nets, torch.device("cpu"), torch.float32, reference=reference)
-    return Pipeline(TINY, parts, Tokenizers(nets.t5))
+    return Pipeline(TINY, parts)
 
 
 def frames(seconds: float, seed: int = 0) -> torch.Tensor:
@@ -148,10 +149,8 @@ def test_cuda_graphs_need_fast_mode_on_cuda(tiny_nets):
 def test_cuda_graph_loop_matches_eager(dtype):
     nets = build_networks(TINY, {})
     dev = torch.device("cuda")
-    eager = Pipeline(TINY, TorchParts(TINY, nets, dev, dtype), Tokenizers(nets.t5))
-    graphed = Pipeline(
-        TINY, TorchParts(TINY, nets, dev, dtype, cuda_graphs=True), Tokenizers(nets.t5)
-    )
+    eager = Pipeline(TINY, TorchParts(TINY, nets, dev, dtype))
+    graphed = Pipeline(TINY, TorchParts(TINY, nets, dev, dtype, cuda_graphs=True))
     tol = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (2e-2, 1e-1)}[dtype]
     for seed, prompts in ((0, PROMPTS[:2]), (1, PROMPTS[1:])):  # the second call replays
         x, text = frames(DURATION, seed).to(dev), eager.encode_text(prompts)

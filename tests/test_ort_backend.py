@@ -14,10 +14,11 @@ import soundfile
 import torch
 from selva_rt.export import onnx_export, plan
 from selva_rt.runtime import cli
+from selva_rt.runtime.backends.ort_parts import OrtParts
+from selva_rt.runtime.backends.torch_parts import TorchParts
 from selva_rt.runtime.errors import CheckpointError, UsageError
-from selva_rt.runtime.ort_backend import OrtParts
-from selva_rt.runtime.parts import TorchParts
-from selva_rt.runtime.pipeline import Pipeline, Tokenizers, build_networks
+from selva_rt.runtime.models.networks import build_networks
+from selva_rt.runtime.pipeline import Pipeline, Tokenizers
 from selva_rt.runtime.variants import get_variant
 from test_export import tiny_engines
 
@@ -42,7 +43,7 @@ def nets():
 
 @pytest.fixture(scope="module")
 def ort_parts(engines) -> OrtParts:
-    return OrtParts.load(engines, "tiny", device="cpu", threads=2)
+    return OrtParts.load(engines, TINY, device="cpu", threads=2)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,8 @@ def test_step_below_cfg_1_is_the_conditional_velocity(ort_parts, torch_parts, ne
 def test_generate_matches_torch_end_to_end(engines, nets):
     """Two stems over the sample clip: decode, text, trunk, selection, conditions, Euler steps
     with CFG, decoder, all through ONNX Runtime, against the torch backend."""
-    tokenizers = Tokenizers(nets.t5)
-    ours = Pipeline(TINY, OrtParts.load(engines, "tiny", threads=2), tokenizers)
+    tokenizers = Tokenizers.load(TINY)
+    ours = Pipeline(TINY, OrtParts.load(engines, TINY, threads=2), tokenizers)
     theirs = Pipeline(TINY, TorchParts(TINY, nets, torch.device("cpu"), torch.float32), tokenizers)
     kwargs = dict(steps=3, duration=1.2, seed=7)
     a = ours.generate(SAMPLE, ["dog barking", "rain on a tin roof"], **kwargs)
@@ -155,14 +156,14 @@ def test_cli_generate_with_onnxruntime_backend(engines, tmp_path):
 
 def test_load_errors_are_one_line(engines, tmp_path):
     with pytest.raises(UsageError, match="no manifest.json; build it first"):
-        OrtParts.load(tmp_path, "tiny")
+        OrtParts.load(tmp_path, TINY)
     with pytest.raises(UsageError, match="for variant 'tiny', not 'selva-small-16k'"):
-        OrtParts.load(engines, "selva-small-16k")
+        OrtParts.load(engines, get_variant("selva-small-16k"))
     broken = tmp_path / "broken"
     shutil.copytree(engines, broken)
     (broken / "decoder.onnx").unlink()
     with pytest.raises(CheckpointError, match="decoder.onnx is listed in the manifest"):
-        OrtParts.load(broken, "tiny")
+        OrtParts.load(broken, TINY)
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         with pytest.raises(UsageError, match="no CUDA execution provider"):
-            OrtParts.load(engines, "tiny", device="cuda")
+            OrtParts.load(engines, TINY, device="cuda")

@@ -17,13 +17,14 @@ from golden import (
     video_encoder_config,
 )
 from selva_rt.runtime import media
+from selva_rt.runtime.backends.torch_parts import TorchParts
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.generator import Generator
+from selva_rt.runtime.models.networks import Networks
 from selva_rt.runtime.models.vae import VAE
 from selva_rt.runtime.models.video_encoder import VideoEncoder
 from selva_rt.runtime.models.vocoder import BigVGAN, vocoder_config_from_hparams
-from selva_rt.runtime.parts import Networks, TorchParts
-from selva_rt.runtime.pipeline import Pipeline, TextFeatures, Tokenizers
+from selva_rt.runtime.pipeline import Pipeline, TextFeatures
 from selva_rt.runtime.variants import TINY, VAEConfig
 
 torch.set_num_threads(1)
@@ -126,7 +127,7 @@ def test_mmaudio_structure_runs_clip_video_and_plain_synchformer():
     random variant: every part runs and the prompt still steers through CLIP text."""
     import dataclasses
 
-    from selva_rt.runtime.pipeline import build_networks
+    from selva_rt.runtime.models.networks import build_networks
     from selva_rt.runtime.variants import ClipConfig, VideoEncoderConfig
 
     variant = dataclasses.replace(
@@ -149,9 +150,7 @@ def test_mmaudio_structure_runs_clip_video_and_plain_synchformer():
     )
     nets = build_networks(variant, {})
     assert nets.t5 is None and nets.clip_image is not None
-    pipe = Pipeline(
-        variant, TorchParts(variant, nets, torch.device("cpu"), torch.float32), Tokenizers(nets.t5)
-    )
+    pipe = Pipeline(variant, TorchParts(variant, nets, torch.device("cpu"), torch.float32))
     sample = Path(media.__file__).parent / "assets" / "sample.mp4"
     result = pipe.generate(sample, ["rain", "thunder"], duration=1.0)
     assert result.audio.shape == (2, 16000) and np.isfinite(result.audio).all()

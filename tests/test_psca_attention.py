@@ -8,7 +8,7 @@ import pytest
 import torch
 from selva_rt.kernels import psca_attention as psca
 from selva_rt.kernels.psca_attention import PSCALayer
-from selva_rt.runtime.flowley import FlowleyCrossAttention
+from selva_rt.runtime.models.flowley import FlowleyCrossAttention
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 LOG_EPS = math.log(1e-6)

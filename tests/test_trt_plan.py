@@ -5,6 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 from selva_rt.export import plan
+from selva_rt.runtime.backends import graphs
 from selva_rt.runtime.variants import VARIANTS, get_variant
 
 SELVA = get_variant("selva-small-16k")
@@ -60,16 +61,21 @@ def test_precision_choices():
         plan.graph_precision("dit_step", "int8")
 
 
-def test_binding_plan_dtypes_and_shapes():
-    bindings = {b.name: b for b in plan.binding_plan("dit_step", SELVA, "bf16", 1, 8, 8.0)}
-    assert bindings["latent"].dtype == "bfloat16" and bindings["latent"].is_input
-    assert bindings["latent_rot"].dtype == "float32"  # RoPE tables stay fp32, as the reference
-    assert bindings["cfg"].shape == () and bindings["cfg"].dtype == "float32"
-    assert bindings["velocity"] == plan.Binding("velocity", False, "bfloat16", (1, 250, 20))
-    decoder = {b.name: b for b in plan.binding_plan("decoder", SELVA, "fp16", 3, 8, 10.0)}
-    assert decoder["waveform"] == plan.Binding("waveform", False, "float32", (3, 160256))
-    select = {b.name: b for b in plan.binding_plan("video_select", SELVA, "fp16", 2, 9, 8.0)}
-    assert select["t5_mask"].dtype == "bool" and select["t5_features"].shape == (2, 9, 768)
+def io_types(part: str, precision: str, prompts: int, tokens: int, duration: float) -> dict:
+    inputs, outputs = plan.part_io(part, SELVA, plan.dims(SELVA, prompts, tokens, duration))
+    gp = plan.graph_precision(part, precision)
+    return {s.name: (plan.resolve_dtype(s, gp), tuple(s.shape)) for s in inputs + outputs}
+
+
+def test_graph_io_dtypes_and_shapes():
+    step = io_types("dit_step", "bf16", 1, 8, 8.0)
+    assert step["latent"][0] == "bfloat16"
+    assert step["latent_rot"][0] == "float32"  # RoPE tables stay fp32, as the reference
+    assert step["cfg"] == ("float32", ())
+    assert step["velocity"] == ("bfloat16", (1, 250, 20))
+    assert io_types("decoder", "fp16", 3, 8, 10.0)["waveform"] == ("float32", (3, 160256))
+    select = io_types("video_select", "fp16", 2, 9, 8.0)
+    assert select["t5_mask"][0] == "bool" and select["t5_features"][1] == (2, 9, 768)
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -109,8 +115,8 @@ def test_engine_key_changes_with_everything_that_invalidates_an_engine():
         compute_capability=(9, 0),
         trt_version="10.15.1",
     )
-    key = plan.engine_key(**base)
-    assert key == plan.engine_key(**base) and key.startswith("dit_step-bf16-")
+    key = graphs.engine_key(**base)
+    assert key == graphs.engine_key(**base) and key.startswith("dit_step-bf16-")
     changes = dict(
         model_hash="ef" * 32,
         precision="fp16",
@@ -121,8 +127,8 @@ def test_engine_key_changes_with_everything_that_invalidates_an_engine():
         trt_version="10.16.0",
     )
     for field, value in changes.items():
-        assert plan.engine_key(**{**base, field: value}) != key, field
-    folder = plan.engine_dir_name("NVIDIA H100 80GB HBM3", (9, 0), "10.15.1")
+        assert graphs.engine_key(**{**base, field: value}) != key, field
+    folder = graphs.engine_dir_name("NVIDIA H100 80GB HBM3", (9, 0), "10.15.1")
     assert folder == "trt-10.15.1-sm90-nvidia-h100-80gb-hbm3"
 
 

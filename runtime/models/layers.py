@@ -4,9 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# nn.RMSNorm(eps=None) uses the epsilon of the op-math type (fp32) for every input dtype, not
-# finfo(x.dtype).eps as its docs say (spec §8.1). We pin it so bf16 runs match the official code.
-RMS_EPS = torch.finfo(torch.float32).eps
+# The one eps of every RMSNorm here and of the [SUP] kernel's fused q norm (see there: fp32 eps).
+from ...kernels.sup_cross_attention import RMS_EPS
 
 
 class RMSNorm(nn.Module):

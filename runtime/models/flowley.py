@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.psca_attention import PSCALayer, psca_attention
+from ...kernels.psca_attention import PSCALayer, psca_attention
 
 
 class FlowleyRMSNorm(nn.Module):

@@ -3,9 +3,9 @@
     parts = TrtParts.load("engines/selva", "selva-small-16k", device="cuda")
 
 Engines read and write torch's CUDA buffers directly (their addresses are bound to the execution
-context; nothing is staged), on torch's current stream. The flow step, called 25 times per
-request with the same conditions, is captured once per request shape as a CUDA graph and
-replayed: each step copies the latent and t into the graph's static inputs and launches once.
+context; nothing is staged), on torch's current stream. The whole Euler loop is captured once per
+request shape as one CUDA graph and replayed, by the same mechanism as the torch backend's
+(`cuda_graph.EulerGraphs`).
 
 TensorRT is imported lazily; without it (or without a GPU) `load` fails with one line.
 """
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..export import plan
-from .errors import CheckpointError, UsageError
-from .ort_backend import CONSTANTS, GraphParts, read_manifest
-from .variants import Variant, get_variant
+from ..errors import CheckpointError, UsageError
+from ..variants import Variant
+from . import Progress
+from .cuda_graph import EulerGraphs
+from .graphs import GraphParts, Manifest, engine_dir_name, read_engines
 
 
 def _tensorrt():
@@ -32,50 +33,44 @@ def _tensorrt():
 
 
 class TrtParts(GraphParts):
-    """TorchParts' parts, run by TensorRT engines (one execution context per part)."""
+    """The parts, run by TensorRT engines (one execution context per part)."""
 
     def __init__(
         self,
         variant: Variant,
-        manifest: dict,
+        manifest: Manifest,
         engines: dict[str, bytes],
         empty_clip_feat: torch.Tensor,
         device: torch.device,
     ):
-        from .ort_backend import PRECISION_DTYPES
-
         trt = _tensorrt()
-        super().__init__(
-            variant, manifest, empty_clip_feat, device, PRECISION_DTYPES[manifest["precision"]]
-        )
+        super().__init__(variant, manifest, empty_clip_feat, device)
         self.trt = trt
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = {
             part: runtime.deserialize_cuda_engine(blob) for part, blob in engines.items()
         }
         self.contexts = {part: e.create_execution_context() for part, e in self.engines.items()}
-        self._step = None  # (signature, CUDA graph, static inputs, output)
+        self.graphs = EulerGraphs()
 
     @classmethod
     def load(
-        cls, engines_dir: str | Path, variant: str | Variant, device: str | torch.device = "cuda"
+        cls, engines_dir: str | Path, variant: Variant, device: str | torch.device = "cuda"
     ) -> "TrtParts":
         """The engines of this GPU and TensorRT version from `engines_dir`."""
-        from safetensors.torch import load_file
-
         trt = _tensorrt()
         device = torch.device(device)
         if device.type != "cuda" or not torch.cuda.is_available():
             raise UsageError("the tensorrt backend runs on a CUDA device; pass --device cuda")
-        v = get_variant(variant) if isinstance(variant, str) else variant
+        v = variant
         engines_dir = Path(engines_dir)
-        manifest = read_manifest(engines_dir, v.name)
+        manifest, empty_clip_feat = read_engines(engines_dir, v)
         with torch.cuda.device(device):
             gpu, sm = torch.cuda.get_device_name(), torch.cuda.get_device_capability()
-        folder = plan.engine_dir_name(gpu, sm, trt.__version__)
+        folder = engine_dir_name(gpu, sm, trt.__version__)
         engines = {}
-        for part, entry in manifest["parts"].items():
-            built = entry.get("tensorrt", {}).get(folder)
+        for part, entry in manifest.parts.items():
+            built = entry.tensorrt.get(folder)
             if built is None:
                 raise UsageError(
                     f"{engines_dir} has no TensorRT engine of {part!r} for {gpu} and TensorRT "
@@ -86,8 +81,7 @@ class TrtParts(GraphParts):
             if not path.is_file():
                 raise CheckpointError(f"{path} is listed in the manifest but missing; rebuild")
             engines[part] = path.read_bytes()
-        constants = load_file(str(engines_dir / CONSTANTS))
-        return cls(v, manifest, engines, constants["empty_clip_feat"], device)
+        return cls(v, manifest, engines, empty_clip_feat, device)
 
     def _bind(self, part: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Bind inputs and freshly allocated outputs of `part`'s context; return the outputs."""
@@ -114,36 +108,20 @@ class TrtParts(GraphParts):
             raise RuntimeError(f"TensorRT failed to run {part}")
         return outputs
 
-    @torch.inference_mode()
-    def dit_step(self, latent, t, conditions: dict[str, torch.Tensor], cfg: float):
-        """One CFG velocity, replaying a CUDA graph captured for these conditions and shapes."""
-        signature = (
-            tuple(latent.shape),
-            float(cfg),
-            tuple(conditions[k].data_ptr() for k in sorted(conditions)),
-        )
-        if self._step is None or self._step[0] != signature:
-            self._step = (signature, *self._capture(latent, t, conditions, cfg))
-        _, graph, static, out = self._step
-        static["latent"].copy_(latent)
-        static["t"].copy_(t)
-        graph.replay()
-        return out.clone()  # the graph overwrites `out` on the next step
-
-    def _capture(self, latent, t, conditions, cfg):
-        types = self.graph_dtypes["dit_step"]
-        feeds = self.inputs.dit_step(latent, t, conditions, cfg)
-        static = {k: v.to(self.device, types[k]).contiguous().clone() for k, v in feeds.items()}
-        (out,) = self._bind("dit_step", static)
-        ctx, stream = self.contexts["dit_step"], torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            ctx.execute_async_v3(stream.cuda_stream)  # warm-up: TensorRT allocates lazily here
-        stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            ctx.execute_async_v3(stream.cuda_stream)
-        return graph, static, out
+    def sample(
+        self,
+        x0: torch.Tensor,
+        conditions: dict[str, torch.Tensor],
+        steps: int,
+        cfg: float,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """The Euler loop over the dit_step engine, captured once per shape as one CUDA graph
+        (the warm-up runs before capture let TensorRT allocate lazily) and replayed."""
+        x1 = self.graphs.sample(self.dit_step, x0, conditions, steps, cfg)
+        if progress is not None:
+            progress(steps)
+        return x1
 
 
 def _torch_dtype(trt, dtype) -> torch.dtype:

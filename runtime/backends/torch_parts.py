@@ -1,46 +1,27 @@
-"""The torch backend: the parts of DESIGN.md as methods over the faithful networks.
-
-Every backend (torch, onnxruntime, tensorrt) offers the same parts with the same tensor names and
-shapes, so the pipeline composes parts without knowing which backend runs them:
-
-    t5(input_ids [P, L] int64, attention_mask [P, L] int64) -> t5_features [P, L, 768]
-    clip_text(tokens [P, 77] int64) -> clip_text_features [P, 77, W]
-    clip_image(frames [T, 3, 384, 384] in [0, 1]) -> clip_image_features [T, 1024]
-    video_trunk(frames [1, T, 3, 224, 224] in [-1, 1]) -> trunk_tokens [S, 1568, D]
-    video_select(trunk_tokens, t5_features, t5_mask [P, L] bool) -> sync_features [P, 8S, D]
-    dit_conditions(clip_features [P, Nc, C] | None, sync_features, text_features [P, 77, W],
-                   negative_text_features [P, 77, W], latent_len N, clip_len Nc)
-                   -> conditions (named tensors, conditional rows then unconditional rows:
-                   [2P, ...]); clip_features None = the learned empty CLIP feature (SELVA)
-    dit_step(latent [P, N, E], t [P], conditions, cfg) -> velocity [P, N, E]
-    decoder(latent [P, N, E] (normalised x1)) -> (mel [P, M, 2N], waveform [P, samples])
+"""The torch backend: the parts of DESIGN.md (`backends.Parts`) as methods over the faithful
+networks.
 
 `reference=True` runs the parts the way the official code does, so speedups are measured against
 it with the same weights and inputs: the trunk in chunks of B segments for a batch of B (clip,
 prompt) items with einsum attention, the prompt's text projection and K/V recomputed for every
 segment, the full spatial pooling layer (see `reference.py`), the generator's tables rebuilt per
-call, CFG as two network passes per step. The pipeline gives reference parts the clip once per
-prompt, as the official `generate` takes it.
+call, CFG as two network passes per step. Reference `video_trunk` runs the clip once per prompt,
+as the official `generate` batch holds it.
 
 Optional behaviour of the fast mode (not part of the contract above):
 - `decoder_dtype`: run the VAE and vocoder in another dtype (fp32 beside a bf16 generator);
 - `cuda_graphs`: `sample` runs the whole Euler loop as one captured CUDA graph.
 """
 
-from dataclasses import dataclass
-
 import torch
 
+from ..models.generator import Conditions, cat_conditions
+from ..models.networks import Networks
+from ..sampler import euler_loop
+from ..variants import Variant
+from . import Progress
 from . import reference as official
 from .cuda_graph import EulerGraphs
-from .models.clip import ClipImageEncoder, ClipTextEncoder
-from .models.generator import Conditions, Generator, cat_conditions
-from .models.t5 import T5TextEncoder
-from .models.vae import VAE
-from .models.video_encoder import VideoEncoder
-from .models.vocoder import BigVGAN
-from .sampler import euler_sample
-from .variants import SYNC_SEGMENT, Variant
 
 # Items per network call in fast mode. On the CPU one at a time: one item's activations stay in
 # cache, where a batch sends every elementwise op to DRAM (2 cores, 8 s clip: the trunk ~15 %
@@ -50,20 +31,15 @@ from .variants import SYNC_SEGMENT, Variant
 TRUNK_CHUNK = {"cpu": 1, "cuda": 32}  # segments per MotionFormer call
 PROMPT_CHUNK = {"cpu": 1}  # prompts per [SUP] selection and per decoder call (else all)
 
-PATCHES_PER_SEGMENT = (SYNC_SEGMENT // 2) * 14 * 14  # tubelet 2 x 16 x 16 on 224 x 224
 
-
-@dataclass
-class Networks:
-    """Every network of a variant, loaded."""
-
-    generator: Generator
-    video_encoder: VideoEncoder
-    vae: VAE
-    vocoder: BigVGAN
-    clip_text: ClipTextEncoder
-    t5: T5TextEncoder | None = None
-    clip_image: ClipImageEncoder | None = None
+def _by_chunks(fn, chunk: int, *tensors: torch.Tensor):
+    """fn over `chunk` rows of `tensors` at a time, outputs joined (one chunk: as returned)."""
+    outs = [fn(*rows) for rows in zip(*(t.split(chunk) for t in tensors), strict=True)]
+    if len(outs) == 1:
+        return outs[0]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(o) for o in zip(*outs, strict=True))
+    return torch.cat(outs)
 
 
 class TorchParts:
@@ -111,10 +87,10 @@ class TorchParts:
         return self.nets.clip_image.encode(frames.to(self.device, self.dtype))
 
     @torch.inference_mode()
-    def video_trunk(self, frames: torch.Tensor) -> torch.Tensor:
+    def video_trunk(self, frames: torch.Tensor, prompts: int = 1) -> torch.Tensor:
         frames = frames.to(self.device, self.dtype)
-        if self.reference:
-            return official.trunk(self.nets.video_encoder, frames)
+        if self.reference:  # the official batch holds the clip once per prompt
+            return official.trunk(self.nets.video_encoder, frames.expand(prompts, -1, -1, -1, -1))
         return self.nets.video_encoder.trunk(frames, TRUNK_CHUNK.get(self.device.type))
 
     @torch.inference_mode()
@@ -145,12 +121,7 @@ class TorchParts:
             return enc.pool(trunk_tokens, segments).expand(prompts, -1, -1)
         text, mask = enc.prepend_sup(t5_features.to(self.dtype), t5_mask)
         chunk = PROMPT_CHUNK.get(self.device.type, prompts)
-        return torch.cat(
-            [
-                enc.select(trunk_tokens, t, m, segments)
-                for t, m in zip(text.split(chunk), mask.split(chunk), strict=True)
-            ]
-        )
+        return _by_chunks(lambda t, m: enc.select(trunk_tokens, t, m, segments), chunk, text, mask)
 
     @torch.inference_mode()
     def dit_conditions(
@@ -194,16 +165,28 @@ class TorchParts:
         # Reference: the whole batch in one call, as the official code decodes it.
         n = latent.shape[0]
         chunk = n if self.reference else PROMPT_CHUNK.get(self.device.type, n)
-        mels = [self.nets.vae.decode(x.transpose(1, 2)) for x in latent.split(chunk)]
-        return torch.cat(mels), torch.cat([self.nets.vocoder(m)[:, 0] for m in mels])
+        return _by_chunks(self._decode, chunk, latent)
+
+    def _decode(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mel = self.nets.vae.decode(latent.transpose(1, 2))
+        return mel, self.nets.vocoder(mel)[:, 0]
 
     def sample(
-        self, x0: torch.Tensor, conditions: dict[str, torch.Tensor], steps: int, cfg: float
+        self,
+        x0: torch.Tensor,
+        conditions: dict[str, torch.Tensor],
+        steps: int,
+        cfg: float,
+        progress: Progress | None = None,
     ) -> torch.Tensor:
         """The whole Euler loop x0 [P, N, E] -> x1 [P, N, E] over `dit_step`; with
-        `cuda_graphs` captured once per shape as one CUDA graph and replayed."""
+        `cuda_graphs` captured once per shape as one CUDA graph and replayed (progress is then
+        told of all steps at once)."""
         if self.graphs is None:
-            return euler_sample(lambda t, x: self.dit_step(x, t, conditions, cfg), x0, steps)
+            return euler_loop(self.dit_step, x0, conditions, steps, cfg, progress)
         g = self.nets.generator
         keep = (*g.parameters(), *g.buffers())
-        return self.graphs.sample(self.dit_step, x0, conditions, steps, cfg, keep_alive=keep)
+        x1 = self.graphs.sample(self.dit_step, x0, conditions, steps, cfg, keep_alive=keep)
+        if progress is not None:
+            progress(steps)
+        return x1

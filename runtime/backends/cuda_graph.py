@@ -1,4 +1,5 @@
-"""The whole Euler loop captured once as a CUDA graph and replayed (fast mode on CUDA).
+"""The whole Euler loop captured once as a CUDA graph and replayed: the one CUDA-graph mechanism of
+the torch and TensorRT backends (fast mode on CUDA).
 
 25 steps of a small DiT are launch-bound on a fast GPU: one CFG-batched step is a few hundred
 kernel launches of a few microseconds each. Captured once, the 25 steps replay as one graph
@@ -21,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from .sampler import euler_sample, time_grid
+from ..sampler import euler_loop, time_grid
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], float], torch.Tensor]
 WARMUP_RUNS = 2  # lazy cuBLAS / cuDNN initialisation must happen before capture, not inside it
@@ -52,9 +53,7 @@ class EulerGraph:
         self.times = time_grid(steps).to(x0.device)
 
         def run() -> torch.Tensor:
-            return euler_sample(
-                lambda t, x: step(x, t, self.conditions, cfg), self.x0, steps, times=self.times
-            )
+            return euler_loop(step, self.x0, self.conditions, steps, cfg, times=self.times)
 
         side = torch.cuda.Stream(x0.device)
         side.wait_stream(torch.cuda.current_stream(x0.device))

@@ -19,7 +19,7 @@ rounding (tests/test_modes.py).
 import torch
 from torch import nn
 
-from .models.video_encoder import (
+from ..models.video_encoder import (
     MLP_RATIO,
     SPACE_TOKENS,
     TIME_TOKENS,

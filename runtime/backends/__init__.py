@@ -1,0 +1,126 @@
+"""Backends: what runs the parts of DESIGN.md. One contract, `Parts`; one way in, `load_parts`.
+
+    parts = load_parts(get_variant("tiny"), "torch", device="cpu")
+    trunk = parts.video_trunk(frames, prompts=2)
+
+Every backend (torch in fast or reference mode, ONNX Runtime, TensorRT) takes and returns the same
+named tensors, so the pipeline composes parts without knowing which backend runs them.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..device import DTYPES, resolve_device, resolve_precision
+from ..errors import UsageError
+from ..variants import Variant
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+Progress = Callable[[int], None]  # told how many Euler steps just finished
+
+
+class Parts(Protocol):
+    """The parts contract. Shapes: P prompts, T frames, S segments, L T5 tokens, N latent frames,
+    Nc CLIP frames, E latent channels, W CLIP text width, D video width; `float` is the backend's
+    dtype; conditions are conditional rows then unconditional rows ([2P, ...])."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def t5(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids [P, L] int64, attention_mask [P, L] int64 -> t5_features [P, L, 768]."""
+
+    def clip_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [P, 77] int64 -> clip_text_features [P, 77, W]."""
+
+    def clip_image(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [Nc, 3, 384, 384] in [0, 1] -> clip_image_features [Nc, 1024] (plain MMAudio)."""
+
+    def video_trunk(self, frames: torch.Tensor, prompts: int = 1) -> torch.Tensor:
+        """frames [1, T, 3, 224, 224] in [-1, 1] -> trunk_tokens [S, 1568, D]; `prompts` is how
+        many prompts will read them (reference mode runs the trunk once per prompt and returns
+        [P*S, 1568, D], as the official batch holds the clip once per prompt)."""
+
+    def video_select(
+        self,
+        trunk_tokens: torch.Tensor,
+        t5_features: torch.Tensor | None,
+        t5_mask: torch.Tensor | None,
+        prompts: int = 1,
+    ) -> torch.Tensor:
+        """trunk_tokens (from `video_trunk`), t5_features [P, L, 768], t5_mask [P, L] bool ->
+        sync_features [P, 8S, D]. Plain MMAudio (no T5): the pooled features, for `prompts`."""
+
+    def dit_conditions(
+        self,
+        clip_features: torch.Tensor | None,
+        sync_features: torch.Tensor,
+        text_features: torch.Tensor,
+        negative_text_features: torch.Tensor,
+        latent_len: int,
+        clip_len: int,
+    ) -> dict[str, torch.Tensor]:
+        """clip_features [P, Nc, C] or None (the learned empty CLIP feature, SELVA),
+        sync_features [P, 8S, D], text and negative text features [P, 77, W] -> conditions
+        clip_f [2P, Nc, H], sync_f [2P, N, H], text_f [2P, 77, H], clip_f_c and text_f_c [2P, H]."""
+
+    def dit_step(
+        self, latent: torch.Tensor, t: torch.Tensor, conditions: dict[str, torch.Tensor], cfg: float
+    ) -> torch.Tensor:
+        """latent [P, N, E], t [P] -> CFG velocity [P, N, E]."""
+
+    def sample(
+        self,
+        x0: torch.Tensor,
+        conditions: dict[str, torch.Tensor],
+        steps: int,
+        cfg: float,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """The whole Euler loop over `dit_step`: noise x0 [P, N, E] -> x1 [P, N, E]."""
+
+    def decoder(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised x1 [P, N, E] -> (mel [P, M, 2N], waveform [P, samples])."""
+
+
+def load_parts(
+    variant: Variant,
+    backend: str = "torch",
+    *,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    reference: bool = False,
+    cuda_graphs: bool | None = None,
+    engines: str | Path | None = None,
+    quiet: bool = True,
+) -> Parts:
+    """The parts of `variant` on one backend. torch: the networks from the weights folder
+    (`reference` runs them the official way; `cuda_graphs`, default on in fast mode on CUDA,
+    replays the Euler loop as one graph). onnxruntime / tensorrt: the files `selva-rt export`
+    built into `engines` (their precision is the build's)."""
+    dev = resolve_device(device)
+    if backend == "torch":
+        from .. import weights
+        from ..models.networks import build_networks
+        from .torch_parts import TorchParts
+
+        dtype = DTYPES[resolve_precision(precision, dev)]
+        if cuda_graphs is None:
+            cuda_graphs = dev.type == "cuda" and not reference
+        nets = build_networks(variant, weights.resolve(variant, quiet=quiet))
+        return TorchParts(variant, nets, dev, dtype, reference=reference, cuda_graphs=cuda_graphs)
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
+    if reference:
+        raise UsageError("reference mode is a torch-backend mode; use --backend torch")
+    if engines is None:
+        raise UsageError(f"the {backend} backend needs --engines DIR (see selva-rt export)")
+    if backend == "onnxruntime":
+        from .ort_parts import OrtParts
+
+        return OrtParts.load(engines, variant, dev)
+    from .trt_parts import TrtParts
+
+    return TrtParts.load(engines, variant, dev)

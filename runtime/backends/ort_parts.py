@@ -1,0 +1,103 @@
+"""The `onnxruntime` backend: every part runs from the ONNX graphs `selva-rt export` wrote.
+
+    parts = OrtParts.load("engines/tiny", get_variant("tiny"), device="cpu")
+    parts.dit_step(latent, t, conditions, cfg)   # same arguments and results as TorchParts
+
+Tensors cross into ONNX Runtime by pointer (IOBinding) and come back through DLPack, on the CPU
+or, with the CUDA or TensorRT execution provider, on the GPU, without host copies.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from ..variants import Variant
+from .graphs import GraphParts, Manifest, read_engines
+
+# torch dtype -> what IOBinding takes: a numpy dtype, or the ONNX enum where numpy has none.
+_ORT_TYPES = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.bfloat16: 16,
+    torch.int64: np.int64,
+    torch.bool: np.bool_,
+}
+_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+}
+
+
+class OrtParts(GraphParts):
+    """The parts, run by ONNX Runtime sessions over the graphs of an engines directory."""
+
+    def __init__(
+        self,
+        variant: Variant,
+        manifest: Manifest,
+        graphs: dict[str, Path],
+        empty_clip_feat: torch.Tensor,
+        device: str | torch.device = "cpu",
+        providers: list[str] | None = None,
+        threads: int = 0,
+    ):
+        import onnxruntime as ort
+
+        device = torch.device(device)
+        if manifest.precision == "bf16" and device.type == "cpu":
+            raise UsageError(
+                "ONNX Runtime's CPU execution provider has no bfloat16 kernels; run these bf16 "
+                "graphs with --device cuda, or export with --precision fp32 or fp16 for the CPU"
+            )
+        if providers is None:
+            have = ort.get_available_providers()
+            providers = [p for p in _PROVIDERS[device.type] if p in have]
+            if not providers:
+                raise UsageError(
+                    f"this onnxruntime ({ort.__version__}) has no {device.type.upper()} "
+                    "execution provider; install onnxruntime-gpu or use --device cpu"
+                )
+            if device.type == "cuda":
+                providers = [(p, {"device_id": device.index or 0}) for p in providers]
+        super().__init__(variant, manifest, empty_clip_feat, device)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # per-node shape-merge warnings of dynamic graphs are noise
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.providers = providers
+        self.sessions = {
+            part: ort.InferenceSession(str(path), opts, providers=providers)
+            for part, path in graphs.items()
+        }
+
+    @classmethod
+    def load(
+        cls,
+        engines_dir: str | Path,
+        variant: Variant,
+        device: str | torch.device = "cpu",
+        providers: list[str] | None = None,
+        threads: int = 0,
+    ) -> "OrtParts":
+        """The parts of `variant` from the ONNX files and manifest in `engines_dir`."""
+        manifest, empty_clip_feat = read_engines(engines_dir, variant)
+        graphs = {part: manifest.graph(Path(engines_dir), part) for part in manifest.parts}
+        return cls(variant, manifest, graphs, empty_clip_feat, device, providers, threads)
+
+    def _run(self, part: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        sess = self.sessions[part]
+        binding = sess.io_binding()
+        keep = []  # the bound buffers must outlive the run
+        for name, t in feeds.items():
+            t = t.contiguous()
+            keep.append(t)
+            kind = "cuda" if t.is_cuda else "cpu"
+            binding.bind_input(
+                name, kind, t.device.index or 0, _ORT_TYPES[t.dtype], tuple(t.shape), t.data_ptr()
+            )
+        for out in sess.get_outputs():
+            binding.bind_output(out.name, self.device.type, self.device.index or 0)
+        sess.run_with_iobinding(binding)
+        return [torch.from_dlpack(v) for v in binding.get_outputs()]
