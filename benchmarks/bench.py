@@ -53,7 +53,14 @@ from ..runtime.device import DTYPES, resolve_device
 from ..runtime.models.networks import Networks, build_networks
 from ..runtime.outputs import plan_outputs, write_outputs
 from ..runtime.pipeline import Pipeline, Tokenizers
-from ..runtime.variants import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, SYNC_SIZE, get_variant
+from ..runtime.variants import (
+    CLIP_SIZE,
+    DEFAULT_CFG,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    SYNC_SIZE,
+    get_variant,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -272,13 +279,19 @@ def weights_note(args: argparse.Namespace) -> str:
 
 
 def make_pipelines(
-    variant_name: str, nets: Networks, configs: list[Config], device: torch.device
+    variant_name: str,
+    nets: Networks,
+    configs: list[Config],
+    device: torch.device,
+    random_weights: bool = True,
 ) -> dict[Config, Pipeline]:
     """One Pipeline per configuration; configurations of one precision share its networks (an
-    fp32 master is kept on the CPU so no cast is ever made from an already rounded copy)."""
+    fp32 master is kept on the CPU so no cast is ever made from an already rounded copy).
+    Random weights come with the locally made tokenizers, so nothing needs downloading."""
     variant = get_variant(variant_name)
     shared: dict[str, Networks] = {}
-    tokenizers = Tokenizers.load(variant)
+    random_weights = random_weights or variant.random_weights
+    tokenizers = Tokenizers.load(dataclasses.replace(variant, random_weights=random_weights))
     pipes = {}
     for c in configs:
         if c.precision not in shared:
@@ -356,7 +369,7 @@ def time_dit_step(pipe: Pipeline, run: dict, args) -> list[float]:
     prompts = text.clip.shape[0]
     clip_f = None
     if pipe.variant.uses_clip_video:  # not timed here: only the step is
-        frames = torch.zeros(seq.clip, 3, 384, 384, device=pipe.device)
+        frames = torch.zeros(seq.clip, 3, CLIP_SIZE, CLIP_SIZE, device=pipe.device)
         clip_f = parts.clip_image(frames)[None].expand(prompts, -1, -1)
     conditions = parts.dit_conditions(
         clip_f,
@@ -624,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     nets = (
         random_networks(args.variant) if args.weights == "random" else local_networks(args.variant)
     )
-    pipes = make_pipelines(args.variant, nets, configs, device)
+    pipes = make_pipelines(args.variant, nets, configs, device, args.weights == "random")
     load_s = time.perf_counter() - t0
     frames = synthetic_frames(args.duration, args.seed)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from selva_rt.export import plan
 from selva_rt.runtime.backends.graphs import CONSTANTS, MANIFEST, Manifest, PartEntry
 from selva_rt.runtime.errors import OutputError, SelvaError, UsageError
-from selva_rt.runtime.variants import VARIANTS, get_variant
+from selva_rt.runtime.variants import MIN_DURATION, T5_MAX_TOKENS, VARIANTS, get_variant
 
 # Worst relative L2 error per output the ONNX Runtime check accepts, against the fp32 torch
 # backend. fp32: kernel rounding only (measured ~1e-6 on the tiny variant). fp16/bf16 graphs are
@@ -101,9 +101,9 @@ def resolve_parts(variant, asked: list[str] | None) -> list[str]:
 def check_arguments(args) -> None:
     if args.max_batch < 1:
         raise UsageError(f"--max-batch {args.max_batch} must be at least 1")
-    if not plan.MIN_DURATION <= args.max_duration <= 60:
+    if not MIN_DURATION <= args.max_duration <= 60:
         raise UsageError(
-            f"--max-duration {args.max_duration} is out of range; use {plan.MIN_DURATION}..60 s"
+            f"--max-duration {args.max_duration} is out of range; use {MIN_DURATION}..60 s"
         )
     if args.threads < 0:
         raise UsageError("--threads must be >= 0")
@@ -145,6 +145,7 @@ def _say(message: str, quiet: bool) -> None:
 
 def build(args) -> dict:
     """The whole build; returns the manifest it wrote."""
+    import onnx
     import torch
     from safetensors.torch import save_file
     from selva_rt.export import onnx_export as ox
@@ -171,12 +172,14 @@ def build(args) -> dict:
     entries = {}
     for name in parts:
         exported = ox.export_part(name, variant, nets, out / f"{name}.onnx", args.precision)
+        graph = onnx.load(str(exported.path), load_external_data=False)
         entries[name] = PartEntry(
             onnx=exported.path.name,
             sha256=exported.sha256,
             precision=plan.graph_precision(name, args.precision),
             **ox.io_entries(name, variant, args.precision),
             export_s=round(exported.seconds, 2),
+            trt_problems=plan.trt_problems(graph),
         )
         _say(f"  {name}: exported in {exported.seconds:.1f} s", args.quiet)
     empty_clip_feat = nets.generator.empty_clip_feat.detach().float().cpu().contiguous()
@@ -190,15 +193,18 @@ def build(args) -> dict:
         limits={
             "max_batch": args.max_batch,
             "max_duration": args.max_duration,
-            "max_tokens": plan.T5_MAX_TOKENS,
+            "max_tokens": T5_MAX_TOKENS,
         },
         tools=tool_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         parts=entries,
     )
     failed = check(args, variant, nets, manifest, out, empty_clip_feat)
-
     if not args.onnx_only:
+        failed += [
+            f"{n} (TensorRT: {e.trt_problems[0]})" for n, e in entries.items() if e.trt_problems
+        ]
+    if not args.onnx_only and not failed:
         engines = trt_build.build_engines(out, manifest, variant, parts, quiet=args.quiet)
         for name, engine in engines.items():
             entries[name].tensorrt = engine
@@ -212,9 +218,7 @@ def build(args) -> dict:
         manifest.parts = {**previous.parts, **entries}
     manifest.write(out)
     if failed:
-        raise SelvaError(
-            f"ONNX Runtime disagrees with torch for {', '.join(failed)}; see {out / MANIFEST}"
-        )
+        raise SelvaError(f"parts not deployable: {', '.join(failed)}; see {out / MANIFEST}")
     _say(f"wrote {len(parts)} parts to {out} in {time.perf_counter() - t0:.1f} s", args.quiet)
     return manifest
 

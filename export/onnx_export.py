@@ -1,21 +1,24 @@
 """Trace the parts of DESIGN.md to ONNX, and check each graph against the torch backend.
 
-One wrapper module per part gives the graph the named inputs and outputs of `plan.part_io`. The
-wrappers call the faithful networks' own submodules. Where a network method holds per-duration
-state (the generator's RoPE tables, sync index and length checks) or a construct that does not
-export, the wrapper takes the state as a graph input or spells the same math out, and the check
-against `TorchParts` (the networks' own methods) proves the two agree. The known traps:
+One thin adapter module per part gives the graph the named inputs and outputs of `plan.part_io`
+and calls the faithful networks' own methods, which are written to export: there is one version
+of each part's math, and the check against `TorchParts` (the same methods, eagerly) measures only
+the runtimes' rounding. The traps those methods avoid:
 
-* RoPE: `latent_rot` / `clip_rot` fp32 tables are inputs, made on the host by
-  `generator.rope_table`, applied with real arithmetic (no complex numbers). They stay fp32 in
-  fp16/bf16 graphs, as in the reference, so no low-precision Sin/Cos of angles up to N rad.
+* RoPE: `latent_rot` / `clip_rot` fp32 tables are inputs (the generator's methods take them as
+  optional arguments), made on the host by `generator.rope_table`, applied with real arithmetic
+  (no complex numbers). They stay fp32 in fp16/bf16 graphs, as in the reference, so no
+  low-precision Sin/Cos of angles up to N rad. Length checks against module state run only with
+  the module's own tables, so they specialise no dim.
 * nearest-exact interpolation of the sync features to N rows: a Gather by the `sync_index`
   input, made by `generator.nearest_exact_index` with ATen's float32 formula (ONNX Resize has no
   nearest-exact mode, and its rounding modes pick other rows).
 * [SUP] cross-attention with a key-padding mask: the bool mask is an input and masked logits are
-  -inf; the [SUP] keys are always valid, so no row is fully masked (no NaN). Each segment's
-  queries meet each prompt's keys by broadcasting, not by repeat_interleave, whose ONNX
-  translation is wrong for a dynamic repeat count (torch 2.13).
+  -inf. While tracing, `SupCrossBlock` takes `video_encoder.broadcast_attention` (each segment's
+  queries meet each prompt's keys by broadcasting) in place of the Triton kernel / SDPA
+  dispatcher, whose reference uses repeat_interleave (mistranslated for a dynamic count).
+* cfg is a 0-d fp32 input: `cfg_velocity_batched` computes both branches and selects v_cond where
+  cfg < 1; the doubled batch is cut by slices, not chunk (torch.export cannot prove two chunks).
 * weight norm (vocoder) and the MPConv normalisation (VAE) are folded at load, so the graphs hold
   plain convolution weights; SnakeBeta is elementwise Exp/Sin/Mul with the alias-free filters as
   constant depthwise convolutions.
@@ -38,17 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..runtime.backends.graphs import GraphInputs
 from ..runtime.backends.ort_parts import OrtParts
 from ..runtime.backends.torch_parts import TorchParts
 from ..runtime.device import DTYPES
-from ..runtime.models.generator import attention
-from ..runtime.models.networks import Networks
-from ..runtime.models.video_encoder import merge_heads, split_heads
-from ..runtime.variants import SYNC_SIZE, Variant
+from ..runtime.models.generator import Conditions
+from ..runtime.models.networks import Networks, decode_latent
+from ..runtime.variants import CLIP_SIZE, SEGMENT_TOKENS, SYNC_SIZE, Variant
 from . import plan
 
 # Without torchvision the exporter logs a warning per torchvision op it cannot register.
@@ -108,32 +109,11 @@ class VideoSelectPart(nn.Module):
         enc, segments = self.encoder, trunk_tokens.shape[0]
         if not enc.selective:
             return enc.pool(trunk_tokens, segments)
-        text, mask = enc.prepend_sup(t5_features, t5_mask)
-        text = enc.text_proj(text)  # [P, 5+L, D]
-        x = trunk_tokens[None]  # [1, S, 1568, D]: every prompt reads the same segments
-        for block in enc.synch_text_cross_blocks:
-            x = cross_block(block, x, text, mask)  # [P, S, 1568, D]
-        return enc.pool(x.flatten(0, 1), segments)
-
-
-def cross_block(block: nn.Module, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor):
-    """`SupCrossBlock` for x [1 or P, S, Nq, D] against P prompts' text [P, Lk, D] and key
-    mask [P, Lk] -> [P, S, Nq, D]: q per segment row, k/v once per prompt, broadcast."""
-    attn = block.attn
-    k, v = attn.key_value(text)  # [P, h, Lk, d], k RMS-normed
-    q = attn.q_norm(split_heads(attn.q_proj(x.flatten(0, 1)), attn.heads))
-    q = q.unflatten(0, x.shape[:2])  # [1|P, S, h, Nq, d]
-    logits = (q * q.shape[-1] ** -0.5) @ k[:, None].transpose(-1, -2)  # [P, S, h, Nq, Lk]
-    logits = logits.masked_fill(~mask[:, None, None, None, :], float("-inf"))
-    out = F.softmax(logits, dim=-1) @ v[:, None]  # [P, S, h, Nq, d]
-    out = merge_heads(out.flatten(0, 1)).unflatten(0, out.shape[:2])  # [P, S, Nq, D]
-    x = x + block.norm1(block.linear1(out))
-    return x + block.ffn(block.norm2(x))
+        return enc.select(trunk_tokens, *enc.prepend_sup(t5_features, t5_mask), segments)
 
 
 class DitConditionsPart(nn.Module):
-    """`Generator.preprocess_conditions` of the conditional rows and the empty/negative rows
-    (`get_empty_conditions`) as one pass over 2P rows, with the nearest-exact index an input."""
+    """`Generator.cfg_conditions`, with the nearest-exact index an input."""
 
     def __init__(self, generator: nn.Module):
         super().__init__()
@@ -142,29 +122,15 @@ class DitConditionsPart(nn.Module):
     def forward(
         self, clip_features, sync_features, text_features, negative_text_features, sync_index
     ):
-        g, prompts = self.g, sync_features.shape[0]
-        empty_clip = g.empty_clip_feat[None].expand(prompts, clip_features.shape[1], -1)
-        empty_sync = g.empty_sync_feat[None].expand(prompts, sync_features.shape[1], -1)
-        clip_f = torch.cat([clip_features, empty_clip])
-        sync_f = torch.cat([sync_features, empty_sync])
-        text_f = torch.cat([text_features, negative_text_features])
-        # As preprocess_conditions: the position embedding in sync_dim space, then projections.
-        sync_f = (sync_f.unflatten(1, (-1, g.sync_pos_emb.shape[2])) + g.sync_pos_emb).flatten(1, 2)
-        clip_f = g.clip_input_proj(clip_f)
-        sync_f = g.sync_input_proj(sync_f)[:, sync_index]
-        text_f = g.text_input_proj(text_f)
-        return (
-            clip_f,
-            sync_f,
-            text_f,
-            g.clip_cond_proj(clip_f.mean(dim=1)),
-            g.text_cond_proj(text_f.mean(dim=1)),
+        return tuple(
+            self.g.cfg_conditions(
+                clip_features, sync_features, text_features, negative_text_features, sync_index
+            )
         )
 
 
 class DitStepPart(nn.Module):
-    """`Generator.cfg_velocity_batched`: predict_flow over [latent; latent] and the 2P condition
-    rows, then cfg * v_cond + (1 - cfg) * v_uncond, or v_cond alone when cfg < 1."""
+    """`Generator.cfg_velocity_batched`, with the RoPE tables and the cfg inputs."""
 
     def __init__(self, generator: nn.Module):
         super().__init__()
@@ -173,49 +139,19 @@ class DitStepPart(nn.Module):
     def forward(
         self, latent, t, clip_f, sync_f, text_f, clip_f_c, text_f_c, latent_rot, clip_rot, cfg
     ):
-        g = self.g
-        x = g.audio_input_proj(torch.cat([latent, latent]))
-        global_c = g.t_embed(torch.cat([t, t])) + g.global_cond_mlp(clip_f_c + text_f_c)
-        global_c = global_c[:, None]
-        extended_c = global_c + sync_f
-        for block in g.joint_blocks:
-            x, clip_f, text_f = joint_block(
-                block, x, clip_f, text_f, global_c, extended_c, latent_rot, clip_rot
-            )
-        for block in g.fused_blocks:
-            x = block(x, extended_c, latent_rot)
-        v = g.final_layer(x, global_c)  # global_c, not extended_c, as trained (#55)
-        # Slices, not chunk(2): torch.export cannot prove 2P rows make exactly two chunks.
-        v_cond, v_uncond = v[: latent.shape[0]], v[latent.shape[0] :]
-        cfg = cfg.to(latent.dtype)
-        return torch.where(cfg < 1, v_cond, cfg * v_cond + (1 - cfg) * v_uncond)
-
-
-def joint_block(block, latent, clip_f, text_f, global_c, extended_c, latent_rot, clip_rot):
-    """`JointBlock.forward`, cutting the joint attention output by slicing: a split with
-    dynamic sizes exports as SplitToSequence/SequenceAt, which TensorRT's parser lacks."""
-    x_qkv, x_mod = block.latent_block.pre_attention(latent, extended_c, latent_rot)
-    c_qkv, c_mod = block.clip_block.pre_attention(clip_f, global_c, clip_rot)
-    t_qkv, t_mod = block.text_block.pre_attention(text_f, global_c, None)
-    out = attention(*(torch.cat(parts, dim=2) for parts in zip(x_qkv, c_qkv, t_qkv, strict=True)))
-    n, nc = latent.shape[1], clip_f.shape[1]
-    latent = block.latent_block.post_attention(latent, out[:, :n], x_mod)
-    if not block.pre_only:
-        clip_f = block.clip_block.post_attention(clip_f, out[:, n : n + nc], c_mod)
-        text_f = block.text_block.post_attention(text_f, out[:, n + nc :], t_mod)
-    return latent, clip_f, text_f
+        cond = Conditions(clip_f, sync_f, text_f, clip_f_c, text_f_c)
+        return self.g.cfg_velocity_batched(latent, t, cond, cfg, latent_rot, clip_rot)
 
 
 class DecoderPart(nn.Module):
-    """Normalised latent [P, N, E] -> (mel [P, M, 2N], waveform [P, samples])."""
+    """`networks.decode_latent`: normalised latent [P, N, E] -> (mel, waveform)."""
 
     def __init__(self, generator: nn.Module, vae: nn.Module, vocoder: nn.Module):
         super().__init__()
         self.g, self.vae, self.vocoder = generator, vae, vocoder
 
     def forward(self, latent: torch.Tensor):
-        mel = self.vae.decode(self.g.unnormalize(latent).transpose(1, 2))
-        return mel, self.vocoder(mel)[:, 0]
+        return decode_latent(self.g, self.vae, self.vocoder, latent)
 
 
 def part_module(name: str, nets: Networks) -> nn.Module:
@@ -270,11 +206,11 @@ def sample_args(name: str, variant: Variant, sizes: Sizes, seed: int) -> tuple:
         ctx = variant.clip.context_length
         return (torch.randint(0, variant.clip.vocab_size, (P, ctx), generator=gen),)
     if name == "clip_image":
-        return (torch.rand(d["clip_frames"], 3, plan.CLIP_SIZE, plan.CLIP_SIZE, generator=gen),)
+        return (torch.rand(d["clip_frames"], 3, CLIP_SIZE, CLIP_SIZE, generator=gen),)
     if name == "video_trunk":
         return (torch.rand(1, d["frames"], 3, SYNC_SIZE, SYNC_SIZE, generator=gen) * 2 - 1,)
     if name == "video_select":
-        tokens = randn(d["segments"], plan.VIDEO_TOKENS, enc.embed_dim)
+        tokens = randn(d["segments"], SEGMENT_TOKENS, enc.embed_dim)
         if not variant.selective:
             return tokens, None, None, P
         return tokens, randn(P, L, enc.text_dim), padding_mask(), P

@@ -8,7 +8,15 @@ graph against the operators TensorRT's ONNX parser documents.
 
 from dataclasses import dataclass
 
-from ..runtime.variants import SYNC_SIZE, Variant, sequence_lengths
+from ..runtime.variants import (
+    CLIP_SIZE,
+    MIN_DURATION,
+    SEGMENT_TOKENS,
+    SYNC_SIZE,
+    T5_MAX_TOKENS,
+    Variant,
+    sequence_lengths,
+)
 
 PARTS = (
     "t5",
@@ -21,13 +29,9 @@ PARTS = (
     "decoder",
 )
 PRECISIONS = ("fp32", "fp16", "bf16")
-CLIP_SIZE = 384  # CLIP video frames (plain MMAudio)
-VIDEO_TOKENS = 8 * 14 * 14  # MotionFormer tokens per segment
-MIN_DURATION = 0.64  # one 16-frame segment at 25 fps (spec §1.2)
 DEFAULT_MAX_DURATION = 10.0
 DEFAULT_MAX_BATCH = 4
 DEFAULT_OPT_DURATION = 8.0  # the trained duration
-T5_MAX_TOKENS = 512  # Flan-T5 tokenizer truncation (spec §2.1)
 OPT_TOKENS = 16
 
 
@@ -144,10 +148,10 @@ def part_io(part: str, variant: Variant, d: dict | None = None):
     if part == "video_trunk":
         return (
             [T("frames", "float", (1, d["frames"], 3, SYNC_SIZE, SYNC_SIZE))],
-            [T("trunk_tokens", "float", (d["segments"], VIDEO_TOKENS, enc.embed_dim))],
+            [T("trunk_tokens", "float", (d["segments"], SEGMENT_TOKENS, enc.embed_dim))],
         )
     if part == "video_select":
-        inputs = [T("trunk_tokens", "float", (d["segments"], VIDEO_TOKENS, enc.embed_dim))]
+        inputs = [T("trunk_tokens", "float", (d["segments"], SEGMENT_TOKENS, enc.embed_dim))]
         rows = P
         if variant.selective:
             inputs += [

@@ -33,9 +33,9 @@ to the dtype of q before it is added, as the official bf16 autocast run does (-1
 and looks the bias up in a (window + fade_range + 2)-entry table of log(M + eps) per distance,
 built by torch once per (layer, dtype, device).
 
-Triton is optional (the reference needs none). `triton.jit` is applied on first use, once per
-interpreter mode, so TRITON_INTERPRET=1 may be set after Triton was imported: that is how the
-tests run the kernel on the CPU.
+Triton is optional (the reference needs none), and only its public API is used. A process runs
+the kernel compiled for CUDA, or interpreted on the CPU when TRITON_INTERPRET=1 is set before
+Triton is imported (kernels/jit.py): that is how the tests run it without a GPU.
 """
 
 from __future__ import annotations  # tl.constexpr annotations stay unevaluated without Triton
@@ -53,7 +53,7 @@ try:
 except ImportError:  # the reference path needs no Triton
     triton = tl = None
 
-from .lazy_jit import interpreting, lazy_jit
+from .jit import INTERPRETED, jit
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def psca_attention_triton(
     out = q.new_empty(batch, la, heads, d)
     block_m, block_n, num_warps = config or DEFAULT_CONFIGS[q.dtype]
     grid = (-(-la // block_m), batch * heads)
-    _kernel()[grid](
+    _kernel[grid](
         q, k, v, table, out,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         out.stride(0), out.stride(2), out.stride(1),
@@ -148,7 +148,7 @@ def psca_attention_triton(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         # Triton 3.9's interpreter multiplies bf16 dot operands as raw bits; interpreted runs
         # feed it fp32 copies instead (exact products, the same fp32 accumulation).
-        DOT_UPCAST=interpreting() and q.dtype == torch.bfloat16,
+        DOT_UPCAST=INTERPRETED and q.dtype == torch.bfloat16,
         # The centre must follow IEEE fp32 rounding step by step: no fused multiply-adds.
         enable_fp_fusion=False,
         num_warps=num_warps, num_stages=2,
@@ -180,10 +180,6 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         )
 
 
-# tl.max, tl.sum and tl.zeros are themselves @triton.jit functions, compiled or interpreted
-# according to TRITON_INTERPRET when Triton is first imported. The kernel reduces with their
-# combine functions directly (what tl.max/tl.sum do for fp32; the interpreter runs them as
-# numpy reductions), so it also runs under an interpreter switched on after that import.
 def _psca_attention_kernel(
     Q, K, V, BIAS, O,
     stride_qb, stride_qh, stride_qm,
@@ -241,10 +237,10 @@ def _psca_attention_kernel(
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale_log2
         s = s + bias * 1.4426950408889634  # log2(e): the softmax runs in base 2
         s = tl.where(in_range[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.reduce(s, 1, tl.standard._elementwise_max))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.reduce(p, 1, tl.standard._sum_combine)
+        l_i = l_i * alpha + tl.sum(p, 1)
         vv = tl.load(
             v_base + offs_n[:, None] * stride_vn + offs_d[None, :],
             mask=in_range[:, None],
@@ -263,4 +259,4 @@ def _psca_attention_kernel(
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < la)
 
 
-_kernel = lazy_jit(_psca_attention_kernel)
+_kernel = jit(_psca_attention_kernel)

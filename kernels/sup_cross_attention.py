@@ -31,9 +31,9 @@ flash attention does. Logits of masked keys are -inf, as in the reference; nothi
 masked. A row whose keys are all masked (an all-False key_mask row, which SELVA never produces
 because the 5 [SUP] keys are always valid) gives 0, as torch's SDPA does, never NaN.
 
-Triton is optional (the reference needs none). `triton.jit` is applied on first use, once per
-interpreter mode, so TRITON_INTERPRET=1 may be set after Triton was imported: that is how the
-tests run the kernel on the CPU.
+Triton is optional (the reference needs none), and only its public API is used. A process runs
+the kernel compiled for CUDA, or interpreted on the CPU when TRITON_INTERPRET=1 is set before
+Triton is imported (kernels/jit.py): that is how the tests run it without a GPU.
 """
 
 from __future__ import annotations  # tl.constexpr annotations stay unevaluated without Triton
@@ -49,7 +49,7 @@ try:
 except ImportError:  # the reference path needs no Triton
     triton = tl = None
 
-from .lazy_jit import interpreting, lazy_jit
+from .jit import INTERPRETED, jit
 
 # nn.RMSNorm(eps=None) uses the epsilon of the op-math type (fp32) for every input dtype, not
 # finfo(x.dtype).eps as its docs say (spec §8.1): pinned, so bf16 runs match the official code.
@@ -117,7 +117,7 @@ def sup_cross_attention_triton(
     out = q.new_empty(n_out, lq, heads, d)
     block_m, block_n, num_warps = config or DEFAULT_CONFIGS[q.dtype]
     grid = (-(-lq // block_m), n_out * heads)
-    _kernel()[grid](
+    _kernel[grid](
         q, k, v, mask, weight, out,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], mask.stride(0),
         out.stride(0), out.stride(2), out.stride(1),
@@ -128,7 +128,7 @@ def sup_cross_attention_triton(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         # Triton 3.9's interpreter multiplies bf16 dot operands as raw bits; interpreted runs
         # feed it fp32 copies instead (exact products, the same fp32 accumulation).
-        DOT_UPCAST=interpreting() and q.dtype == torch.bfloat16,
+        DOT_UPCAST=INTERPRETED and q.dtype == torch.bfloat16,
         enable_fp_fusion=True,
         num_warps=num_warps, num_stages=2,
     )  # fmt: skip
@@ -161,10 +161,6 @@ def _check_shapes(q, k, v, key_mask, segments_per_prompt, q_norm_weight) -> int:
     return n_out
 
 
-# tl.max, tl.sum and tl.zeros are themselves @triton.jit functions, compiled or interpreted
-# according to TRITON_INTERPRET when Triton is first imported. The kernel reduces with their
-# combine functions directly (what tl.max/tl.sum do for fp32; the interpreter runs them as
-# numpy reductions), so it also runs under an interpreter switched on after that import.
 def _sup_attention_kernel(
     Q, K, V, MASK, W, O,
     stride_qn, stride_qh, stride_qm,
@@ -189,7 +185,7 @@ def _sup_attention_kernel(
     q = tl.load(q_ptrs, mask=offs_m[:, None] < lq, other=0.0)
     if NORM_Q:
         qf = q.to(tl.float32)
-        inv_rms = tl.rsqrt(tl.reduce(qf * qf, 1, tl.standard._sum_combine) / HEAD_DIM + rms_eps)
+        inv_rms = tl.rsqrt(tl.sum(qf * qf, 1) / HEAD_DIM + rms_eps)
         w = tl.load(W + offs_d).to(tl.float32)
         # Rounded to q's dtype before the dot, as the reference's RMSNorm output is.
         q = (qf * inv_rms[:, None] * w[None, :]).to(Q.dtype.element_ty)
@@ -204,7 +200,7 @@ def _sup_attention_kernel(
     for start_n in tl.range(0, lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         valid = tl.load(mask_row + offs_n, mask=offs_n < lk, other=0) != 0
-        last = tl.reduce(tl.where(valid, offs_n + 1, 0), 0, tl.standard._elementwise_max)
+        last = tl.max(tl.where(valid, offs_n + 1, 0), 0)
         kv_len = tl.maximum(kv_len, last)
 
     k_base = K + prompt * stride_kp + head * stride_kh
@@ -227,10 +223,10 @@ def _sup_attention_kernel(
             kt = kt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale_log2
         s = tl.where(attend[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.reduce(s, 1, tl.standard._elementwise_max))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.reduce(p, 1, tl.standard._sum_combine)
+        l_i = l_i * alpha + tl.sum(p, 1)
         vv = tl.load(
             v_base + offs_n[:, None] * stride_vn + offs_d[None, :],
             mask=in_range[:, None],
@@ -249,4 +245,4 @@ def _sup_attention_kernel(
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < lq)
 
 
-_kernel = lazy_jit(_sup_attention_kernel)
+_kernel = jit(_sup_attention_kernel)

@@ -108,7 +108,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """The parser of the runtime's commands; `more` lists other commands (name -> help) that the
+    top-level entry point (selva_rt/__main__.py) hands to their own parsers."""
     parser = argparse.ArgumentParser(
         prog="selva-rt",
         description="Text-conditioned selective video-to-audio generation (SELVA / MMAudio).",
@@ -167,26 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=cmd_weights)
-    for name, (_, help_text) in DELEGATED.items():  # listed in --help; main() hands them over
+    for name, help_text in (more or {}).items():  # listed in --help only
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
-# Subcommands with parsers of their own; `selva-rt X --help` shows theirs.
-DELEGATED = {
-    "export": ("selva_rt.export.build_engines", "build ONNX graphs / TensorRT engines"),
-    "bench": ("selva_rt.benchmarks.bench", "latency benchmark: fast vs reference mode, per part"),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, more: dict[str, str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] and argv[0] in DELEGATED:
-        import importlib
-
-        module = importlib.import_module(DELEGATED[argv[0]][0])
-        return module.main(argv[1:])
-    parser = build_parser()
+    parser = build_parser(more)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -10,6 +10,9 @@ from what the official code would do with the same file, it says so:
     one-line MediaError instead of being sampled anyway or failing deep inside the model.
 """
 
+from __future__ import annotations  # PyAV types in signatures stay unevaluated (_OnFirstUse)
+
+import importlib
 import math
 import os
 import sys
@@ -19,15 +22,38 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
-import soundfile
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from .errors import MediaError, OutputError, UsageError
+from .outputs import MUX_FORMATS
 from .variants import CLIP_FPS, CLIP_SIZE, DEFAULT_DURATION, SYNC_FPS, SYNC_SEGMENT, SYNC_SIZE
+
+
+class _OnFirstUse:
+    """A module imported when first used. PyAV and soundfile are needed only to read or write
+    media files, so everything else (the pipeline on tensors, the backends, bench without
+    --file-to-file, benchmarks/gpu_check.py) runs where they are not installed; there, reading or
+    writing media is a one-line MediaError."""
+
+    def __init__(self, name: str, what: str):
+        self._name, self._what = name, what
+
+    def __getattr__(self, attr: str):
+        try:
+            module = importlib.import_module(self._name)
+        except ImportError as err:
+            raise MediaError(
+                f"{self._what} needs the Python package {self._name!r}, which cannot be imported "
+                f"here ({err}); install it with pip install {self._name}"
+            ) from None
+        return getattr(module, attr)
+
+
+av = _OnFirstUse("av", "reading or writing video")
+soundfile = _OnFirstUse("soundfile", "writing audio stems")
 
 _BAR = "{desc}: {n:.2f}/{total:.2f} s |{bar}|"
 
@@ -42,13 +68,6 @@ VFR_MAX_IRREGULAR = 0.1
 TRUNCATION_SLACK = 0.5
 
 STEM_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
-# Output container -> (muxer, audio codec, PyAV sample format of the frames we feed it).
-MUX_FORMATS = {
-    ".mp4": ("mp4", "aac", "fltp"),
-    ".m4v": ("mp4", "aac", "fltp"),
-    ".mov": ("mov", "pcm_s24le", "s32"),
-    ".mkv": ("matroska", "pcm_s24le", "s32"),
-}
 AUDIO_LAYOUTS = {1: "mono", 2: "stereo"}
 
 # Polyphase windowed-sinc resampler: resampy's `kaiser_best` design (64 zero crossings each

@@ -19,9 +19,16 @@ from .errors import OutputError
 
 AUDIO_FORMATS = ("wav", "flac")
 OUT_RATES = (48000,)  # stems may be resampled to these for video delivery
+# Muxed video: output suffix -> (muxer, audio codec, PyAV sample format of the frames fed to it).
 # Stream copy keeps the clip's container where its audio codec choice is clear (AAC in MP4, PCM in
 # MOV/MKV); anything else is remuxed into Matroska, which takes every video codec.
-MUX_CONTAINERS = {".mp4": ".mp4", ".m4v": ".mp4", ".mov": ".mov", ".mkv": ".mkv"}
+MUX_FORMATS = {
+    ".mp4": ("mp4", "aac", "fltp"),
+    ".m4v": ("mp4", "aac", "fltp"),
+    ".mov": ("mov", "pcm_s24le", "s32"),
+    ".mkv": ("matroska", "pcm_s24le", "s32"),
+}
+FALLBACK_CONTAINER = ".mkv"
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ def plan_outputs(
     if sample_rate is not None and sample_rate not in OUT_RATES:
         raise OutputError(f"stems can be resampled to {OUT_RATES}, not {sample_rate}")
     _check_writable(out_dir)
-    container = MUX_CONTAINERS.get(clip.suffix.lower(), ".mkv")
+    container = clip.suffix.lower() if clip.suffix.lower() in MUX_FORMATS else FALLBACK_CONTAINER
     stems, seen = [], {}
     for prompt in prompts:
         stem = f"{name or clip.stem}_{slug(prompt)}"

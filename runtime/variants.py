@@ -15,6 +15,14 @@ SYNC_SEGMENT = 16  # frames per Synchformer segment
 SYNC_HOP = 8  # frames between segment starts
 SYNC_SIZE = 224
 CLIP_SIZE = 384
+MIN_DURATION = SYNC_SEGMENT / SYNC_FPS  # one segment: 0.64 s (spec §1.2)
+# MotionFormer tokens of one segment: tubelets of 2 frames x 16 x 16 pixels.
+PATCH = 16
+TUBELET = 2
+TIME_TOKENS = SYNC_SEGMENT // TUBELET  # 8 feature frames per segment
+SPACE_TOKENS = (SYNC_SIZE // PATCH) ** 2  # 14 x 14 patches per feature frame
+SEGMENT_TOKENS = TIME_TOKENS * SPACE_TOKENS  # 1568 (t-major, then h, w)
+T5_MAX_TOKENS = 512  # Flan-T5 tokenizer truncation (spec §2.1)
 DEFAULT_DURATION = 8.0
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 4.5
@@ -65,7 +73,7 @@ def sequence_lengths(duration: float, audio: AudioConfig) -> SequenceLengths:
     if segments < 1:
         raise UsageError(
             f"duration {duration:.3f} s is shorter than one {SYNC_SEGMENT}-frame segment "
-            f"({SYNC_SEGMENT / SYNC_FPS:.2f} s)"
+            f"({MIN_DURATION:.2f} s)"
         )
     return SequenceLengths(
         duration=duration,
@@ -141,7 +149,7 @@ class T5Config:
     d_kv: int = 64
     d_ff: int = 2048
     vocab_size: int = 32128
-    max_length: int = 512
+    max_length: int = T5_MAX_TOKENS
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
-"""Access to the golden reference cases made by the official code (`../shared/golden`).
+"""Access to the reference data the suite carries in tests/data: the golden cases made by the
+official code (`golden/`, its README gives tolerances and quirks) and the layouts of the official
+checkpoints (`manifests/`).
 
 Every test derives configurations, shapes and lengths from a case's json and tensors, so any
-other set made the same way (pointed to by SELVA_RT_GOLDEN) is checked without code changes.
+other set made the same way (pointed to by SELVA_RT_GOLDEN, and SELVA_RT_MANIFESTS for the
+layouts) is checked without code changes. Missing data fails the test that needs it, never skips.
 """
 
 import json
@@ -12,19 +15,36 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-GOLDEN = Path(
-    os.environ.get("SELVA_RT_GOLDEN", Path(__file__).parents[1] / ".." / "shared" / "golden")
-)
+DATA = Path(__file__).parent / "data"
+GOLDEN = Path(os.environ.get("SELVA_RT_GOLDEN") or DATA / "golden")
+MANIFESTS = Path(os.environ.get("SELVA_RT_MANIFESTS") or DATA / "manifests")
 
 # Worst relative L2 error seen per case/output in this run; printed by conftest at the end.
 ERRORS: dict[str, float] = {}
 
 
-def case_path(name: str) -> Path:
-    path = GOLDEN / f"{name}.safetensors"
+def golden_file(name: str) -> Path:
+    """A file of the golden set (`e2e_tiny.json`, `preproc_video.mp4`, ...)."""
+    path = GOLDEN / name
     if not path.is_file():
-        pytest.skip(f"golden case {name} not found under {GOLDEN} (set SELVA_RT_GOLDEN)")
+        pytest.fail(
+            f"golden file {name} not found in {GOLDEN} (set SELVA_RT_GOLDEN)", pytrace=False
+        )
     return path
+
+
+def case_path(name: str) -> Path:
+    return golden_file(f"{name}.safetensors")
+
+
+def manifest(name: str) -> dict:
+    """A layout manifest (`mmaudio_small_16k`, `reference_tables`, ...)."""
+    path = MANIFESTS / f"{name}.json"
+    if not path.is_file():
+        pytest.fail(
+            f"manifest {path.name} not found in {MANIFESTS} (set SELVA_RT_MANIFESTS)", pytrace=False
+        )
+    return json.loads(path.read_text())
 
 
 def load_case(name: str) -> tuple[dict, dict[str, torch.Tensor]]:

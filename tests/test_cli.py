@@ -16,7 +16,6 @@ from selva_rt.runtime.pipeline import Pipeline
 
 torch.set_num_threads(1)
 
-SAMPLE = Path(cli.__file__).parent / "assets" / "sample.mp4"
 SCRIPT = Path(sys.executable).parent / "selva-rt"
 
 
@@ -35,11 +34,11 @@ def tiny() -> Pipeline:
     return Pipeline.from_pretrained("tiny", device="cpu")
 
 
-def test_generate_subprocess_writes_stem_and_bit_identical_video(tmp_path):
+def test_generate_subprocess_writes_stem_and_bit_identical_video(tmp_path, sample_clip):
     out = tmp_path / "out"
     result = run_cli(
         "generate",
-        str(SAMPLE),
+        str(sample_clip),
         "sheep bleating",
         "--variant",
         "tiny",
@@ -55,7 +54,7 @@ def test_generate_subprocess_writes_stem_and_bit_identical_video(tmp_path):
     assert rate == 16000 == report["sample_rate"]
     assert len(wav) == round(report["duration"] * rate)
     assert np.isfinite(wav).all() and 0 < np.abs(wav).max() <= 1
-    assert video_packets(Path(entry["video"])) == video_packets(SAMPLE)
+    assert video_packets(Path(entry["video"])) == video_packets(sample_clip)
     with av.open(entry["video"]) as muxed:
         (audio,) = muxed.streams.audio
         assert audio.codec_context.name == "aac" and audio.sample_rate == 16000
@@ -65,11 +64,11 @@ def test_generate_subprocess_writes_stem_and_bit_identical_video(tmp_path):
     assert report["variant"] == "tiny" and report["seed"] == 42
 
 
-def test_flac_48k_and_no_video(tmp_path):
+def test_flac_48k_and_no_video(tmp_path, sample_clip):
     code = cli.main(
         [
             "generate",
-            str(SAMPLE),
+            str(sample_clip),
             "dog barking",
             "--variant",
             "tiny",
@@ -91,14 +90,14 @@ def test_flac_48k_and_no_video(tmp_path):
     assert stem.suffix == ".flac" and info.samplerate == 48000 and info.frames == 48000
 
 
-def test_two_prompts_equal_two_calls_and_share_the_trunk(tiny, monkeypatch):
+def test_two_prompts_equal_two_calls_and_share_the_trunk(tiny, sample_clip, monkeypatch):
     calls = []
     trunk = tiny.parts.video_trunk
     monkeypatch.setattr(tiny.parts, "video_trunk", lambda *a: calls.append(1) or trunk(*a))
-    both = tiny.generate(SAMPLE, ["sheep bleating", "car horn"], seed=3, duration=1.0)
+    both = tiny.generate(sample_clip, ["sheep bleating", "car horn"], seed=3, duration=1.0)
     assert len(calls) == 1
     for i, prompt in enumerate(["sheep bleating", "car horn"]):
-        alone = tiny.generate(SAMPLE, prompt, seed=3, duration=1.0)
+        alone = tiny.generate(sample_clip, prompt, seed=3, duration=1.0)
         # Equal up to float rounding (batched GEMMs, T5 padding to the longer prompt).
         diff = np.linalg.norm(both.audio[i] - alone.audio[0]) / np.linalg.norm(alone.audio[0])
         assert diff < 1e-4 and np.abs(both.audio[i] - alone.audio[0]).max() < 1e-4
@@ -143,15 +142,17 @@ def test_bad_clip(tmp_path, capsys, case):
     ],
     ids=["empty", "blank", "very long", "not utf-8"],
 )
-def test_bad_prompt(tmp_path, capsys, prompt, message):
-    code = cli.main(["generate", str(SAMPLE), prompt, "--variant", "tiny", "--out", str(tmp_path)])
+def test_bad_prompt(tmp_path, sample_clip, capsys, prompt, message):
+    code = cli.main(
+        ["generate", str(sample_clip), prompt, "--variant", "tiny", "--out", str(tmp_path)]
+    )
     assert_clean_failure(code, capsys, message, tmp_path, set())
 
 
-def test_existing_output_needs_force(tmp_path, capsys):
+def test_existing_output_needs_force(tmp_path, sample_clip, capsys):
     args = [
         "generate",
-        str(SAMPLE),
+        str(sample_clip),
         "rain",
         "--variant",
         "tiny",
@@ -172,23 +173,25 @@ def test_existing_output_needs_force(tmp_path, capsys):
     assert (tmp_path / "sample_rain.wav").read_bytes() != b"an editor's file"
 
 
-def test_unwritable_output_dir(tmp_path, capsys):
+def test_unwritable_output_dir(tmp_path, sample_clip, capsys):
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
-    code = cli.main(["generate", str(SAMPLE), "rain", "--variant", "tiny", "--out", str(blocked)])
+    code = cli.main(
+        ["generate", str(sample_clip), "rain", "--variant", "tiny", "--out", str(blocked)]
+    )
     assert_clean_failure(code, capsys, "is a file, not a directory", tmp_path, {"file"})
     # /proc takes no new folders, even for root.
     code = cli.main(
-        ["generate", str(SAMPLE), "rain", "--variant", "tiny", "--out", "/proc/selva_out"]
+        ["generate", str(sample_clip), "rain", "--variant", "tiny", "--out", "/proc/selva_out"]
     )
     assert_clean_failure(code, capsys, "is not writable", tmp_path, {"file"})
 
 
-def test_bad_arguments_are_one_line(tmp_path, capsys):
+def test_bad_arguments_are_one_line(tmp_path, sample_clip, capsys):
     code = cli.main(
         [
             "generate",
-            str(SAMPLE),
+            str(sample_clip),
             "rain",
             "--variant",
             "tiny",
@@ -202,7 +205,7 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     code = cli.main(
         [
             "generate",
-            str(SAMPLE),
+            str(sample_clip),
             "rain",
             "--variant",
             "tiny",
@@ -215,10 +218,10 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert_clean_failure(code, capsys, "device", tmp_path, set())
 
 
-def test_missing_weights_one_line_without_traceback(tmp_path):
+def test_missing_weights_one_line_without_traceback(tmp_path, sample_clip):
     env_home = tmp_path / "home"
     env = {"SELVA_RT_HOME": str(env_home), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    result = run_cli("generate", str(SAMPLE), "rain", "--out", str(tmp_path / "out"), env=env)
+    result = run_cli("generate", str(sample_clip), "rain", "--out", str(tmp_path / "out"), env=env)
     assert result.returncode != 0
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "selva-rt weights download selva-small-16k" in result.stderr

@@ -2,14 +2,11 @@
 ONNX Runtime matches torch, the graphs are TensorRT-ready, the manifest says what was built,
 nothing is overwritten without --force, and bad arguments fail in one line."""
 
-import atexit
 import dataclasses
-import functools
 import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -19,7 +16,7 @@ from selva_rt.export import build_engines, onnx_export, plan, trt_build
 from selva_rt.runtime.backends.graphs import Manifest, PartEntry
 from selva_rt.runtime.backends.ort_parts import OrtParts
 from selva_rt.runtime.models.networks import build_networks
-from selva_rt.runtime.variants import get_variant
+from selva_rt.runtime.variants import SEGMENT_TOKENS, get_variant
 
 torch.set_num_threads(2)
 
@@ -27,26 +24,9 @@ SCRIPT = Path(build_engines.__file__)
 TINY = get_variant("tiny")
 
 
-@functools.cache
-def tiny_engines() -> Path:
-    """One fp32 ONNX build of every tiny part per test session (test_ort_backend uses it too)."""
-    out = Path(tempfile.mkdtemp(prefix="selva-rt-engines-")) / "tiny"
-    atexit.register(shutil.rmtree, out.parent, ignore_errors=True)
-    rc = build_engines.main(
-        ["--variant", "tiny", "--out", str(out), "--onnx-only", "--threads", "2", "--quiet"]
-    )
-    assert rc == 0
-    return out
-
-
 @pytest.fixture(scope="module")
-def engines() -> Path:
-    return tiny_engines()
-
-
-@pytest.fixture(scope="module")
-def manifest(engines) -> dict:
-    return json.loads((engines / "manifest.json").read_text())
+def manifest(tiny_engines) -> dict:
+    return json.loads((tiny_engines / "manifest.json").read_text())
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
@@ -55,7 +35,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_every_part_exported_and_described(engines, manifest):
+def test_every_part_exported_and_described(tiny_engines, manifest):
     assert manifest["variant"] == "tiny" and manifest["precision"] == "fp32"
     assert manifest["opset"] == onnx_export.OPSET
     assert set(manifest["parts"]) == set(plan.part_names(TINY))
@@ -64,7 +44,7 @@ def test_every_part_exported_and_described(engines, manifest):
         assert manifest["tools"][tool]
     assert manifest["tools"]["tensorrt"] is None or isinstance(manifest["tools"]["tensorrt"], str)
     for name, entry in manifest["parts"].items():
-        path = engines / entry["onnx"]
+        path = tiny_engines / entry["onnx"]
         assert path.is_file() and onnx_export.sha256_file(path) == entry["sha256"]
         inputs, outputs = plan.part_io(name, TINY)
         assert [i["name"] for i in entry["inputs"]] == [s.name for s in inputs]
@@ -93,11 +73,11 @@ def test_onnx_runtime_matches_torch_per_output(manifest):
             assert err["rel_l2"] <= 1e-4, f"{name}.{output}: {err}"
 
 
-def test_graphs_are_tensorrt_ready(engines, manifest):
+def test_graphs_are_tensorrt_ready(tiny_engines, manifest):
     """Opset in TensorRT's range, only operators its ONNX parser documents, no data-dependent
     shapes, constant axes, and every graph input/output dim static or named."""
     for name, entry in manifest["parts"].items():
-        model = onnx.load(str(engines / entry["onnx"]))
+        model = onnx.load(str(tiny_engines / entry["onnx"]))
         onnx.checker.check_model(model, full_check=True)
         assert plan.trt_problems(model) == [], name
         graph_inputs = {v.name: v for v in model.graph.input}
@@ -108,18 +88,18 @@ def test_graphs_are_tensorrt_ready(engines, manifest):
                 assert got == want, (name, spec.name, axis)
 
 
-def test_refuses_to_overwrite_without_force(engines, capsys):
-    before = {p.name: p.stat().st_mtime_ns for p in engines.iterdir()}
-    rc = build_engines.main(["--variant", "tiny", "--out", str(engines), "--onnx-only"])
+def test_refuses_to_overwrite_without_force(tiny_engines, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_engines.iterdir()}
+    rc = build_engines.main(["--variant", "tiny", "--out", str(tiny_engines), "--onnx-only"])
     err = capsys.readouterr().err
     assert rc != 0
     assert err.count("\n") == 1 and "already exists" in err and "--force" in err
-    assert {p.name: p.stat().st_mtime_ns for p in engines.iterdir()} == before
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_engines.iterdir()} == before
 
 
-def test_force_rebuilds_some_parts_and_keeps_the_others(engines, manifest, tmp_path):
+def test_force_rebuilds_some_parts_and_keeps_the_others(tiny_engines, manifest, tmp_path):
     out = tmp_path / "tiny"
-    shutil.copytree(engines, out)
+    shutil.copytree(tiny_engines, out)
     rc = build_engines.main(
         [
             "--variant",
@@ -289,7 +269,7 @@ def test_plain_mmaudio_parts(tmp_path):
     for name, outputs in report.items():
         for output, err in outputs.items():
             assert err["rel_l2"] <= 1e-4, (name, output, err)
-    sync = ort_parts.video_select(torch.randn(3, plan.VIDEO_TOKENS, 64), None, None, 2)
+    sync = ort_parts.video_select(torch.randn(3, SEGMENT_TOKENS, 64), None, None, 2)
     assert sync.shape == (2, 24, 64)
 
 

@@ -1,12 +1,9 @@
 """MM-DiT generator: manifest layout, golden reproduction (official MMAudio code), CFG, loading."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from golden import GOLDEN, assert_close, case_path, generator_config, load_case
+from golden import assert_close, case_path, generator_config, load_case, manifest
 from selva_rt.runtime.errors import CheckpointError, UsageError
 from selva_rt.runtime.models.checkpoint import expected_shapes, read_state_dict
 from selva_rt.runtime.models.generator import (
@@ -15,28 +12,22 @@ from selva_rt.runtime.models.generator import (
     cat_conditions,
     nearest_exact_index,
     random_official_state,
+    rope_table,
 )
 from selva_rt.runtime.sampler import euler_sample
 from selva_rt.runtime.variants import VARIANTS
 
 torch.set_num_threads(1)
 
-MANIFESTS = GOLDEN.parent / "spec" / "manifests"
 GOLDEN_CASES = ["gen_small_v1", "gen_small_v2"]
 # README tolerances (rel L2, max abs): single passes and the 25-step Euler results.
 SINGLE = (1e-4, 1e-3)
 EULER = (5e-4, 5e-3)
 
 
-def manifest(path: Path) -> dict:
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return json.loads(path.read_text())
-
-
 def manifest_for(variant: str) -> dict:
     size = variant.removeprefix("mmaudio-").removeprefix("selva-").replace("-", "_")
-    return manifest(MANIFESTS / f"mmaudio_{size}.json")
+    return manifest(f"mmaudio_{size}")
 
 
 @pytest.mark.parametrize("name", [n for n, v in VARIANTS.items() if not v.random_weights])
@@ -112,6 +103,10 @@ def test_batched_cfg_matches_two_pass(case):
     uncond = net.get_empty_conditions(B, T["in.neg_text_f"])
     both = cat_conditions(cond, uncond)
     assert both.sync_f.shape[0] == 2 * B
+    # The one method the torch backend and the exported dit_conditions graph run.
+    features = T["in.clip_f"], T["in.sync_f"], T["in.text_f"], T["in.neg_text_f"]
+    for ours, want in zip(net.cfg_conditions(*features), both, strict=True):
+        assert torch.equal(ours, want)
 
     t_vec = T["in.t_scalar"] * torch.ones(B)
     two_pass = net.cfg_velocity(T["in.latent"], t_vec, cond, uncond, cfg)
@@ -127,13 +122,17 @@ def test_batched_cfg_matches_two_pass(case):
         1e-6,
         1e-5,
     )
+    # cfg as a 0-d tensor, as the exported dit_step graph takes it.
+    for strength, want in ((cfg, batched), (0.5, v_cond)):
+        got = net.cfg_velocity_batched(T["in.latent"], t_vec, both, torch.tensor(strength))
+        assert_close(f"{case}:batched_cfg_tensor_{strength}", got, want, 1e-6, 1e-5)
 
     x1 = euler_sample(lambda t, x: net.cfg_velocity_batched(x, t, both, cfg), T["in.x0"], steps)
     assert_close(f"{case}:x1_neg(batched)", x1, T["out.x1_neg"], *EULER)
 
 
 def test_sync_upsampling_index_matches_reference_tables():
-    tables = manifest(MANIFESTS / "reference_tables.json")["nearest_exact"]
+    tables = manifest("reference_tables")["nearest_exact"]
     for key, table in tables.items():
         src, dst = map(int, key.split("->"))
         index = nearest_exact_index(src, dst)
@@ -177,6 +176,14 @@ def test_update_seq_lengths_rebuilds_tables():
         )
     with pytest.raises(UsageError, match="latent"):
         net.predict_flow(torch.randn(1, 20, c.latent_dim), torch.rand(1), cond)
+    # Tables given as arguments (as the exported graphs take them): the same results, and no
+    # check against the module's lengths.
+    latent, t = torch.randn(1, 63, c.latent_dim), torch.rand(1)
+    tables = rope_table(63, head_dim, 1.0), rope_table(16, head_dim, 63 / 16)
+    v = net.predict_flow(latent, t, cond)
+    assert torch.equal(net.predict_flow(latent, t, cond, *tables), v)
+    net.update_seq_lengths(20, 5, 8)
+    assert torch.equal(net.predict_flow(latent, t, cond, *tables), v)
 
 
 @torch.inference_mode()

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 import torch
 from clips import BAD_INPUTS, make_clip
-from golden import GOLDEN, assert_close, load_case, sync_frames_from_u8
+from golden import assert_close, golden_file, load_case, sync_frames_from_u8
 from selva_rt.runtime import media
 from selva_rt.runtime.errors import MediaError, OutputError, UsageError
 from selva_rt.runtime.variants import CLIP_FPS, SYNC_FPS
@@ -55,7 +55,7 @@ def chw(rgb: np.ndarray) -> torch.Tensor:
 def test_golden_preproc_video():
     meta, ref = load_case("preproc_video")
     duration = float(ref["out.duration_sec"])  # requested == effective for this case
-    video = media.decode_video(GOLDEN / meta["video_file"], duration, need_clip=True)
+    video = media.decode_video(golden_file(meta["video_file"]), duration, need_clip=True)
 
     assert video.duration == duration
     assert video.fps == Fraction(meta["video_stream"]["guessed_rate"])
@@ -436,8 +436,7 @@ def test_mux_refuses_to_overwrite(tmp_path):
         media.mux(clip, audio, 16000, tmp_path / "out.avi")
 
 
-def test_sample_asset_is_a_usable_clip():
-    sample = Path(media.__file__).parent / "assets" / "sample.mp4"
-    assert sample.stat().st_size < 300_000
-    video = media.decode_video(sample)
+def test_sample_asset_is_a_usable_clip(sample_clip):
+    assert sample_clip.stat().st_size < 300_000
+    video = media.decode_video(sample_clip)
     assert video.duration > 2.5 and video.size == (320, 240)

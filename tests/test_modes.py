@@ -5,13 +5,12 @@ official-way video encoder pieces equal the fast ones; the CUDA-graph loop equal
 
 import pytest
 import torch
-from golden import assert_close, load_case, sync_frames_from_u8
+from golden import assert_close, sync_frames_from_u8
 from selva_rt.runtime.backends import reference as official
 from selva_rt.runtime.backends.torch_parts import TorchParts
 from selva_rt.runtime.models.networks import build_networks
 from selva_rt.runtime.pipeline import Pipeline, TextFeatures
 from selva_rt.runtime.variants import TINY
-from test_pipeline import golden_pipeline
 
 torch.set_num_threads(1)
 
@@ -30,11 +29,6 @@ PROMPTS = ["dog barking", "car horn", "rain on a window"]
 def assert_same(name: str, out, expected) -> None:
     for field, (rtol, maxabs) in TOL.items():
         assert_close(f"{name}:{field}", getattr(out, field), getattr(expected, field), rtol, maxabs)
-
-
-@pytest.fixture(scope="module")
-def tiny_nets():
-    return build_networks(TINY, {})
 
 
 def tiny_pipeline(nets, reference: bool) -> Pipeline:
@@ -69,14 +63,7 @@ def test_prompts_sharing_a_call_equal_separate_calls(tiny_nets, reference):
         assert_same(f"shared_call[{'reference' if reference else 'fast'}]", part, alone)
 
 
-@pytest.fixture(scope="module")
-def e2e():
-    meta, T = load_case("e2e_tiny")
-    _, video = load_case("preproc_video")
-    return meta, T, video
-
-
-def test_golden_networks_fast_matches_reference(e2e):
+def test_golden_networks_fast_matches_reference(e2e, golden_pipeline):
     """e2e_tiny's golden-weight networks, two prompts: the case's, and the same prompt with its
     T5 features shuffled over tokens and another padding (a different selection)."""
     meta, T, video = e2e
@@ -95,8 +82,8 @@ def test_golden_networks_fast_matches_reference(e2e):
     kw = dict(
         duration=duration, seed=args["seed"], steps=args["num_steps"], cfg=args["cfg_strength"]
     )
-    out = golden_pipeline(meta, reference=False).synthesize(x, text, **kw)
-    expected = golden_pipeline(meta, reference=True).synthesize(x, text, **kw)
+    out = golden_pipeline(reference=False).synthesize(x, text, **kw)
+    expected = golden_pipeline(reference=True).synthesize(x, text, **kw)
     assert_same("modes[golden]", out, expected)
     # And prompt 0 is still the official output.
     assert_close("modes[golden]:audio_vs_official", out.audio[:1], T["out.audio"][:, 0], 2e-3, 2e-2)

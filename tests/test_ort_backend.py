@@ -5,7 +5,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -13,42 +12,28 @@ import pytest
 import soundfile
 import torch
 from selva_rt.export import onnx_export, plan
-from selva_rt.runtime import cli
 from selva_rt.runtime.backends.ort_parts import OrtParts
 from selva_rt.runtime.backends.torch_parts import TorchParts
 from selva_rt.runtime.errors import CheckpointError, UsageError
-from selva_rt.runtime.models.networks import build_networks
 from selva_rt.runtime.pipeline import Pipeline, Tokenizers
 from selva_rt.runtime.variants import get_variant
-from test_export import tiny_engines
 
 torch.set_num_threads(2)
 
 TINY = get_variant("tiny")
-SAMPLE = Path(cli.__file__).parent / "assets" / "sample.mp4"
 # Sizes neither traced at export nor used by the build's own check.
 SIZES = onnx_export.Sizes(prompts=2, tokens=9, duration=2.56)
 RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def engines() -> Path:
-    return tiny_engines()
+def ort_parts(tiny_engines) -> OrtParts:
+    return OrtParts.load(tiny_engines, TINY, device="cpu", threads=2)
 
 
 @pytest.fixture(scope="module")
-def nets():
-    return build_networks(TINY, {})
-
-
-@pytest.fixture(scope="module")
-def ort_parts(engines) -> OrtParts:
-    return OrtParts.load(engines, TINY, device="cpu", threads=2)
-
-
-@pytest.fixture(scope="module")
-def torch_parts(nets) -> TorchParts:
-    return TorchParts(TINY, nets, torch.device("cpu"), torch.float32)
+def torch_parts(tiny_nets) -> TorchParts:
+    return TorchParts(TINY, tiny_nets, torch.device("cpu"), torch.float32)
 
 
 def close(actual, expected, rtol=RTOL):
@@ -60,11 +45,11 @@ def close(actual, expected, rtol=RTOL):
 
 
 @pytest.mark.parametrize("part", plan.part_names(TINY))
-def test_part_matches_torch(part, ort_parts, torch_parts, nets):
+def test_part_matches_torch(part, ort_parts, torch_parts, tiny_nets):
     args = onnx_export.sample_args(part, TINY, SIZES, seed=11)
     if part == "dit_step":  # the torch backend sets its lengths in dit_conditions
         d = plan.dims(TINY, SIZES.prompts, SIZES.tokens, SIZES.duration)
-        nets.generator.update_seq_lengths(d["latent"], d["clip_frames"], d["8*segments"])
+        tiny_nets.generator.update_seq_lengths(d["latent"], d["clip_frames"], d["8*segments"])
     close(getattr(ort_parts, part)(*args), getattr(torch_parts, part)(*args))
 
 
@@ -80,10 +65,10 @@ def test_conditions_from_given_clip_features(ort_parts, torch_parts):
     close(ours, torch_parts.dit_conditions(*args))
 
 
-def test_step_below_cfg_1_is_the_conditional_velocity(ort_parts, torch_parts, nets):
+def test_step_below_cfg_1_is_the_conditional_velocity(ort_parts, torch_parts, tiny_nets):
     latent, t, conditions, _ = onnx_export.sample_args("dit_step", TINY, SIZES, seed=5)
     d = plan.dims(TINY, SIZES.prompts, SIZES.tokens, SIZES.duration)
-    nets.generator.update_seq_lengths(d["latent"], d["clip_frames"], d["8*segments"])
+    tiny_nets.generator.update_seq_lengths(d["latent"], d["clip_frames"], d["8*segments"])
     close(
         ort_parts.dit_step(latent, t, conditions, 0.5),
         torch_parts.dit_step(latent, t, conditions, 0.5),
@@ -92,30 +77,22 @@ def test_step_below_cfg_1_is_the_conditional_velocity(ort_parts, torch_parts, ne
     close(ort_parts.dit_step(latent, t, conditions, 0.5), uncond_free, rtol=0)
 
 
-def test_generate_matches_torch_end_to_end(engines, nets):
+def test_generate_matches_torch_end_to_end(tiny_engines, tiny_nets, sample_clip):
     """Two stems over the sample clip: decode, text, trunk, selection, conditions, Euler steps
     with CFG, decoder, all through ONNX Runtime, against the torch backend."""
     tokenizers = Tokenizers.load(TINY)
-    ours = Pipeline(TINY, OrtParts.load(engines, TINY, threads=2), tokenizers)
-    theirs = Pipeline(TINY, TorchParts(TINY, nets, torch.device("cpu"), torch.float32), tokenizers)
+    ours = Pipeline(TINY, OrtParts.load(tiny_engines, TINY, threads=2), tokenizers)
+    theirs = Pipeline(
+        TINY, TorchParts(TINY, tiny_nets, torch.device("cpu"), torch.float32), tokenizers
+    )
     kwargs = dict(steps=3, duration=1.2, seed=7)
-    a = ours.generate(SAMPLE, ["dog barking", "rain on a tin roof"], **kwargs)
-    b = theirs.generate(SAMPLE, ["dog barking", "rain on a tin roof"], **kwargs)
+    a = ours.generate(sample_clip, ["dog barking", "rain on a tin roof"], **kwargs)
+    b = theirs.generate(sample_clip, ["dog barking", "rain on a tin roof"], **kwargs)
     assert a.audio.shape == b.audio.shape and a.sample_rate == b.sample_rate
     assert np.linalg.norm(a.audio - b.audio) <= RTOL * np.linalg.norm(b.audio)
 
 
-def _cli_has_backend() -> bool:
-    argv = ["generate", "clip.mp4", "x", "--backend", "onnxruntime", "--engines", "dir"]
-    try:
-        cli.build_parser().parse_args(argv)
-    except SystemExit:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _cli_has_backend(), reason="selva-rt generate has no --backend yet")
-def test_cli_generate_with_onnxruntime_backend(engines, tmp_path):
+def test_cli_generate_with_onnxruntime_backend(tiny_engines, sample_clip, tmp_path):
     def generate(*extra: str) -> np.ndarray:
         out = tmp_path / (extra[1] if extra else "torch")
         result = subprocess.run(
@@ -124,7 +101,7 @@ def test_cli_generate_with_onnxruntime_backend(engines, tmp_path):
                 "-m",
                 "selva_rt.runtime.cli",
                 "generate",
-                str(SAMPLE),
+                str(sample_clip),
                 "dog barking",
                 "--variant",
                 "tiny",
@@ -147,23 +124,23 @@ def test_cli_generate_with_onnxruntime_backend(engines, tmp_path):
         (entry,) = json.loads(result.stdout)["outputs"]
         return soundfile.read(entry["audio"], dtype="float32")[0]
 
-    ours = generate("--backend", "onnxruntime", "--engines", str(engines))
+    ours = generate("--backend", "onnxruntime", "--engines", str(tiny_engines))
     theirs = generate()
     # Stems are 24-bit files: compare at their resolution.
     assert ours.shape == theirs.shape
     assert np.abs(ours - theirs).max() <= 1e-4 + 2e-3 * np.abs(theirs).max()
 
 
-def test_load_errors_are_one_line(engines, tmp_path):
+def test_load_errors_are_one_line(tiny_engines, tmp_path):
     with pytest.raises(UsageError, match="no manifest.json; build it first"):
         OrtParts.load(tmp_path, TINY)
     with pytest.raises(UsageError, match="for variant 'tiny', not 'selva-small-16k'"):
-        OrtParts.load(engines, get_variant("selva-small-16k"))
+        OrtParts.load(tiny_engines, get_variant("selva-small-16k"))
     broken = tmp_path / "broken"
-    shutil.copytree(engines, broken)
+    shutil.copytree(tiny_engines, broken)
     (broken / "decoder.onnx").unlink()
     with pytest.raises(CheckpointError, match="decoder.onnx is listed in the manifest"):
         OrtParts.load(broken, TINY)
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         with pytest.raises(UsageError, match="no CUDA execution provider"):
-            OrtParts.load(engines, TINY, device="cuda")
+            OrtParts.load(tiny_engines, TINY, device="cuda")

@@ -1,25 +1,15 @@
 """Euler flow sampler: the reference time grid, what the network sees, and dtype behaviour."""
 
-import json
-
 import pytest
 import torch
-from golden import GOLDEN
+from golden import manifest
 from selva_rt.runtime.sampler import euler_sample, time_grid
-
-TABLES = GOLDEN.parent / "spec" / "manifests" / "reference_tables.json"
-
-
-def reference_tables() -> dict:
-    if not TABLES.is_file():
-        pytest.skip(f"{TABLES} not found")
-    return json.loads(TABLES.read_text())
 
 
 def test_time_grid_is_the_reference_fp32_grid():
     grid = time_grid(25)
     assert grid.dtype == torch.float32
-    assert grid.tolist() == reference_tables()["euler_time_grid_float32_25_steps"]
+    assert grid.tolist() == manifest("reference_tables")["euler_time_grid_float32_25_steps"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -34,7 +24,7 @@ def test_network_times_and_state_dtype(dtype):
     x0 = torch.zeros(2, 5, 3, dtype=dtype)
     x1 = euler_sample(velocity, x0, 25)
     assert x1.dtype == dtype
-    tables = reference_tables()
+    tables = manifest("reference_tables")
     key = (
         "euler_time_grid_as_bf16_network_input"
         if dtype == torch.bfloat16

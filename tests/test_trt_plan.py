@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper
 from selva_rt.export import plan
 from selva_rt.runtime.backends import graphs
-from selva_rt.runtime.variants import VARIANTS, get_variant
+from selva_rt.runtime.variants import MIN_DURATION, VARIANTS, get_variant
 
 SELVA = get_variant("selva-small-16k")
 TINY = get_variant("tiny")
@@ -88,7 +88,7 @@ def test_profiles_cover_one_prompt_to_max_batch_and_min_to_max_duration(name):
             assert len(lo) == len(opt) == len(hi)
             assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)), (part, lo, hi)
     step = plan.profile("dit_step", variant, max_batch=4, max_duration=10.0)
-    seq10, seq_min = variant.sequence_lengths(10.0), variant.sequence_lengths(plan.MIN_DURATION)
+    seq10, seq_min = variant.sequence_lengths(10.0), variant.sequence_lengths(MIN_DURATION)
     assert step["latent"] == (
         (1, seq_min.latent, variant.generator.latent_dim),
         (1, variant.sequence_lengths(8.0).latent, variant.generator.latent_dim),

@@ -1,12 +1,10 @@
 """MMAudio mel VAE (spec §6.1) and the mel converter: manifests, golden cases, strict loading."""
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from golden import assert_close, case_path, load_case
+from golden import assert_close, case_path, load_case, manifest
 from selva_rt.runtime.errors import CheckpointError
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.mel import MelConverter, mel_filterbank
@@ -15,16 +13,8 @@ from selva_rt.runtime.variants import AUDIO_16K, AUDIO_44K, VAE_16K, VAE_44K, VA
 
 torch.set_num_threads(2)
 
-MANIFESTS = Path(__file__).parents[1] / ".." / "shared" / "spec" / "manifests"
 TINY_16K = VAEConfig(data_dim=80, embed_dim=20, hidden_dim=16)
 TINY_44K = VAEConfig(data_dim=128, embed_dim=40, hidden_dim=16)
-
-
-def manifest(name: str) -> dict:
-    path = MANIFESTS / f"{name}.json"
-    if not path.is_file():
-        pytest.skip(f"manifest {path} not found")
-    return json.loads(path.read_text())
 
 
 def meta_state(shapes: dict[str, list]) -> dict[str, torch.Tensor]:

@@ -1,18 +1,25 @@
 """Video encoder (TextSynch and the plain Synchformer branch): layout, golden parity, the
 trunk/select split, prompt batching and strict loading."""
 
-import json
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
-from golden import assert_close, case_path, load_case, sync_frames_from_u8, video_encoder_config
+from golden import (
+    assert_close,
+    case_path,
+    load_case,
+    manifest,
+    sync_frames_from_u8,
+    video_encoder_config,
+)
+from selva_rt.kernels.sup_cross_attention import sup_cross_attention_reference
 from selva_rt.runtime.errors import CheckpointError, UsageError
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.video_encoder import (
     VideoEncoder,
+    broadcast_attention,
     num_segments,
     random_official_state,
     segment,
@@ -20,18 +27,10 @@ from selva_rt.runtime.models.video_encoder import (
 from selva_rt.runtime.variants import VARIANTS, VideoEncoderConfig
 from torch import nn
 
-MANIFESTS = Path(__file__).parents[1] / ".." / "shared" / "spec" / "manifests"
 CASE = "textsynch_small"
 RTOL, MAXABS = 1e-4, 1e-3  # golden README: TextSynch outputs
 
 torch.set_num_threads(2)
-
-
-def manifest(name: str) -> dict:
-    path = MANIFESTS / name
-    if not path.is_file():
-        pytest.skip(f"manifest {path} not found")
-    return json.loads(path.read_text())
 
 
 def golden_config(meta: dict) -> VideoEncoderConfig:
@@ -78,8 +77,8 @@ def small():
 @pytest.mark.parametrize(
     "name, config",
     [
-        ("textsynch_depth1.json", VARIANTS["selva-small-16k"].video_encoder),
-        ("synchformer_video_reference.json", VARIANTS["mmaudio-small-16k"].video_encoder),
+        ("textsynch_depth1", VARIANTS["selva-small-16k"].video_encoder),
+        ("synchformer_video_reference", VARIANTS["mmaudio-small-16k"].video_encoder),
     ],
 )
 def test_full_size_layout_matches_manifest(name, config):
@@ -199,6 +198,20 @@ def test_one_clip_serves_many_prompts(small):
     assert both.shape == (2, segments * 8, enc.config.embed_dim)
     torch.testing.assert_close(both, torch.cat(one_by_one), rtol=1e-6, atol=1e-6)
     assert (both[0] - both[1]).abs().max() > 1e-3  # the prompts do select differently
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one clip", "rows per prompt"])
+def test_traced_attention_matches_the_dispatcher(shared):
+    """The [SUP] attention the ONNX export traces (broadcasting) against the dispatcher's torch
+    reference (repeat_interleave), with one clip's rows read by every prompt or each prompt's
+    own rows, under a key-padding mask."""
+    gen = torch.Generator().manual_seed(3)
+    P, S, heads, lq, lk, d = 3, 2, 2, 5, 7, 16
+    q = torch.randn(S if shared else P * S, heads, lq, d, generator=gen)
+    k, v = (torch.randn(P, heads, lk, d, generator=gen) for _ in range(2))
+    mask = torch.arange(lk) < torch.tensor([[7], [2], [5]])
+    want = sup_cross_attention_reference(q, k, v, mask, S)
+    torch.testing.assert_close(broadcast_attention(q, k, v, mask, S), want, rtol=1e-5, atol=1e-6)
 
 
 def test_clips_pair_with_prompts(small):

@@ -1,12 +1,9 @@
 """BigVGAN vocoders (spec §6.2, §6.3): manifests in all three weight layouts, golden waveforms,
 weight-norm folding, strict loading and the config.json reader."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from golden import assert_close, case_path, load_case
+from golden import assert_close, case_path, load_case, manifest
 from selva_rt.runtime.errors import CheckpointError
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.vocoder import (
@@ -14,14 +11,12 @@ from selva_rt.runtime.models.vocoder import (
     fold_weight_norm,
     kaiser_sinc_filter,
     random_official_state,
-    read_vocoder_config,
     vocoder_config_from_hparams,
 )
 from selva_rt.runtime.variants import BIGVGAN_16K, BIGVGAN_V2_44K
 
 torch.set_num_threads(2)
 
-MANIFESTS = Path(__file__).parents[1] / ".." / "shared" / "spec" / "manifests"
 LEGACY, PARAMETRIZED = (
     (".weight_g", ".weight_v"),
     (
@@ -29,13 +24,6 @@ LEGACY, PARAMETRIZED = (
         ".parametrizations.weight.original1",
     ),
 )
-
-
-def manifest(name: str) -> dict:
-    path = MANIFESTS / f"{name}.json"
-    if not path.is_file():
-        pytest.skip(f"manifest {path} not found")
-    return json.loads(path.read_text())
 
 
 def shapes_of(module: torch.nn.Module) -> dict[str, list[int]]:
@@ -101,7 +89,7 @@ def test_golden_waveform(case):
 
 
 def test_filters_are_official():
-    taps = json.loads((MANIFESTS / "reference_tables.json").read_text())
+    taps = manifest("reference_tables")
     expected = torch.tensor(taps["alias_free_kaiser_sinc_filter_ratio2_k12"]).view(1, 1, 12)
     assert torch.equal(kaiser_sinc_filter(), expected)
     _, tensors = load_case("bigvgan_16k")
@@ -191,14 +179,8 @@ def test_random_state_and_ends():
         assert torch.equal(wav, end(captured[0]))
 
 
-def test_read_vocoder_config(tmp_path):
+def test_vocoder_config_from_official_hparams():
     spec = manifest("bigvgan_v2_44k")
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(spec["config"]))
-    assert read_vocoder_config(path) == BIGVGAN_V2_44K
-    path.write_text(json.dumps({**spec["config"], "activation": "snake"}))
+    assert vocoder_config_from_hparams(spec["config"], "config.json") == BIGVGAN_V2_44K
     with pytest.raises(CheckpointError, match="unsupported BigVGAN settings"):
-        read_vocoder_config(path)
-    path.write_text("{")
-    with pytest.raises(CheckpointError, match="cannot read vocoder config"):
-        read_vocoder_config(path)
+        vocoder_config_from_hparams({**spec["config"], "activation": "snake"}, "config.json")

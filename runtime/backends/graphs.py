@@ -42,7 +42,8 @@ CONDITIONS = ("clip_f", "sync_f", "text_f", "clip_f_c", "text_f_c")
 @dataclass
 class PartEntry:
     """One exported part: its graph file, hash, precision, graph inputs/outputs ({name, dtype,
-    shape}), the ONNX Runtime check against torch, and TensorRT engines by engine folder."""
+    shape}), why TensorRT's parser would reject it (empty: ready), the ONNX Runtime check against
+    torch, and TensorRT engines by engine folder."""
 
     onnx: str
     sha256: str
@@ -50,6 +51,7 @@ class PartEntry:
     inputs: list[dict]
     outputs: list[dict]
     export_s: float = 0.0
+    trt_problems: list[str] = field(default_factory=list)
     check: dict = field(default_factory=dict)
     tensorrt: dict[str, dict] = field(default_factory=dict)
 

@@ -21,8 +21,6 @@ from torch import nn
 
 from ..models.video_encoder import (
     MLP_RATIO,
-    SPACE_TOKENS,
-    TIME_TOKENS,
     VIT_EPS,
     DividedAttention,
     MotionFormer,
@@ -30,6 +28,7 @@ from ..models.video_encoder import (
     VideoEncoder,
     segment,
 )
+from ..variants import SPACE_TOKENS, TIME_TOKENS
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

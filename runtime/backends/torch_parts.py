@@ -13,10 +13,12 @@ Optional behaviour of the fast mode (not part of the contract above):
 - `cuda_graphs`: `sample` runs the whole Euler loop as one captured CUDA graph.
 """
 
+from functools import partial
+
 import torch
 
-from ..models.generator import Conditions, cat_conditions
-from ..models.networks import Networks
+from ..models.generator import Conditions
+from ..models.networks import Networks, decode_latent
 from ..sampler import euler_loop
 from ..variants import Variant
 from . import Progress
@@ -141,11 +143,8 @@ class TorchParts:
             g.update_seq_lengths(*lengths)
         if clip_features is None:  # SELVA never uses CLIP video: the learned empty feature
             clip_features = g.empty_clip_feat[None].expand(prompts, clip_len, -1)
-        cond = g.preprocess_conditions(
-            clip_features.to(self.dtype), sync_features.to(self.dtype), text_features.to(self.dtype)
-        )
-        uncond = g.get_empty_conditions(prompts, negative_text_features.to(self.dtype))
-        return cat_conditions(cond, uncond)._asdict()
+        features = (clip_features, sync_features, text_features, negative_text_features)
+        return g.cfg_conditions(*(f.to(self.dtype) for f in features))._asdict()
 
     @torch.inference_mode()
     def dit_step(
@@ -161,15 +160,12 @@ class TorchParts:
 
     @torch.inference_mode()
     def decoder(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        latent = self.nets.generator.unnormalize(latent).to(self.decoder_dtype)
+        nets = self.nets
         # Reference: the whole batch in one call, as the official code decodes it.
         n = latent.shape[0]
         chunk = n if self.reference else PROMPT_CHUNK.get(self.device.type, n)
-        return _by_chunks(self._decode, chunk, latent)
-
-    def _decode(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mel = self.nets.vae.decode(latent.transpose(1, 2))
-        return mel, self.nets.vocoder(mel)[:, 0]
+        decode = partial(decode_latent, nets.generator, nets.vae, nets.vocoder)
+        return _by_chunks(decode, chunk, latent)
 
     def sample(
         self,

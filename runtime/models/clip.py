@@ -10,7 +10,7 @@ are the text tower at the top level and the image tower under `visual.`.
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,6 @@ from torch import nn
 
 from ..variants import ClipConfig
 from .checkpoint import expected_shapes, load_strict
-from .clip_tokenizer import ClipTokenizer
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -112,20 +111,6 @@ class ClipTextEncoder(nn.Module):
         }
         load_strict(self, text, source)
         return self
-
-
-class ClipText:
-    """Prompts -> CLIP text features: the tokenizer and the text tower together."""
-
-    def __init__(self, encoder: ClipTextEncoder, tokenizer: ClipTokenizer | None = None):
-        self.encoder = encoder
-        self.tokenizer = tokenizer or ClipTokenizer()
-
-    @torch.inference_mode()
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """prompts: B strings -> [B, 77, W] in the encoder's device and dtype."""
-        tokens = self.tokenizer(prompts).to(self.encoder.positional_embedding.device)
-        return self.encoder(tokens)
 
 
 class ClipImageEncoder(nn.Module):

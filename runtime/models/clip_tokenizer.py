@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 
-import ftfy
 import regex
 import torch
 
@@ -42,11 +41,30 @@ def _byte_alphabet() -> list[str]:
     return [chr(b) if b in printable else chr(next(moved)) for b in range(256)]
 
 
+# ftfy.fix_text changes only non-ASCII text, HTML entities and control characters: printable
+# ASCII without '&' passes unchanged (tests/test_gpu_check.py checks it), so such prompts need no
+# ftfy, which GPU render nodes often lack.
+_PLAIN = regex.compile(r"[ -%'-~]*")
+
+
 def clean(text: str) -> str:
     """open_clip's 'lower' cleaning: fix mojibake, unescape HTML twice, collapse whitespace,
     lowercase."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    if not _PLAIN.fullmatch(text):
+        text = _ftfy().fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
     return " ".join(text.split()).lower()
+
+
+def _ftfy():
+    try:
+        import ftfy
+    except ImportError:
+        raise PromptError(
+            "this prompt has non-ASCII text, '&' or control characters, which CLIP's tokenizer "
+            "cleans with the package ftfy; install it with pip install ftfy"
+        ) from None
+    return ftfy
 
 
 class ClipTokenizer:

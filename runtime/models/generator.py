@@ -2,7 +2,9 @@
 
 The module tree mirrors the official one, so official checkpoints load with their own key names.
 Sequence lengths are fixed per duration: `update_seq_lengths` rebuilds the RoPE tables and the
-sync upsampling index for a new duration.
+sync upsampling index for a new duration. The methods that read these tables also take them as
+optional arguments (made by the same `rope_table` / `nearest_exact_index`), so that the exported
+graphs hold no duration: their host feeds them (export/onnx_export.py traces these methods).
 """
 
 import math
@@ -198,11 +200,13 @@ class JointBlock(nn.Module):
         out = attention(
             *(torch.cat(parts, dim=2) for parts in zip(x_qkv, c_qkv, t_qkv, strict=True))
         )
-        x_out, c_out, t_out = out.split([latent.shape[1], clip_f.shape[1], text_f.shape[1]], 1)
-        latent = self.latent_block.post_attention(latent, x_out, x_mod)
+        # Slices, not `split`: a split with dynamic sizes exports as SplitToSequence/SequenceAt,
+        # which TensorRT's ONNX parser lacks.
+        n, nc = latent.shape[1], clip_f.shape[1]
+        latent = self.latent_block.post_attention(latent, out[:, :n], x_mod)
         if not self.pre_only:
-            clip_f = self.clip_block.post_attention(clip_f, c_out, c_mod)
-            text_f = self.text_block.post_attention(text_f, t_out, t_mod)
+            clip_f = self.clip_block.post_attention(clip_f, out[:, n : n + nc], c_mod)
+            text_f = self.text_block.post_attention(text_f, out[:, n + nc :], t_mod)
         return latent, clip_f, text_f
 
 
@@ -217,8 +221,14 @@ class FinalBlock(nn.Module):
         return self.conv(modulate(F.layer_norm(x, x.shape[-1:], eps=LN_EPS), shift, scale))
 
 
-def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, cfg_strength: float):
-    """cfg * v_cond + (1 - cfg) * v_uncond, each product rounded to the latent dtype first."""
+def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, cfg_strength: float | torch.Tensor):
+    """cfg * v_cond + (1 - cfg) * v_uncond, each product rounded to the latent dtype first.
+
+    A 0-d tensor cfg (a graph input) is cast to the latent dtype; v_cond alone where cfg < 1.
+    """
+    if isinstance(cfg_strength, torch.Tensor):
+        cfg = cfg_strength.to(v_cond.dtype)
+        return torch.where(cfg < 1, v_cond, cfg * v_cond + (1 - cfg) * v_uncond)
     return cfg_strength * v_cond + (1 - cfg_strength) * v_uncond
 
 
@@ -320,6 +330,8 @@ class Generator(nn.Module):
     # -- conditions ----------------------------------------------------------------------------
 
     def _check_len(self, what: str, x: torch.Tensor, expected: int) -> None:
+        """Only where the module's own tables are used: a check of a dynamic dim against module
+        state would make torch.export specialise that dim."""
         if x.shape[1] != expected:
             raise UsageError(
                 f"{what} has {x.shape[1]} rows but the generator is set up for {expected}; "
@@ -327,19 +339,29 @@ class Generator(nn.Module):
             )
 
     def preprocess_conditions(
-        self, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor
+        self,
+        clip_f: torch.Tensor,
+        sync_f: torch.Tensor,
+        text_f: torch.Tensor,
+        sync_index: torch.Tensor | None = None,
     ) -> Conditions:
         """clip_f [B, clip_len, clip_dim], sync_f [B, 8S, sync_dim], text_f [B, 77, text_dim]
-        -> Conditions (cacheable across all flow steps)."""
-        self._check_len("clip features", clip_f, self.clip_seq_len)
-        self._check_len("sync features", sync_f, self.sync_seq_len)
+        -> Conditions (cacheable across all flow steps).
+
+        sync_index [N] int64: `nearest_exact_index(8S, N)`; default the module's own, for the
+        lengths of `update_seq_lengths`.
+        """
+        if sync_index is None:
+            self._check_len("clip features", clip_f, self.clip_seq_len)
+            self._check_len("sync features", sync_f, self.sync_seq_len)
+            sync_index = self.sync_index
         self._check_len("text features", text_f, self.config.text_seq_len)
         # The per-position embedding is added in sync_dim space, before the projection.
         sync_f = (sync_f.unflatten(1, (-1, SYNC_FRAMES_PER_SEGMENT)) + self.sync_pos_emb).flatten(
             1, 2
         )
         clip_f = self.clip_input_proj(clip_f)
-        sync_f = self.sync_input_proj(sync_f)[:, self.sync_index]  # nearest-exact to N rows
+        sync_f = self.sync_input_proj(sync_f)[:, sync_index]  # nearest-exact to N rows
         text_f = self.text_input_proj(text_f)
         clip_f_c = self.clip_cond_proj(clip_f.mean(dim=1))
         text_f_c = self.text_cond_proj(text_f.mean(dim=1))
@@ -350,27 +372,73 @@ class Generator(nn.Module):
     ) -> Conditions:
         """Unconditional branch: empty CLIP and sync features, and the negative text features
         [B, 77, text_dim] if given, else the stored empty-string features. Expanded to `batch`."""
-        clip = self.empty_clip_feat[None].expand(1, self.clip_seq_len, -1)
-        sync = self.empty_sync_feat[None].expand(1, self.sync_seq_len, -1)
         text = self.empty_string_feat[None] if negative_text_f is None else negative_text_f
-        cond = self.preprocess_conditions(clip, sync, text)
+        cond = self._empty_conditions(self.clip_seq_len, self.sync_seq_len, text)
         return Conditions(*(f.expand(batch, *f.shape[1:]) for f in cond))
+
+    def _empty_conditions(
+        self,
+        clip_len: int,
+        sync_len: int,
+        text_f: torch.Tensor,
+        sync_index: torch.Tensor | None = None,
+    ) -> Conditions:
+        """The empty CLIP and sync features projected once (one row), with text_f [B, 77, D]."""
+        clip = self.empty_clip_feat[None].expand(1, clip_len, -1)
+        sync = self.empty_sync_feat[None].expand(1, sync_len, -1)
+        return self.preprocess_conditions(clip, sync, text_f, sync_index)
+
+    def cfg_conditions(
+        self,
+        clip_f: torch.Tensor,
+        sync_f: torch.Tensor,
+        text_f: torch.Tensor,
+        negative_text_f: torch.Tensor,
+        sync_index: torch.Tensor | None = None,
+    ) -> Conditions:
+        """The conditional rows, then the unconditional rows, of batched CFG:
+        `cat_conditions(preprocess_conditions(...), get_empty_conditions(B, negative_text_f))`
+        with the lengths read from the inputs.
+
+        clip_f [B, clip_len, clip_dim], sync_f [B, 8S, sync_dim], text_f and negative_text_f
+        [B, 77, text_dim], sync_index as `preprocess_conditions` -> Conditions of 2B rows.
+        """
+        cond = self.preprocess_conditions(clip_f, sync_f, text_f, sync_index)
+        uncond = self._empty_conditions(
+            clip_f.shape[1], sync_f.shape[1], negative_text_f, sync_index
+        )
+        return Conditions(
+            *(torch.cat([c, u.expand_as(c)]) for c, u in zip(cond, uncond, strict=True))
+        )
 
     # -- flow ---------------------------------------------------------------------------------
 
-    def predict_flow(self, latent: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
-        """latent [B, N, latent_dim], t [B] (flow time in [0, 1]) -> velocity [B, N, latent_dim]."""
-        self._check_len("latent", latent, self.latent_seq_len)
+    def predict_flow(
+        self,
+        latent: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditions,
+        latent_rot: torch.Tensor | None = None,
+        clip_rot: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """latent [B, N, latent_dim], t [B] (flow time in [0, 1]) -> velocity [B, N, latent_dim].
+
+        latent_rot / clip_rot: fp32 RoPE tables of N and clip_len rows (`rope_table`), default
+        the module's own, for the lengths of `update_seq_lengths`.
+        """
+        if latent_rot is None:
+            self._check_len("latent", latent, self.latent_seq_len)
+            latent_rot = self.latent_rot
+        if clip_rot is None:
+            clip_rot = self.clip_rot
         clip_f, text_f = cond.clip_f, cond.text_f
         x = self.audio_input_proj(latent)
         global_c = (self.t_embed(t) + self.global_cond_mlp(cond.clip_f_c + cond.text_f_c))[:, None]
         extended_c = global_c + cond.sync_f
         for block in self.joint_blocks:
-            x, clip_f, text_f = block(
-                x, clip_f, text_f, global_c, extended_c, self.latent_rot, self.clip_rot
-            )
+            x, clip_f, text_f = block(x, clip_f, text_f, global_c, extended_c, latent_rot, clip_rot)
         for block in self.fused_blocks:
-            x = block(x, extended_c, self.latent_rot)
+            x = block(x, extended_c, latent_rot)
         # global_c, not extended_c: the official "minor implementation error" (#55) it was
         # trained with.
         return self.final_layer(x, global_c)
@@ -393,17 +461,26 @@ class Generator(nn.Module):
         return cfg_combine(v_cond, self.predict_flow(latent, t, uncond), cfg_strength)
 
     def cfg_velocity_batched(
-        self, latent: torch.Tensor, t: torch.Tensor, cond_uncond: Conditions, cfg_strength: float
+        self,
+        latent: torch.Tensor,
+        t: torch.Tensor,
+        cond_uncond: Conditions,
+        cfg_strength: float | torch.Tensor,
+        latent_rot: torch.Tensor | None = None,
+        clip_rot: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`cfg_velocity` as one pass over a doubled batch.
 
-        cond_uncond = cat_conditions(cond, uncond) ([2B, ...]); equal to the two-pass result up to
-        kernel rounding.
+        cond_uncond = `cfg_conditions(...)` ([2B, ...]); equal to the two-pass result up to kernel
+        rounding. cfg_strength: a float, or a 0-d tensor (an exported graph's input; both
+        branches are then always computed); RoPE tables as `predict_flow`.
         """
         B = latent.shape[0]
-        if cfg_strength < 1:
-            return self.predict_flow(latent, t, Conditions(*(f[:B] for f in cond_uncond)))
-        v = self.predict_flow(torch.cat([latent, latent]), torch.cat([t, t]), cond_uncond)
+        rot = (latent_rot, clip_rot)
+        if not isinstance(cfg_strength, torch.Tensor) and cfg_strength < 1:
+            return self.predict_flow(latent, t, Conditions(*(f[:B] for f in cond_uncond)), *rot)
+        v = self.predict_flow(torch.cat([latent, latent]), torch.cat([t, t]), cond_uncond, *rot)
+        # Slices, not chunk(2): torch.export cannot prove 2B rows make exactly two chunks.
         return cfg_combine(v[:B], v[B:], cfg_strength)
 
     def unnormalize(self, x: torch.Tensor) -> torch.Tensor:

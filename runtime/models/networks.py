@@ -37,6 +37,18 @@ class Networks:
     clip_image: ClipImageEncoder | None = None
 
 
+def decode_latent(
+    generator: Generator, vae: VAE, vocoder: BigVGAN, latent: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised latent [B, N, E] -> (mel [B, M, 2N], waveform [B, samples]): unnormalised in
+    the generator's dtype, then the VAE decoder and the vocoder in the VAE's dtype (the decoder
+    may run in fp32 beside a bf16 generator). The torch backend and the exported graph both run
+    this function."""
+    z = generator.unnormalize(latent).to(vae.data_mean.dtype)
+    mel = vae.decode(z.transpose(1, 2))
+    return mel, vocoder(mel)[:, 0]
+
+
 def build_networks(variant: Variant, paths: dict[str, Path]) -> Networks:
     """Construct every network of `variant` and load its weights (fp32, CPU).
 

@@ -8,7 +8,9 @@ The encoder is split where the prompt first enters:
 
 `enc(frames, t5_f, t5_mask)` is exactly that composition, i.e. the official
 `encode_video_with_sync` after `prepend_sup_text_tokens`. One clip's trunk tokens can serve any
-number of prompts (stems), and each prompt's keys/values are computed once, not per segment.
+number of prompts (stems), and each prompt's keys/values are computed once, not per segment:
+queries per segment row meet each prompt's keys by broadcasting. The exported `video_select`
+graph traces `select` itself (export/onnx_export.py).
 
 With `num_sup_tokens == 0 and xattn_depth == 0` the module is the plain Synchformer video branch
 MMAudio uses: `enc(frames)` = trunk + spatial pooling.
@@ -22,15 +24,20 @@ from torch import nn
 
 from ...kernels.sup_cross_attention import sup_cross_attention
 from ..errors import UsageError
-from ..variants import SYNC_HOP, SYNC_SEGMENT, SYNC_SIZE, VideoEncoderConfig
+from ..variants import (
+    PATCH,
+    SEGMENT_TOKENS,
+    SPACE_TOKENS,
+    SYNC_HOP,
+    SYNC_SEGMENT,
+    SYNC_SIZE,
+    TIME_TOKENS,
+    TUBELET,
+    VideoEncoderConfig,
+)
 from .checkpoint import load_strict
 from .layers import MLP, RMSNorm
 
-PATCH = 16  # spatial patch side
-TUBELET = 2  # frames per patch
-TIME_TOKENS = SYNC_SEGMENT // TUBELET  # 8 feature frames per segment
-SPACE_TOKENS = (SYNC_SIZE // PATCH) ** 2  # 14 x 14 patches per feature frame
-TOKENS = TIME_TOKENS * SPACE_TOKENS  # 1568 patch tokens per segment (t-major, then h, w)
 MLP_RATIO = 4
 VIT_EPS = 1e-6  # every MotionFormer / spatial-pooling LayerNorm
 XATTN_EPS = 1e-5  # the text cross-attention block's LayerNorms
@@ -117,7 +124,7 @@ class DividedAttention(nn.Module):
         ).view(n, heads, g_count, g_len, d)
         # Straight to t-major tokens with merged heads: [n, T, P, h, d].
         out = out.permute(0, 3, 2, 1, 4) if over_time else out.permute(0, 2, 3, 1, 4)
-        out = torch.cat([merge_heads(cls_out), out.reshape(n, TOKENS, dim)], dim=1)
+        out = torch.cat([merge_heads(cls_out), out.reshape(n, SEGMENT_TOKENS, dim)], dim=1)
         return self.proj(out)
 
 
@@ -248,6 +255,23 @@ class SupCrossAttention(nn.Module):
         return k.transpose(1, 2), v.transpose(1, 2)
 
 
+def broadcast_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor, segments: int
+) -> torch.Tensor:
+    """`sup_cross_attention` in traceable torch math, for the ONNX export: q [n, h, Lq, d]
+    (normed; n = P * segments or segments), k and v [P, h, Lk, d], key_mask [P, Lk] bool ->
+    [P * segments, h, Lq, d].
+
+    Each segment's queries meet each prompt's keys by broadcasting, not by repeat_interleave,
+    whose ONNX translation is wrong for a dynamic repeat count (torch 2.13). Masked logits are
+    -inf; the [SUP] keys are always valid, so no row is fully masked (no NaN).
+    """
+    q = q.unflatten(0, (-1, segments))  # [1 or P, S, h, Lq, d]
+    logits = (q * q.shape[-1] ** -0.5) @ k[:, None].transpose(-1, -2)  # [P, S, h, Lq, Lk]
+    logits = logits.masked_fill(~key_mask[:, None, None, None, :], float("-inf"))
+    return (F.softmax(logits, dim=-1) @ v[:, None]).flatten(0, 1)
+
+
 class SupCrossBlock(nn.Module):
     """`MMCrossAttentionBlock` (spec §3.5): x + LN(linear1(attn)), then x + FFN(LN(x))."""
 
@@ -265,22 +289,24 @@ class SupCrossBlock(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor,
         segments_per_prompt: int,
-        copies: int = 1,
     ) -> torch.Tensor:
         """x: [n, N, D] video tokens; text: [P, Lk, D] projected prompts; text_mask: [P, Lk].
 
-        `copies` > 1 when one clip's rows serve `copies` prompts: q is projected once, read by
-        every prompt, and the output has copies*n rows (prompt-major). Returns [copies*n, N, D].
+        With S = segments_per_prompt, n = P*S (each prompt's own rows, prompt-major) or n = S
+        (one clip's rows, read by every prompt: q is projected once). Returns [P*S, N, D].
         """
         k, v = self.attn.key_value(text)  # once per prompt, shared by all its segments
         q = self.attn.raw_query(x)
-        if copies > 1:
-            x = x.repeat(copies, 1, 1)
-        # The Triton kernel on CUDA (q RMSNorm fused), the official SDPA math elsewhere.
-        out = sup_cross_attention(
-            q, k, v, text_mask, segments_per_prompt, q_norm_weight=self.attn.q_norm.weight
-        )
-        x = x + self.norm1(self.linear1(merge_heads(out)))
+        if torch.onnx.is_in_onnx_export():
+            out = broadcast_attention(self.attn.q_norm(q), k, v, text_mask, segments_per_prompt)
+        else:  # the Triton kernel on CUDA (q RMSNorm fused), the official SDPA math elsewhere
+            out = sup_cross_attention(
+                q, k, v, text_mask, segments_per_prompt, q_norm_weight=self.attn.q_norm.weight
+            )
+        out = self.norm1(self.linear1(merge_heads(out)))
+        # The residual by broadcasting: n = S rows serve every prompt without a copy.
+        x = x.unflatten(0, (-1, segments_per_prompt)) + out.unflatten(0, (-1, segments_per_prompt))
+        x = x.flatten(0, 1)
         return x + self.ffn(self.norm2(x))
 
 
@@ -366,12 +392,10 @@ class VideoEncoder(nn.Module):
             raise UsageError(
                 f"{tokens.shape[0]} token rows are not a multiple of {segments} segments"
             )
-        if clips == prompts:
-            per_prompt, copies = segments, 1
-        elif prompts == 1:
-            per_prompt, copies = clips * segments, 1
-        elif clips == 1:
-            per_prompt, copies = segments, prompts
+        if prompts == 1:  # its rows: every clip's segments
+            per_prompt = tokens.shape[0]
+        elif clips in (1, prompts):  # its rows: its clip's segments, or the one clip's
+            per_prompt = segments
         else:
             raise UsageError(
                 f"{clips} clips and {prompts} prompts do not pair up; pass as many "
@@ -380,8 +404,7 @@ class VideoEncoder(nn.Module):
         text = self.text_proj(text_f)  # [P, 5+L, D]: once per prompt, never per segment
         x = tokens
         for block in self.synch_text_cross_blocks:
-            x = block(x, text, text_mask, per_prompt, copies)
-            copies = 1
+            x = block(x, text, text_mask, per_prompt)
         return self.pool(x, segments)
 
     def forward(

@@ -6,10 +6,8 @@ official code trains with weight norm and folds it before inference; this module
 folded plain weights, and `load_official` folds whichever layout the file uses.
 """
 
-import json
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -233,15 +231,6 @@ def vocoder_config_from_hparams(hparams: Mapping[str, Any], source: str) -> Voco
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: bad BigVGAN config ({type(e).__name__}: {e})") from e
-
-
-def read_vocoder_config(path: str | Path) -> VocoderConfig:
-    """The VocoderConfig of a BigVGAN config.json (e.g. nvidia/bigvgan_v2_44khz_128band_512x)."""
-    try:
-        hparams = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read vocoder config {path}: {e}") from e
-    return vocoder_config_from_hparams(hparams, str(path))
 
 
 POST_GAIN = 0.01  # random_official_state: conv_post scale (output std 0.1-0.4, not saturated)
