@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from .variants import (
     Variant,
     get_variant,
 )
+
+if TYPE_CHECKING:
+    from .media import Video
 
 
 @dataclass
@@ -180,7 +184,7 @@ class Pipeline:
 
     def generate(
         self,
-        clip: str | Path,
+        clip: "str | Path | Video",
         prompts: str | Sequence[str],
         *,
         negative_prompt: str = "",
@@ -191,22 +195,26 @@ class Pipeline:
         start: float = 0.0,
         progress: bool = False,
     ) -> GenerationResult:
-        """One stem per prompt for `clip`, from `start` for `duration` seconds. Bad values raise
-        a SelvaError with the one-line message the CLI prints."""
+        """One stem per prompt for `clip`, from `start` for `duration` seconds. `clip` may also
+        be a Video that `media.decode_video` made ahead (a batch decodes the next clips while
+        this one generates); its duration and start are then the Video's own. Bad values raise a
+        SelvaError with the one-line message the CLI prints."""
         prompts = check_prompts(prompts)
         negative_prompt = check_negative_prompt(negative_prompt)
         check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
         from . import media  # PyAV only where media is touched
 
         timings: dict[str, float] = {}
-        with _timed(timings, "decode", self.device):
-            video = media.decode_video(
-                clip,
-                duration=duration,
-                start=start,
-                need_clip=self.variant.uses_clip_video,
-                progress=progress,
-            )
+        video = clip
+        if not isinstance(video, media.Video):
+            with _timed(timings, "decode", self.device):
+                video = media.decode_video(
+                    clip,
+                    duration=duration,
+                    start=start,
+                    need_clip=self.variant.uses_clip_video,
+                    progress=progress,
+                )
         with _timed(timings, "text", self.device):
             text = self.encode_text(prompts, negative_prompt)
         clip_frames = None if video.clip_frames is None else video.clip_frames.float() / 255
