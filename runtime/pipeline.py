@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .backends import Parts, load_parts
+from .backends import Parts, Progress, load_parts
 from .checks import check_negative_prompt, check_options, check_prompts
 from .device import precision_name
 from .models.clip_tokenizer import ClipTokenizer
@@ -136,7 +136,7 @@ class Pipeline:
         seed: int = DEFAULT_SEED,
         steps: int = DEFAULT_STEPS,
         cfg: float = DEFAULT_CFG,
-        progress: bool = False,
+        progress: "bool | Progress" = False,
         timings: dict[str, float] | None = None,
     ) -> Synthesis:
         """Audio for one clip and P prompts.
@@ -193,12 +193,14 @@ class Pipeline:
         cfg: float = DEFAULT_CFG,
         duration: float = DEFAULT_DURATION,
         start: float = 0.0,
-        progress: bool = False,
+        progress: "bool | Progress" = False,
     ) -> GenerationResult:
         """One stem per prompt for `clip`, from `start` for `duration` seconds. `clip` may also
         be a Video that `media.decode_video` made ahead (a batch decodes the next clips while
         this one generates); its duration and start are then the Video's own. Bad values raise a
-        SelvaError with the one-line message the CLI prints."""
+        SelvaError with the one-line message the CLI prints. `progress`: True for progress bars
+        on a terminal, or a function told of every finished Euler step (it may raise to stop
+        the generation)."""
         prompts = check_prompts(prompts)
         negative_prompt = check_negative_prompt(negative_prompt)
         check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
@@ -213,7 +215,7 @@ class Pipeline:
                     duration=duration,
                     start=start,
                     need_clip=self.variant.uses_clip_video,
-                    progress=progress,
+                    progress=progress is True,
                 )
         with _timed(timings, "text", self.device):
             text = self.encode_text(prompts, negative_prompt)
@@ -268,8 +270,24 @@ class Tokenizers:
         return self._t5.tokenize(prompts)
 
 
-def _progress(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False)
+def _progress(total: int, desc: str, progress: "bool | Progress"):
+    """A tqdm bar on a terminal when `progress` is True; a caller's function as the bar."""
+    if callable(progress):
+        return _Told(progress)
+    return tqdm(total=total, desc=desc, disable=not (progress and sys.stderr.isatty()), leave=False)
+
+
+class _Told:
+    """The bar interface (`update`, context manager) over a function told of finished steps."""
+
+    def __init__(self, tell: "Progress"):
+        self.update = tell
+
+    def __enter__(self) -> "_Told":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 @contextmanager
