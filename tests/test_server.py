@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -238,14 +239,21 @@ def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
         server.stop()
 
 
-def test_kill_9_during_a_job_then_restart_completes_it(roots, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill -9", "SIGTERM"])
+def test_a_job_interrupted_by_a_crash_or_shutdown_completes(roots, tmp_path, sig):
+    """kill -9: the journal requeues the running job on restart. SIGTERM: the server drains
+    (finishes the job, or requeues it after the drain time) before it exits."""
     out = tmp_path / "out"
     server = Server(roots, out)
     try:
         job_id = server.client.post("/v1/jobs", json=job(roots / "a.mp4", steps=200)).json()["id"]
         wait(server.client, job_id, states=("running",), timeout=120)
     finally:
-        server.stop(signal.SIGKILL)
+        server.stop(sig)
+    with sqlite3.connect(out / "journal.sqlite3") as db:
+        (left,) = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+    # A crash leaves the job running (the next start requeues it); a shutdown drained it.
+    assert left == "running" if sig == signal.SIGKILL else left in ("done", "queued")
     server = Server(roots, out)
     try:
         record = wait(server.client, job_id, timeout=600)
