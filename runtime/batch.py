@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -134,7 +135,11 @@ class Results:
             raise OutputError(
                 f"another batch is writing to {self.out_dir}; wait for it or pass another --out"
             ) from None
-        self.records = self._read()
+        self.records: list[dict] = []
+        self._ok: dict[str, dict] = {}  # job id -> its last ok record
+        self._owned: set[str] = set()  # ids of jobs that named their files here
+        for record in self._read():
+            self._index(record)
         self.run = f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}/{os.getpid()}"
 
     def _read(self) -> list[dict]:
@@ -152,27 +157,30 @@ class Results:
 
     def done(self, job_id: str) -> dict | None:
         """The last `ok` record of the job, if all its files are still there."""
-        for r in reversed(self.records):
-            if r.get("id") == job_id and r.get("status") == "ok":
-                files = [f for o in r["outputs"] for f in (o["audio"], o.get("video")) if f]
-                return r if all((self.out_dir / f).exists() for f in files) else None
-        return None
+        r = self._ok.get(job_id)
+        if r is None:
+            return None
+        files = [f for o in r["outputs"] for f in (o["audio"], o.get("video")) if f]
+        return r if all((self.out_dir / f).exists() for f in files) else None
 
     def owns(self, job_id: str) -> bool:
         """Whether a run of this same job named its files here: they may be rewritten."""
-        return any(
-            r.get("id") == job_id and r.get("status") in ("writing", "ok") for r in self.records
-        )
+        return job_id in self._owned
 
     def append(self, record: dict) -> dict:
-        record = {
-            "run": self.run,
-            "time": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ}",
-        } | record
+        now = datetime.now(timezone.utc)
+        record = {"run": self.run, "time": f"{now:%Y-%m-%dT%H:%M:%S.%fZ}"} | record
         os.write(self.fd, (json.dumps(record) + "\n").encode())  # one write: whole or absent
         os.fsync(self.fd)
-        self.records.append(record)
+        self._index(record)
         return record
+
+    def _index(self, record: dict) -> None:
+        self.records.append(record)
+        if record.get("status") in ("writing", "ok"):
+            self._owned.add(record.get("id"))
+        if record.get("status") == "ok":
+            self._ok[record.get("id")] = record
 
     def close(self) -> None:
         os.close(self.fd)  # releases the lock
@@ -303,15 +311,23 @@ def prepare(entries: list[Entry], out_dir: Path, settings: Settings, results: Re
             )
             continue
         claimed.update(dict.fromkeys(e.plan.paths(), e.line))
-        _remove_temporaries(e.plan)
+    _remove_temporaries(out_dir, entries)
 
 
-def _remove_temporaries(plan: OutputPlan) -> None:
-    """Delete what a killed run was writing for these outputs (`.NAME.*part*` beside them)."""
-    for path in plan.paths():
-        for tmp in path.parent.glob(f".*{path.stem}.*part*"):
-            if tmp.name.startswith((f".{path.stem}.", f"..{path.stem}.")):
-                tmp.unlink(missing_ok=True)
+# What write_outputs and media stage beside an output: .STEM.PID.part.EXT and ..STEM.PID.part.EXT.*
+_TEMPORARY = re.compile(r"^\.\.?(?P<stem>.+)\.\d+\.part\.")
+
+
+def _remove_temporaries(out_dir: Path, entries: list[Entry]) -> None:
+    """Delete what a killed run was writing for these jobs' outputs (we hold the folder's lock,
+    so no live run is writing them)."""
+    if not out_dir.is_dir():
+        return
+    stems = {p.stem for e in entries if e.plan is not None for p in e.plan.paths()}
+    for path in out_dir.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if match and match["stem"] in stems:
+            path.unlink(missing_ok=True)
 
 
 def run_batch(
