@@ -200,3 +200,13 @@ def test_missing_job_list_is_one_line(tmp_path, capsys):
     assert code == 2 and err.startswith("selva-rt: error: ") and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
+    monkeypatch.delitem(sys.modules, "selva_rt.runtime.batch_ray", raising=False)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"clip": "a.mp4", "prompts": ["rain"]}\n')
+    code = cli.main(["batch", str(jobs), "--out", str(tmp_path / "o"), *FAST, "--ray", "local"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "selva-rt: error: --ray needs Ray: pip install 'selva-rt[ray]'\n"

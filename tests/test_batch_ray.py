@@ -57,14 +57,15 @@ def test_six_jobs_on_ray_same_stems_then_resume(cluster, in_process, tmp_path):
     assert sorted(r["line"] for r in second if r["status"] == "skipped") == [1, 2, 4, 6]
 
 
-def _worker_pids() -> list[int]:
+def _generating_worker_pids() -> list[int]:
+    """Processes of BatchWorker actors in the middle of a call (Ray titles them so)."""
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if cmdline.startswith(b"ray::BatchWorker"):
+        if cmdline.startswith(b"ray::BatchWorker.generate"):
             pids.append(int(pid))
     return pids
 
@@ -81,9 +82,11 @@ def test_worker_killed_mid_batch(cluster, in_process, tmp_path):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.is_alive():
         if (out / "results.jsonl").exists() and any(r["status"] == "ok" for r in records(out)):
-            (killed,) = _worker_pids()
-            os.kill(killed, signal.SIGKILL)
-            break
+            pids = _generating_worker_pids()
+            if pids:
+                (killed,) = pids
+                os.kill(killed, signal.SIGKILL)
+                break
         time.sleep(0.05)
     run.join(timeout=300)
     assert killed is not None and not run.is_alive() and codes == [0]
