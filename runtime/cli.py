@@ -213,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=cmd_weights)
+
+    from . import batch
+
+    b = sub.add_parser(
+        "batch", parents=[common], help="many clips from a JSONL job list or a folder, resumable"
+    )
+    batch.add_arguments(b)
+    b.set_defaults(func=batch.cmd_batch)
     for name, (_, help_text) in DELEGATED.items():  # listed in --help; main() hands them over
         sub.add_parser(name, help=help_text, add_help=False)
     return parser

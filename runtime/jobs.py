@@ -25,7 +25,7 @@ MAX_NAME_CHARS = 100
 @dataclass(frozen=True)
 class Job:
     clip: Path  # absolute
-    prompts: tuple[str, ...]
+    prompts: tuple[str, ...]  # in JSON a list of text, or one text for one prompt
     negative_prompt: str = ""
     seed: int = DEFAULT_SEED
     steps: int = DEFAULT_STEPS
@@ -78,11 +78,9 @@ class Job:
 
 FIELDS = {f.name for f in dataclasses.fields(Job)}
 OPTION_DEFAULTS = {
-    "seed": DEFAULT_SEED,
-    "steps": DEFAULT_STEPS,
-    "cfg": DEFAULT_CFG,
-    "start": 0.0,
-    "duration": DEFAULT_DURATION,
+    f.name: f.default
+    for f in dataclasses.fields(Job)
+    if f.name in ("seed", "steps", "cfg", "start", "duration")
 }
 
 
@@ -100,8 +98,10 @@ def parse_line(line: str, *, base: Path, defaults: dict | None = None) -> Job:
 def _check_name(name: object) -> str | None:
     if name is None:
         return None
-    if not isinstance(name, str) or not name.strip():
-        raise JobError(f"name must be non-empty text, not {_json_type(name)}")
+    if not isinstance(name, str):
+        raise JobError(f"name must be text, not {_json_type(name)}")
+    if not name.strip():
+        raise JobError("name is empty; leave it out to name the files after the clip")
     if len(name) > MAX_NAME_CHARS or name.startswith(".") or any(c in name for c in "/\\\0"):
         raise JobError(
             f"name {name[:40]!r} must be a file name: at most {MAX_NAME_CHARS} characters, "
