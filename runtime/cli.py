@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from .backends import BACKENDS
 from .checks import check_negative_prompt, check_options, check_prompts
@@ -71,6 +72,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"done in {timings['total']:.1f} s ({result.duration:.2f} s of audio, "
             f"{pipe.variant.name} on {pipe.device})"
         )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+    from .server import Limits, is_loopback, serve
+
+    token = args.token or os.environ.get("SELVA_RT_TOKEN") or None
+    if not is_loopback(args.host) and token is None:
+        raise UsageError(
+            f"--host {args.host} is reachable from other machines; give --token TOKEN "
+            "(or SELVA_RT_TOKEN) so only clients holding it can submit jobs"
+        )
+    roots = [Path(r) for r in args.root]
+    for root in roots:
+        if not root.is_dir():
+            raise UsageError(f"--root {root} is not a folder; serve an existing folder of clips")
+    if args.max_queue < 1 or args.max_upload_mb <= 0:
+        raise UsageError("--max-queue and --max-upload-mb must be positive")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    pipe = Pipeline.from_pretrained(
+        args.variant, device=args.device, precision=args.precision, quiet=args.quiet
+    )
+    limits = Limits(queue=args.max_queue, upload=int(args.max_upload_mb * 2**20))
+    serve(pipe, roots, out, args.host, args.port, token, limits, args.quiet)
     return 0
 
 
@@ -160,6 +188,24 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     gen.add_argument("--force", action="store_true", help="overwrite existing outputs")
     gen.set_defaults(func=cmd_generate)
 
+    srv = sub.add_parser(
+        "serve", parents=[common], help="HTTP service: jobs in, stems out, model kept warm"
+    )
+    srv.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
+    srv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    srv.add_argument("--port", type=int, default=8731)
+    srv.add_argument(
+        "--root", action="append", required=True, help="folder clips may come from (repeatable)"
+    )
+    srv.add_argument("--out", default="selva_serve", help="journal, uploads and outputs")
+    srv.add_argument("--token", default=None, help="bearer token (required off loopback)")
+    srv.add_argument("--max-queue", type=int, default=64, help="queued jobs before 429")
+    srv.add_argument("--max-upload-mb", type=float, default=2048, help="largest upload")
+    srv.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    srv.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    srv.add_argument("--quiet", action="store_true")
+    srv.set_defaults(func=cmd_serve)
+
     w = sub.add_parser(
         "weights", parents=[common], help="download, list or verify official weights"
     )
@@ -169,6 +215,14 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     )
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=cmd_weights)
+
+    from . import batch
+
+    b = sub.add_parser(
+        "batch", parents=[common], help="many clips from a JSONL job list or a folder, resumable"
+    )
+    batch.add_arguments(b)
+    b.set_defaults(func=batch.cmd_batch)
     for name, help_text in (more or {}).items():  # listed in --help only
         sub.add_parser(name, help=help_text, add_help=False)
     return parser

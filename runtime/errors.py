@@ -36,3 +36,9 @@ class UsageError(SelvaError):
     """Bad command-line arguments or API arguments."""
 
     exit_code = 2
+
+
+class JobError(SelvaError):
+    """A batch or server job is malformed: bad JSON, an unknown field, a bad value."""
+
+    exit_code = 2

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .backends import Parts, load_parts
+from .backends import Parts, Progress, load_parts
 from .checks import check_negative_prompt, check_options, check_prompts
 from .device import precision_name
 from .models.clip_tokenizer import ClipTokenizer
@@ -33,6 +34,9 @@ from .variants import (
     Variant,
     get_variant,
 )
+
+if TYPE_CHECKING:
+    from .media import Video
 
 
 @dataclass
@@ -132,7 +136,7 @@ class Pipeline:
         seed: int = DEFAULT_SEED,
         steps: int = DEFAULT_STEPS,
         cfg: float = DEFAULT_CFG,
-        progress: bool = False,
+        progress: "bool | Progress" = False,
         timings: dict[str, float] | None = None,
     ) -> Synthesis:
         """Audio for one clip and P prompts.
@@ -180,7 +184,7 @@ class Pipeline:
 
     def generate(
         self,
-        clip: str | Path,
+        clip: "str | Path | Video",
         prompts: str | Sequence[str],
         *,
         negative_prompt: str = "",
@@ -189,24 +193,30 @@ class Pipeline:
         cfg: float = DEFAULT_CFG,
         duration: float = DEFAULT_DURATION,
         start: float = 0.0,
-        progress: bool = False,
+        progress: "bool | Progress" = False,
     ) -> GenerationResult:
-        """One stem per prompt for `clip`, from `start` for `duration` seconds. Bad values raise
-        a SelvaError with the one-line message the CLI prints."""
+        """One stem per prompt for `clip`, from `start` for `duration` seconds. `clip` may also
+        be a Video that `media.decode_video` made ahead (a batch decodes the next clips while
+        this one generates); its duration and start are then the Video's own. Bad values raise a
+        SelvaError with the one-line message the CLI prints. `progress`: True for progress bars
+        on a terminal, or a function told of every finished Euler step (it may raise to stop
+        the generation)."""
         prompts = check_prompts(prompts)
         negative_prompt = check_negative_prompt(negative_prompt)
         check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
         from . import media  # PyAV only where media is touched
 
         timings: dict[str, float] = {}
-        with _timed(timings, "decode", self.device):
-            video = media.decode_video(
-                clip,
-                duration=duration,
-                start=start,
-                need_clip=self.variant.uses_clip_video,
-                progress=progress,
-            )
+        video = clip
+        if not isinstance(video, media.Video):
+            with _timed(timings, "decode", self.device):
+                video = media.decode_video(
+                    clip,
+                    duration=duration,
+                    start=start,
+                    need_clip=self.variant.uses_clip_video,
+                    progress=progress is True,
+                )
         with _timed(timings, "text", self.device):
             text = self.encode_text(prompts, negative_prompt)
         clip_frames = None if video.clip_frames is None else video.clip_frames.float() / 255
@@ -260,8 +270,24 @@ class Tokenizers:
         return self._t5.tokenize(prompts)
 
 
-def _progress(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False)
+def _progress(total: int, desc: str, progress: "bool | Progress"):
+    """A tqdm bar on a terminal when `progress` is True; a caller's function as the bar."""
+    if callable(progress):
+        return _Told(progress)
+    return tqdm(total=total, desc=desc, disable=not (progress and sys.stderr.isatty()), leave=False)
+
+
+class _Told:
+    """The bar interface (`update`, context manager) over a function told of finished steps."""
+
+    def __init__(self, tell: "Progress"):
+        self.update = tell
+
+    def __enter__(self) -> "_Told":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 @contextmanager

@@ -1,0 +1,119 @@
+"""A job: one clip, its prompts and the sampler options, as `selva-rt batch` reads it from a JSONL
+line and the HTTP server from a request body.
+
+    job = Job.from_dict({"clip": "a.mp4", "prompts": ["dog barking"], "seed": 7}, base=Path("."))
+    job.to_dict()  # the canonical form: every field, the clip as an absolute path
+
+Parsing is strict: an unknown field, a wrong type or a bad value is a JobError with one line
+that names the field and says what is wanted. Values are checked by runtime/checks.py, as for
+`generate`, so a job is refused for exactly the reasons a command line is.
+"""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checks import check_negative_prompt, check_options, check_prompts
+from .errors import JobError, SelvaError
+from .variants import DEFAULT_CFG, DEFAULT_DURATION, DEFAULT_SEED, DEFAULT_STEPS
+
+MAX_NAME_CHARS = 100
+
+
+@dataclass(frozen=True)
+class Job:
+    clip: Path  # absolute
+    prompts: tuple[str, ...]  # in JSON a list of text, or one text for one prompt
+    negative_prompt: str = ""
+    seed: int = DEFAULT_SEED
+    steps: int = DEFAULT_STEPS
+    cfg: float = DEFAULT_CFG
+    start: float = 0.0
+    duration: float = DEFAULT_DURATION
+    name: str | None = None  # output file prefix; default: the clip's stem
+
+    @classmethod
+    def from_dict(cls, data: object, *, base: Path, defaults: dict | None = None) -> "Job":
+        """A checked Job from a decoded JSON object; a relative clip path is taken from `base`
+        (the JSONL file's folder). `defaults` fills the fields `data` leaves out."""
+        if not isinstance(data, dict):
+            raise JobError(f"a job is a JSON object, not {_json_type(data)}")
+        unknown = sorted(set(data) - FIELDS)
+        if unknown:
+            raise JobError(f"unknown field {unknown[0]!r}; a job has {', '.join(sorted(FIELDS))}")
+        values = {**OPTION_DEFAULTS, **(defaults or {}), **data}
+        for field in ("clip", "prompts"):
+            if field not in values:
+                raise JobError(f"missing field {field!r}")
+        clip = values["clip"]
+        if not isinstance(clip, str) or not clip.strip():
+            raise JobError(f"clip must be a path (text), not {_json_type(clip)}")
+        options = {k: values[k] for k in OPTION_DEFAULTS}
+        try:
+            prompts = tuple(check_prompts(values["prompts"]))
+            negative = check_negative_prompt(values.get("negative_prompt", ""))
+            check_options(**options)
+        except SelvaError as err:
+            raise JobError(str(err)) from None
+        return cls(
+            clip=Path(clip) if os.path.isabs(clip) else (base / clip).absolute(),
+            prompts=prompts,
+            negative_prompt=negative,
+            seed=options["seed"],
+            steps=options["steps"],
+            cfg=float(options["cfg"]),
+            start=float(options["start"]),
+            duration=float(options["duration"]),
+            name=_check_name(values.get("name")),
+        )
+
+    def to_dict(self) -> dict:
+        """The canonical JSON form: every field, the clip as an absolute path."""
+        d = dataclasses.asdict(self)
+        d["clip"], d["prompts"] = str(self.clip), list(self.prompts)
+        return d
+
+
+FIELDS = {f.name for f in dataclasses.fields(Job)}
+OPTION_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(Job)
+    if f.name in ("seed", "steps", "cfg", "start", "duration")
+}
+
+
+def parse_line(line: str, *, base: Path, defaults: dict | None = None) -> Job:
+    """One JSONL line -> a Job, or a JobError saying why not."""
+    try:
+        data = json.loads(line, parse_constant=_no_constant)
+    except json.JSONDecodeError as err:
+        raise JobError(f"not valid JSON ({err.msg} at column {err.colno})") from None
+    except ValueError as err:
+        raise JobError(str(err)) from None
+    return Job.from_dict(data, base=base, defaults=defaults)
+
+
+def _check_name(name: object) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise JobError(f"name must be text, not {_json_type(name)}")
+    if not name.strip():
+        raise JobError("name is empty; leave it out to name the files after the clip")
+    if len(name) > MAX_NAME_CHARS or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise JobError(
+            f"name {name[:40]!r} must be a file name: at most {MAX_NAME_CHARS} characters, "
+            "no slashes, not starting with '.'"
+        )
+    return name
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a job can use")
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else "?")

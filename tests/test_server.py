@@ -1,0 +1,260 @@
+"""`selva-rt serve` on the tiny variant, loopback only: the job lifecycle, uploads, grouping of
+jobs over one clip, security and bad requests (4xx, nothing written), a full queue, 50
+concurrent clients, and a `kill -9` of the server during a job."""
+
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from selva_rt.runtime import cli
+from selva_rt.runtime.pipeline import Pipeline
+
+starlette = pytest.importorskip("starlette", reason="the serve extra is not installed")
+httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
+from selva_rt.runtime.server import Limits, create_app  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+STEPS = 2  # structure, not sound: few Euler steps keep every test fast
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Pipeline:
+    return Pipeline.from_pretrained("tiny", device="cpu")
+
+
+@pytest.fixture
+def roots(tmp_path, sample_clip) -> Path:
+    root = tmp_path / "clips"
+    root.mkdir()
+    (root / "a.mp4").write_bytes(sample_clip.read_bytes())
+    return root
+
+
+def job(clip: Path, *prompts: str, **options) -> dict:
+    return {"clip": str(clip), "prompts": list(prompts) or ["rain"], "steps": STEPS, **options}
+
+
+def wait(client, job_id: str, states=("done", "failed", "cancelled"), timeout=120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = client.get(f"/v1/jobs/{job_id}").json()
+        if record["state"] in states:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {record['state']} after {timeout} s")
+
+
+def test_job_lifecycle(tiny, roots, tmp_path):
+    out = tmp_path / "out"
+    app = create_app(tiny, [roots], out)
+    with TestClient(app) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        info = client.get("/v1/info").json()
+        assert (info["variant"], info["device"], info["precision"]) == ("tiny", "cpu", "fp32")
+        assert {"/v1/jobs", "/v1/jobs/{id}"} <= set(client.get("/openapi.json").json()["paths"])
+        r = client.post("/v1/jobs", json=job(roots / "a.mp4", "rain", seed=5, duration=1.0))
+        assert r.status_code == 202 and r.json()["state"] == "queued"
+        record = wait(client, r.json()["id"])
+        assert record["state"] == "done" and record["progress"] == 1.0, record
+        (files,) = record["outputs"]
+        wav = client.get(f"/v1/jobs/{record['id']}/files/{files['audio']}")
+        assert wav.status_code == 200
+        audio, rate = soundfile.read(io.BytesIO(wav.content), dtype="float32")
+        direct = tiny.generate(roots / "a.mp4", "rain", seed=5, steps=STEPS, duration=1.0)
+        assert rate == direct.sample_rate and len(audio) == direct.audio.shape[1]
+        assert np.abs(audio - direct.audio[0]).max() < 1e-4  # 24-bit stem of the same numbers
+        video = client.get(f"/v1/jobs/{record['id']}/files/{files['video']}")
+        assert video.status_code == 200 and len(video.content) > 1000
+        assert client.get(f"/v1/jobs/{record['id']}/files/journal.sqlite3").status_code == 404
+        assert client.delete(f"/v1/jobs/{record['id']}").status_code == 409
+        assert client.get("/v1/jobs/nope").status_code == 404
+
+
+def test_upload_and_jobs_sharing_one_clip_share_one_call(tiny, roots, tmp_path, monkeypatch):
+    app = create_app(tiny, [roots], tmp_path / "out")
+    calls = []
+    trunk = tiny.parts.video_trunk
+    monkeypatch.setattr(tiny.parts, "video_trunk", lambda *a: calls.append(1) or trunk(*a))
+    client = TestClient(app)  # no lifespan yet: the worker starts with both jobs queued
+    clip = (roots / "a.mp4").read_bytes()
+    ids = []
+    for prompt in ("rain", "thunder"):
+        form = {"job": json.dumps({"prompts": [prompt], "steps": STEPS, "duration": 1.0})}
+        r = client.post("/v1/jobs", data=form, files={"clip": ("take 1.mp4", clip, "video/mp4")})
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+    with client:
+        records = [wait(client, i) for i in ids]
+    assert [r["state"] for r in records] == ["done", "done"]
+    assert records[0]["outputs"][0]["audio"] == "take 1_rain.wav"
+    assert len(calls) == 1  # one decode and one trunk for both jobs
+
+
+def test_cancel_a_queued_job(tiny, roots, tmp_path):
+    app = create_app(tiny, [roots], tmp_path / "out")
+    client = TestClient(app)
+    job_id = client.post("/v1/jobs", json=job(roots / "a.mp4")).json()["id"]
+    assert client.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+    with client:
+        assert wait(client, job_id)["state"] == "cancelled"
+    assert not (tmp_path / "out" / job_id).exists()
+
+
+def test_a_full_queue_answers_429_with_retry_after(tiny, roots, tmp_path):
+    client = TestClient(create_app(tiny, [roots], tmp_path / "out", limits=Limits(queue=2)))
+    codes = [client.post("/v1/jobs", json=job(roots / "a.mp4")).status_code for _ in range(3)]
+    assert codes == [202, 202, 429]
+    r = client.post("/v1/jobs", json=job(roots / "a.mp4"))
+    assert r.status_code == 429 and r.headers["retry-after"].isdigit()
+
+
+def bad_requests(roots: Path, tmp_path: Path) -> dict:
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes((roots / "a.mp4").read_bytes())
+    (roots / "link.mp4").symlink_to(outside)
+    (roots / "notes.txt").write_text("not a video")
+    clip = str(roots / "a.mp4")
+    return {
+        "malformed JSON": (b'{"clip": ', 422, "not valid JSON"),
+        "unknown field": ({"clip": clip, "prompts": ["a"], "speed": 2}, 422, "unknown field"),
+        "outside the roots": ({"clip": str(outside), "prompts": ["a"]}, 403, "outside"),
+        "symlink escape": ({"clip": str(roots / "link.mp4"), "prompts": ["a"]}, 403, "outside"),
+        "relative path": ({"clip": "a.mp4", "prompts": ["a"]}, 422, "absolute path"),
+        "missing file": ({"clip": str(roots / "b.mp4"), "prompts": ["a"]}, 404, "does not"),
+        "not a video": ({"clip": str(roots / "notes.txt"), "prompts": ["a"]}, 422, "notes.txt"),
+        "long prompt": ({"clip": clip, "prompts": ["a" * 20000]}, 422, "20000 characters"),
+        "huge body": ({"clip": clip, "prompts": ["a"] * 20000}, 413, "over"),
+        "no prompts": ({"clip": clip, "prompts": []}, 422, "at least one prompt"),
+    }
+
+
+def test_bad_requests_get_a_clear_4xx_and_write_nothing(tiny, roots, tmp_path):
+    out = tmp_path / "out"
+    client = TestClient(create_app(tiny, [roots], out))
+    for case, (body, status, message) in bad_requests(roots, tmp_path).items():
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = client.post("/v1/jobs", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == status, (case, r.text)
+        assert message in r.json()["error"], (case, r.json())
+    assert client.get("/v1/info").json()["queued"] == 0
+    assert {p.name for p in out.iterdir() if not p.name.startswith("journal.")} == {"uploads"}
+    assert list((out / "uploads").iterdir()) == []
+
+
+def test_a_token_guards_every_endpoint_but_health(tiny, roots, tmp_path):
+    client = TestClient(create_app(tiny, [roots], tmp_path / "out", token="s3cret"))
+    assert client.get("/healthz").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        r = client.post("/v1/jobs", json=job(roots / "a.mp4"), headers=headers)
+        assert r.status_code == 401 and "token" in r.json()["error"]
+        assert client.get("/v1/info", headers=headers).status_code == 401
+    ok = {"Authorization": "Bearer s3cret"}
+    assert client.post("/v1/jobs", json=job(roots / "a.mp4"), headers=ok).status_code == 202
+
+
+def test_serving_beyond_loopback_needs_a_token(roots, tmp_path, capsys):
+    argv = ["serve", "--variant", "tiny", "--root", str(roots), "--host", "0.0.0.0"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--token" in err and not (tmp_path / "out").exists()
+
+
+# -- a real server process --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`selva-rt serve --variant tiny` in a subprocess on a free loopback port."""
+
+    def __init__(self, roots: Path, out: Path, *extra: str):
+        self.port = free_port()
+        argv = ["serve", "--variant", "tiny", "--root", str(roots), "--out", str(out)]
+        argv += ["--port", str(self.port), "--device", "cpu", "--quiet", *extra]
+        code = "import sys; from selva_rt.runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "the server exited"
+            try:
+                if self.client.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError("the server did not come up in 120 s")
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=120)
+        self.client.close()
+
+
+def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
+    server = Server(roots, tmp_path / "out", "--max-queue", "16")
+    try:
+        answers: list[tuple[int, str | None]] = []
+        lock = threading.Lock()
+
+        def submit(i: int) -> None:
+            with httpx.Client(base_url=server.client.base_url, timeout=60) as c:
+                r = c.post("/v1/jobs", json=job(roots / "a.mp4", f"sound {i}", duration=1.0))
+            with lock:
+                answers.append((r.status_code, r.json().get("id")))
+
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(answers) == 50 and {code for code, _ in answers} <= {202, 429}
+        accepted = [i for code, i in answers if code == 202]
+        assert 1 <= len(accepted) and len(set(accepted)) == len(accepted)
+        for job_id in accepted:
+            record = wait(server.client, job_id, timeout=300)
+            assert record["state"] == "done" and len(record["outputs"]) == 1, record
+        assert server.client.get("/v1/info").json()["queued"] == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill -9", "SIGTERM"])
+def test_a_job_interrupted_by_a_crash_or_shutdown_completes(roots, tmp_path, sig):
+    """kill -9: the journal requeues the running job on restart. SIGTERM: the server drains
+    (finishes the job, or requeues it after the drain time) before it exits."""
+    out = tmp_path / "out"
+    server = Server(roots, out)
+    try:
+        job_id = server.client.post("/v1/jobs", json=job(roots / "a.mp4", steps=200)).json()["id"]
+        wait(server.client, job_id, states=("running",), timeout=120)
+    finally:
+        server.stop(sig)
+    with sqlite3.connect(out / "journal.sqlite3") as db:
+        (left,) = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+    # A crash leaves the job running (the next start requeues it); a shutdown drained it.
+    assert left == "running" if sig == signal.SIGKILL else left in ("done", "queued")
+    server = Server(roots, out)
+    try:
+        record = wait(server.client, job_id, timeout=600)
+        assert record["state"] == "done", record
+        wav = server.client.get(f"/v1/jobs/{job_id}/files/{record['outputs'][0]['audio']}")
+        assert wav.status_code == 200
+        assert not [p for p in (out / job_id).iterdir() if ".part" in p.name]
+    finally:
+        server.stop()
