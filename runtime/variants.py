@@ -96,6 +96,26 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
+class FlowleyConfig:
+    """Flowley DiT (SEEDS.md §2.2; official kwarg names in comments). The audio and video
+    lengths follow from the duration; the released model was trained at 8 s (La 250, Lv 64)."""
+
+    latent_dim: int = 20  # audio_dim
+    text_dim: int = 1024  # Flan-T5-large width
+    video_dim: int = 768  # DFN2B-CLIP ViT-L/14 embedding width
+    hidden_dim: int = 512
+    text_seq_len: int = 77
+    video_fps: float = 8.0
+    multi_depth: int = 5  # multi_n_layers
+    multi_heads: int = 8
+    single_depth: int = 10  # single_n_layers: applications of the one tied block
+    single_heads: int = 8
+    mask_window: int = 0  # mask_window_size
+    mask_fade_range: int = 4  # cosine fade
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
 class VideoEncoderConfig:
     """MotionFormer trunk plus, when `num_sup_tokens` > 0, SELVA's text selection (spec §3).
 
