@@ -39,10 +39,15 @@ def check_prompts(prompts: object) -> list[str]:
     return [check_prompt(p) for p in prompts]
 
 
-def check_negative_prompt(prompt: object) -> str:
-    """ "" (no negative prompt) or a checked prompt."""
+def check_negative_prompt(prompt: object, variant=None) -> str:
+    """ "" (no negative prompt) or a checked prompt; refused for a Flowley `variant`, whose
+    unconditional branch is zero features."""
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         return ""
+    if variant is not None and variant.flowley:
+        raise UsageError(
+            f"{variant.name} takes no negative prompt (its unconditional branch is zero features)"
+        )
     return check_prompt(prompt, "negative prompt")
 
 
