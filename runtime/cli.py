@@ -98,7 +98,8 @@ def cmd_weights(args: argparse.Namespace) -> int:
             print(f"{name}: {variant.description}")
             for f in variant.files:
                 state = "missing" if f.path in missing else "present"
-                print(f"  [{state:7s}] {f.repo}/{f.path}")
+                hand = f" (by hand from {f.source})" if f.source else ""
+                print(f"  [{state:7s}] {f.repo}/{f.path}{hand}")
         return 0
     if args.action == "download":
         if not args.variant:
