@@ -428,8 +428,8 @@ TINY_FLOWLEY = Variant(
     audio=AUDIO_16K,
     generator=FlowleyConfig(
         hidden_dim=64,
-        text_dim=64,
-        video_dim=48,
+        text_dim=128,
+        video_dim=96,
         multi_depth=2,
         multi_heads=2,
         single_depth=4,
@@ -442,7 +442,7 @@ TINY_FLOWLEY = Variant(
         text_width=32,
         text_layers=1,
         text_heads=2,
-        embed_dim=48,
+        embed_dim=96,
         image_width=32,
         image_layers=2,
         image_heads=2,
@@ -450,7 +450,7 @@ TINY_FLOWLEY = Variant(
         frame_size=224,
     ),
     t5=T5Config(
-        d_model=64, num_layers=1, num_heads=2, d_kv=32, d_ff=128, vocab_size=512, pad_to=77
+        d_model=128, num_layers=1, num_heads=2, d_kv=32, d_ff=128, vocab_size=512, pad_to=77
     ),
     uses_clip_video=True,
     description="tiny random weights, Flowley structure (tests and demo; output is noise)",
