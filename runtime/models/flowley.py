@@ -195,11 +195,12 @@ class JointBlock(nn.Module):
         t_qkv, t_post = self.text_block.pre_attention(text, c, None)
         qkv = (torch.cat(parts, dim=2) for parts in zip(a_qkv, v_qkv, t_qkv, strict=True))
         out = _attention(*qkv, key_bias)
-        a_out, v_out, t_out = out.split([audio.shape[1], visual.shape[1], text.shape[1]], 1)
+        # Slices, not split: a split with dynamic sizes exports as sequence ops TensorRT lacks.
+        n, nv = audio.shape[1], visual.shape[1]
         return (
-            self.audio_block.post_attention(audio, a_out, a_post),
-            self.visual_block.post_attention(visual, v_out, v_post),
-            self.text_block.post_attention(text, t_out, t_post),
+            self.audio_block.post_attention(audio, out[:, :n], a_post),
+            self.visual_block.post_attention(visual, out[:, n : n + nv], v_post),
+            self.text_block.post_attention(text, out[:, n + nv :], t_post),
         )
 
 
