@@ -167,19 +167,7 @@ class Pipeline:
             clip_f = None
             if self.variant.uses_clip_video:
                 clip_f = parts.clip_image(clip_frames)[None].expand(prompts, -1, -1)
-            if self.variant.flowley:  # Flan-T5 text and its mask; zero unconditional features
-                conditions = parts.dit_conditions(
-                    clip_f, None, text.t5, None, seq.latent, seq.clip, text_mask=text.t5_mask
-                )
-            else:
-                conditions = parts.dit_conditions(
-                    clip_f,
-                    sync_f,
-                    text.clip,
-                    text.negative.expand(prompts, -1, -1),
-                    seq.latent,
-                    seq.clip,
-                )
+            conditions = self.dit_conditions(text, clip_f, sync_f, duration)
         x0 = torch.cat(
             [
                 torch.randn(
@@ -196,6 +184,29 @@ class Pipeline:
         with _timed(timings, "decoder", dev):
             mel, audio = parts.decoder(x1)
         return Synthesis(sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio)
+
+    def dit_conditions(
+        self,
+        text: TextFeatures,
+        clip_features: torch.Tensor | None,
+        sync_features: torch.Tensor | None,
+        duration: float,
+    ) -> dict[str, torch.Tensor]:
+        """The generator's conditions ([cond; uncond] rows) for P prompts: clip_features
+        [P, Nc, C] or None, sync_features [P, 8S, D] or None (Flowley)."""
+        seq = self.variant.sequence_lengths(duration)
+        if self.variant.flowley:  # Flan-T5 text with its mask; zero unconditional features
+            return self.parts.dit_conditions(
+                clip_features, None, text.t5, None, seq.latent, seq.clip, text_mask=text.t5_mask
+            )
+        return self.parts.dit_conditions(
+            clip_features,
+            sync_features,
+            text.clip,
+            text.negative.expand(text.prompts, -1, -1),
+            seq.latent,
+            seq.clip,
+        )
 
     def generate(
         self,

@@ -90,6 +90,17 @@ class Parts(Protocol):
         """Normalised x1 [P, N, E] -> (mel [P, M, 2N], waveform [P, samples])."""
 
 
+def torch_parts_class(variant: Variant) -> type:
+    """The torch backend's parts of `variant`: Flowley has its own conditions and step."""
+    if variant.flowley:
+        from .flowley_parts import FlowleyTorchParts
+
+        return FlowleyTorchParts
+    from .torch_parts import TorchParts
+
+    return TorchParts
+
+
 def load_parts(
     variant: Variant,
     backend: str = "torch",
@@ -109,14 +120,12 @@ def load_parts(
     if backend == "torch":
         from .. import weights
         from ..models.networks import build_networks
-        from .flowley_parts import FlowleyTorchParts
-        from .torch_parts import TorchParts
 
         dtype = DTYPES[resolve_precision(precision, dev)]
         if cuda_graphs is None:
             cuda_graphs = dev.type == "cuda" and not reference
         nets = build_networks(variant, weights.resolve(variant, quiet=quiet))
-        parts = FlowleyTorchParts if variant.flowley else TorchParts  # conditions and step
+        parts = torch_parts_class(variant)
         return parts(variant, nets, dev, dtype, reference=reference, cuda_graphs=cuda_graphs)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
