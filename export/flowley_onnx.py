@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..kernels.psca_attention import psca_mask
-from ..runtime.models.flowley import Flowley, FlowleyConditions, _attention, _layer_norm
+from ..runtime.models.flowley import Flowley, FlowleyConditions, attention, layer_norm
 from ..runtime.models.generator import modulate, rope_table
 from ..runtime.variants import Variant
 from . import plan
@@ -53,7 +53,7 @@ class FlowleyStepPart(nn.Module):
         c = net.condition(global_c, torch.cat([t, t]))
         visual, text = visual_f, text_f
         lead = x.shape[1] + visual.shape[1]
-        key_bias = net._text_key_bias(text_len, lead, text.shape[1]).to(x.dtype)
+        key_bias = net.text_key_bias(text_len, lead, text.shape[1]).to(x.dtype)
         for block in net.multimodal_stream:
             x, visual, text = block(x, visual, text, c, multi_audio_rot, multi_visual_rot, key_bias)
         visual, text = net.cross_visual_proj(visual), net.cross_textual_proj(text)
@@ -69,13 +69,13 @@ def single_block(block, x, visual, text, c, rot, bias):
     """`SingleStreamBlock.forward` with the PSCA bias [La, Lv] given (fp32, rounded to x's
     dtype as the reference attention rounds it)."""
     shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = block.adaLN_modulation(c)
-    attn = _attention(*block.self_attn(modulate(_layer_norm(x), shift_msa, scale_msa), rot))
+    attn = attention(*block.self_attn(modulate(layer_norm(x), shift_msa, scale_msa), rot))
     x = x + block.linear1(attn) * gate_msa
-    video = _attention(*block.vis_aud_cross_atn(x, visual), bias.to(x.dtype))
-    text = _attention(*block.tex_aud_cross_atn(x, text))
+    video = attention(*block.vis_aud_cross_atn(x, visual), bias.to(x.dtype))
+    text = attention(*block.tex_aud_cross_atn(x, text))
     alpha = block.cross_weight
     x = x + alpha * text + (1 - alpha) * video
-    return x + block.ffn(modulate(_layer_norm(x), shift_ffn, scale_ffn)) * gate_ffn
+    return x + block.ffn(modulate(layer_norm(x), shift_ffn, scale_ffn)) * gate_ffn
 
 
 def step_inputs(net: Flowley, latent, t, conditions: dict, cfg: float) -> dict[str, torch.Tensor]:

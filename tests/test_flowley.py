@@ -127,13 +127,12 @@ def test_tied_block_runs_the_triton_kernel_in_place(case, monkeypatch):
         calls.append(params.layer)
         return psca.psca_attention_triton(q, k, v, params)
 
-    monkeypatch.setattr(flowley, "psca_attention", kernel)
     _, t, net = case
     latent, text, visual, text_len = inputs(t)
     captured = []
     hook = net.tied_block.register_forward_hook(lambda m, a, out: captured.append(out))
     try:
-        flow = net(latent, text, visual, text_len, t["in.t"])
+        flow = net(latent, text, visual, text_len, t["in.t"], psca_fn=kernel)
     finally:
         hook.remove()
     assert calls == list(range(net.config.single_depth))

@@ -2,14 +2,16 @@
 encoders, the Euler loop (CUDA graphs included) and the decoder are `TorchParts`' own.
 
 Conditions are [cond; uncond] rows like every backend's. Fast mode projects the features once
-per request and runs CFG as one pass over the doubled batch. Reference mode runs the official
-sampler's way: the raw features are kept, and every step projects them again inside two
-network passes (conditional, then zero features with the conditional text_len).
+per request, runs CFG as one pass over the doubled batch and PSCA through the dispatcher (the
+Triton kernel on CUDA). Reference mode runs the official sampler's way: the raw features are
+kept, every step projects them again inside two network passes (conditional, then zero
+features with the conditional text_len), and PSCA is SDPA with the materialised bias.
 """
 
 import torch
 import torch.nn.functional as F
 
+from ...kernels.psca_attention import psca_attention_reference
 from ..models.flowley import FlowleyConditions, cat_conditions
 from .torch_parts import TorchParts
 
@@ -59,4 +61,4 @@ class FlowleyTorchParts(TorchParts):
         text, visual, text_len = conditions["text"], conditions["visual"], conditions["text_len"]
         cond = g.project_conditions(text[:P], visual[:P], text_len[:P])
         uncond = g.project_conditions(text[P:], visual[P:], text_len[P:])
-        return g.cfg_velocity(latent, t, cond, uncond, cfg)
+        return g.cfg_velocity(latent, t, cond, uncond, cfg, psca_attention_reference)

@@ -22,7 +22,7 @@ N identical copies in the file); here it is one module, `single_modal_stream.0`,
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
@@ -41,6 +41,8 @@ ROPE_THETA = 10000
 TIME_FREQS = 256  # sinusoidal timestep features
 PREFIX = "model."  # the released file is RectifiedFlowMatching's state: model.<Flowley key>
 TIED = "single_modal_stream."
+# q, k, v, layer -> out: psca_attention (dispatcher) or one of its implementations.
+PSCAFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, PSCALayer], torch.Tensor]
 # Non-persistent buffers older checkpoints may hold; the official loader deletes them.
 DROPPED_KEYS = ("multi_audio_rot", "single_audio_rot", "multi_visual_rot")
 
@@ -140,11 +142,11 @@ class Modulation(nn.Module):
         return self.adaLN_modulation(c)[:, None].chunk(self.n, dim=-1)
 
 
-def _layer_norm(x: torch.Tensor) -> torch.Tensor:
+def layer_norm(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
 
 
-def _attention(q, k, v, bias: torch.Tensor | None = None) -> torch.Tensor:
+def attention(q, k, v, bias: torch.Tensor | None = None) -> torch.Tensor:
     """SDPA on [B, h, n, d] (scale 1/sqrt(d), additive bias) -> [B, n, h * d]."""
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     return out.transpose(1, 2).flatten(2)
@@ -169,12 +171,12 @@ class StreamBlock(nn.Module):
 
     def pre_attention(self, x: torch.Tensor, c: torch.Tensor, rot: torch.Tensor | None):
         shift, scale, *post = self.adaLN_modulation(c)
-        return self.attn(modulate(_layer_norm(x), shift, scale), rot), post
+        return self.attn(modulate(layer_norm(x), shift, scale), rot), post
 
     def post_attention(self, x: torch.Tensor, attn_out: torch.Tensor, post) -> torch.Tensor:
         gate_msa, shift_ffn, scale_ffn, gate_ffn = post
         x = x + self.linear1(attn_out) * gate_msa
-        return x + self.ffn(modulate(_layer_norm(x), shift_ffn, scale_ffn)) * gate_ffn
+        return x + self.ffn(modulate(layer_norm(x), shift_ffn, scale_ffn)) * gate_ffn
 
 
 class JointBlock(nn.Module):
@@ -194,7 +196,7 @@ class JointBlock(nn.Module):
         v_qkv, v_post = self.visual_block.pre_attention(visual, c, visual_rot)
         t_qkv, t_post = self.text_block.pre_attention(text, c, None)
         qkv = (torch.cat(parts, dim=2) for parts in zip(a_qkv, v_qkv, t_qkv, strict=True))
-        out = _attention(*qkv, key_bias)
+        out = attention(*qkv, key_bias)
         # Slices, not split: a split with dynamic sizes exports as sequence ops TensorRT lacks.
         n, nv = audio.shape[1], visual.shape[1]
         return (
@@ -218,22 +220,28 @@ class SingleStreamBlock(nn.Module):
         self.adaLN_modulation = Modulation(dim, 6)
 
     def cross_attend(
-        self, x: torch.Tensor, visual: torch.Tensor, text: torch.Tensor, psca: PSCALayer
+        self,
+        x: torch.Tensor,
+        visual: torch.Tensor,
+        text: torch.Tensor,
+        psca: PSCALayer,
+        psca_fn: PSCAFn | None = None,
     ) -> torch.Tensor:
         """x + α · attn(x, text) + (1 - α) · psca_attn(x, visual; l), both from the same
         un-normalised x; the text attention has no padding mask. x [B, La, D], visual
-        [B, Lv, D], text [B, Lt, D] -> [B, La, D]. PSCA runs the Triton kernel on CUDA."""
-        video_out = psca_attention(*self.vis_aud_cross_atn(x, visual), psca)
+        [B, Lv, D], text [B, Lt, D] -> [B, La, D]. `psca_fn`: default the dispatcher (the
+        Triton kernel on CUDA, the reference elsewhere)."""
+        video_out = (psca_fn or psca_attention)(*self.vis_aud_cross_atn(x, visual), psca)
         text_out = F.scaled_dot_product_attention(*self.tex_aud_cross_atn(x, text))
         alpha = self.cross_weight
         return x + alpha * _merge_heads(text_out) + (1 - alpha) * _merge_heads(video_out)
 
-    def forward(self, x, visual, text, c, rot, psca: PSCALayer) -> torch.Tensor:
+    def forward(self, x, visual, text, c, rot, psca: PSCALayer, psca_fn=None) -> torch.Tensor:
         """One application: x [B, La, D], c [B, D], rot the audio RoPE table."""
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = self.adaLN_modulation(c)
-        attn = _attention(*self.self_attn(modulate(_layer_norm(x), shift_msa, scale_msa), rot))
-        x = self.cross_attend(x + self.linear1(attn) * gate_msa, visual, text, psca)
-        return x + self.ffn(modulate(_layer_norm(x), shift_ffn, scale_ffn)) * gate_ffn
+        attn = attention(*self.self_attn(modulate(layer_norm(x), shift_msa, scale_msa), rot))
+        x = self.cross_attend(x + self.linear1(attn) * gate_msa, visual, text, psca, psca_fn)
+        return x + self.ffn(modulate(layer_norm(x), shift_ffn, scale_ffn)) * gate_ffn
 
 
 def _merge_heads(x: torch.Tensor) -> torch.Tensor:
@@ -279,7 +287,7 @@ class FinalBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c)
-        return self.conv(modulate(_layer_norm(x), shift, scale))
+        return self.conv(modulate(layer_norm(x), shift, scale))
 
 
 class Flowley(nn.Module):
@@ -397,14 +405,19 @@ class Flowley(nn.Module):
     # -- flow ---------------------------------------------------------------------------------
 
     def predict_flow(
-        self, latent: torch.Tensor, t: torch.Tensor, cond: FlowleyConditions
+        self,
+        latent: torch.Tensor,
+        t: torch.Tensor,
+        cond: FlowleyConditions,
+        psca_fn: PSCAFn | None = None,
     ) -> torch.Tensor:
-        """latent [B, La, A], t [B] or [1] -> flow [B, La, A]."""
+        """latent [B, La, A], t [B] or [1] -> flow [B, La, A]. `psca_fn`: how the tied block
+        runs PSCA (default: the dispatcher)."""
         if latent.shape[1] != self.audio_seq_len:
             raise ValueError(f"{latent.shape[1]} latent frames, expected {self.audio_seq_len}")
         c = self.condition(cond.global_c, t)
         x, visual, text = self.audio_projector(latent), cond.visual_f, cond.text_f
-        key_bias = self._text_key_bias(cond.text_len, x.shape[1] + visual.shape[1], text.shape[1])
+        key_bias = self.text_key_bias(cond.text_len, x.shape[1] + visual.shape[1], text.shape[1])
         for block in self.multimodal_stream:
             x, visual, text = block(
                 x, visual, text, c, self.multi_audio_rot, self.multi_visual_rot, key_bias.to(x)
@@ -412,21 +425,22 @@ class Flowley(nn.Module):
         visual, text = self.cross_visual_proj(visual), self.cross_textual_proj(text)
         block = self.tied_block
         for psca in self.psca:
-            x = block(x, visual, text, c, self.single_audio_rot, psca)
+            x = block(x, visual, text, c, self.single_audio_rot, psca, psca_fn)
         return self.final_layer(x, c)
 
     @staticmethod
-    def _text_key_bias(text_len: torch.Tensor, lead: int, lt: int) -> torch.Tensor:
+    def text_key_bias(text_len: torch.Tensor, lead: int, lt: int) -> torch.Tensor:
         """[B, 1, 1, lead + Lt] float32: 0, and -inf on text keys at or past text_len."""
         pad = torch.arange(lt, device=text_len.device)[None] >= text_len[:, None]
         bias = torch.zeros(pad.shape, dtype=torch.float32, device=text_len.device)
         bias = bias.masked_fill(pad, float("-inf"))
         return F.pad(bias, (lead, 0))[:, None, None]
 
-    def forward(self, latent, text, visual, text_len, t) -> torch.Tensor:
+    def forward(self, latent, text, visual, text_len, t, psca_fn=None) -> torch.Tensor:
         """The official `Flowley.forward`: latent [B, La, A], text [B, Lt, Ct], visual
         [B, Lv, Cv], text_len [B], t [B] -> flow [B, La, A]."""
-        return self.predict_flow(latent, t, self.project_conditions(text, visual, text_len))
+        cond = self.project_conditions(text, visual, text_len)
+        return self.predict_flow(latent, t, cond, psca_fn)
 
     def cfg_velocity(
         self,
@@ -435,13 +449,15 @@ class Flowley(nn.Module):
         cond: FlowleyConditions,
         uncond: FlowleyConditions,
         cfg_strength: float,
+        psca_fn: PSCAFn | None = None,
     ) -> torch.Tensor:
         """s · v(cond) + (1 - s) · v(uncond) with two passes, as the official sampler
         (cfg_strength < 1: v(cond) alone)."""
-        v_cond = self.predict_flow(latent, t, cond)
+        v_cond = self.predict_flow(latent, t, cond, psca_fn)
         if cfg_strength < 1:
             return v_cond
-        return cfg_combine(v_cond, self.predict_flow(latent, t, uncond), cfg_strength)
+        v_uncond = self.predict_flow(latent, t, uncond, psca_fn)
+        return cfg_combine(v_cond, v_uncond, cfg_strength)
 
     def cfg_velocity_batched(
         self,
