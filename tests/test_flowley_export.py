@@ -27,3 +27,12 @@ def test_step_exports_and_matches_torch(tmp_path):
     assert len(linear1) == 2 * 2 + 1  # audio+visual linear1 of 2 joint blocks, the tied block
     worst = flowley_onnx.check_step(TINY_FLOWLEY, parts, path)
     assert worst["rel_l2"] < 1e-5 and worst["max_abs"] < 1e-4, worst
+
+
+def test_engine_build_refused_in_one_line(tmp_path, capsys):
+    from selva_rt.runtime import cli
+
+    code = cli.main(["export", "--variant", "tiny-flowley", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code != 0 and "no engine backend" in err and err.count("\n") == 1
+    assert not (tmp_path / "e").exists()
