@@ -90,3 +90,28 @@ def test_generate_writes_a_stem(tmp_path, capsys):
     audio, rate = sf.read(stem)
     assert rate == 16000 and audio.shape == (16000,)
     assert 0 < abs(audio).max() <= 1
+
+
+@torch.inference_mode()
+def test_text_normalised_along_the_sequence(nets):
+    """As the released features: L2 over the 77 tokens of each channel, so scaling one channel
+    across all tokens changes nothing, while scaling one token does."""
+    p = parts(nets, reference=False)
+    g = torch.Generator().manual_seed(3)
+    text = torch.randn(1, 77, TINY_FLOWLEY.generator.text_dim, generator=g)
+    visual = torch.randn(1, 16, TINY_FLOWLEY.generator.video_dim, generator=g)
+    mask = torch.arange(77)[None] < 9
+
+    def conditions(t):
+        return p.dit_conditions(visual, None, t, None, 63, 16, mask)["global_c"]
+
+    base = conditions(text)
+    channel, token = torch.ones_like(text), torch.ones_like(text)
+    channel[..., 5] = 3.0
+    token[:, 5] = 10.0
+
+    def change(t):
+        return ((conditions(t) - base).norm() / base.norm()).item()
+
+    assert change(text * channel) < 1e-5
+    assert change(text * token) > 1e-3  # per-token normalisation: exactly 0
