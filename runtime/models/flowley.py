@@ -417,10 +417,11 @@ class Flowley(nn.Module):
             raise ValueError(f"{latent.shape[1]} latent frames, expected {self.audio_seq_len}")
         c = self.condition(cond.global_c, t)
         x, visual, text = self.audio_projector(latent), cond.visual_f, cond.text_f
-        key_bias = self.text_key_bias(cond.text_len, x.shape[1] + visual.shape[1], text.shape[1])
+        lead = x.shape[1] + visual.shape[1]
+        key_bias = self.text_key_bias(cond.text_len, lead, text.shape[1]).to(x.dtype)
         for block in self.multimodal_stream:
             x, visual, text = block(
-                x, visual, text, c, self.multi_audio_rot, self.multi_visual_rot, key_bias.to(x)
+                x, visual, text, c, self.multi_audio_rot, self.multi_visual_rot, key_bias
             )
         visual, text = self.cross_visual_proj(visual), self.cross_textual_proj(text)
         block = self.tied_block
