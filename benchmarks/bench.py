@@ -48,19 +48,12 @@ import numpy as np
 import torch
 
 from ..runtime import media
-from ..runtime.backends.torch_parts import TorchParts
+from ..runtime.backends import torch_parts_class
 from ..runtime.device import DTYPES, resolve_device
 from ..runtime.models.networks import Networks, build_networks
 from ..runtime.outputs import plan_outputs, write_outputs
 from ..runtime.pipeline import Pipeline, Tokenizers
-from ..runtime.variants import (
-    CLIP_SIZE,
-    DEFAULT_CFG,
-    DEFAULT_SEED,
-    DEFAULT_STEPS,
-    SYNC_SIZE,
-    get_variant,
-)
+from ..runtime.variants import DEFAULT_SEED, DEFAULT_STEPS, SYNC_SIZE, get_variant
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -105,7 +98,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prompts", default="1,4", help="comma list of prompt counts over one clip")
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--cfg", type=float, default=DEFAULT_CFG)
+    p.add_argument("--cfg", type=float, help="default: the variant's (4.5; Flowley 7.5)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds")
@@ -122,7 +115,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON and MD")
     p.add_argument("--name", default=None, help="file stem (default: bench-<device>-<date>)")
     p.add_argument("--note", default="", help="free text kept in the results")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.cfg is None:
+        args.cfg = get_variant(args.variant).cfg
+    return args
 
 
 def configs_of(args: argparse.Namespace, device: torch.device) -> list[Config]:
@@ -298,7 +294,7 @@ def make_pipelines(
             in_place = device.type == "cpu" and c.dtype == c.decoder_dtype == torch.float32
             shared[c.precision] = nets if in_place else copy.deepcopy(nets)
         n = shared[c.precision]
-        parts = TorchParts(
+        parts = torch_parts_class(variant)(
             variant,
             n,
             device,
@@ -317,6 +313,14 @@ def synthetic_frames(duration: float, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     u8 = torch.randint(0, 256, (frames, 3, SYNC_SIZE, SYNC_SIZE), dtype=torch.uint8, generator=g)
     return media.to_model_input(u8)[None]
+
+
+def clip_frames(variant, duration: float, seed: int) -> torch.Tensor | None:
+    """[int(8 * duration), 3, S, S] float32 in [0, 1] for variants with CLIP video, else None."""
+    if not variant.uses_clip_video:
+        return None
+    size, n = variant.clip.frame_size, variant.sequence_lengths(duration).clip
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def run_once(pipe: Pipeline, frames: torch.Tensor, prompts: list[str], args) -> dict:
@@ -338,6 +342,7 @@ def run_once(pipe: Pipeline, frames: torch.Tensor, prompts: list[str], args) -> 
         out = pipe.synthesize(
             frames,
             text,
+            clip_frames=clip_frames(pipe.variant, args.duration, args.seed),
             duration=args.duration,
             seed=args.seed,
             steps=args.steps,
@@ -365,20 +370,12 @@ def _sync(device: torch.device) -> None:
 def time_dit_step(pipe: Pipeline, run: dict, args) -> list[float]:
     """Seconds of single `dit_step` calls (CFG included) at mid-trajectory, P prompts."""
     parts, text, out = pipe.parts, run["text"], run["out"]
-    seq = pipe.variant.sequence_lengths(args.duration)
-    prompts = text.clip.shape[0]
+    prompts = text.prompts
     clip_f = None
-    if pipe.variant.uses_clip_video:  # not timed here: only the step is
-        frames = torch.zeros(seq.clip, 3, CLIP_SIZE, CLIP_SIZE, device=pipe.device)
-        clip_f = parts.clip_image(frames)[None].expand(prompts, -1, -1)
-    conditions = parts.dit_conditions(
-        clip_f,
-        out.sync_features,
-        text.clip,
-        text.negative.expand(prompts, -1, -1),
-        seq.latent,
-        seq.clip,
-    )
+    frames = clip_frames(pipe.variant, args.duration, args.seed)
+    if frames is not None:  # not timed here: only the step is
+        clip_f = parts.clip_image(frames.to(pipe.device))[None].expand(prompts, -1, -1)
+    conditions = pipe.dit_conditions(text, clip_f, out.sync_features, args.duration)
     x = out.noise
     t = torch.full((prompts,), 0.48, dtype=x.dtype, device=x.device)
     times = []
@@ -410,11 +407,9 @@ def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def compare_outputs(out, ref) -> dict[str, float]:
     """Relative L2 distance of a configuration's outputs from another's (same seed, inputs)."""
+    fields = ("sync_features", "latent", "mel", "audio")  # sync_features: None for Flowley
     return {
-        "sync_features": rel_l2(out.sync_features, ref.sync_features),
-        "latent": rel_l2(out.latent, ref.latent),
-        "mel": rel_l2(out.mel, ref.mel),
-        "audio": rel_l2(out.audio, ref.audio),
+        f: rel_l2(getattr(out, f), getattr(ref, f)) for f in fields if getattr(ref, f) is not None
     }
 
 

@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     rows = []
     with httpx.Client(base_url=base, timeout=600) as warm:
         one_job(warm, 0)  # first call: lazy initialisation, not timed
+
     def client(k: int, latencies: list[float]) -> None:
         with httpx.Client(base_url=base, timeout=600) as c:
             for j in range(args.jobs_per_client):

@@ -86,6 +86,11 @@ def build_parser(prog: str = "selva-rt export") -> argparse.ArgumentParser:
 
 
 def resolve_parts(variant, asked: list[str] | None) -> list[str]:
+    if variant.flowley:
+        raise UsageError(
+            f"{variant.name} has no engine backend yet; its step exports and is checked in "
+            "ONNX Runtime by export/flowley_onnx.py"
+        )
     have = plan.part_names(variant)
     if not asked:
         return list(have)

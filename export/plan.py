@@ -115,6 +115,8 @@ def part_io(part: str, variant: Variant, d: dict | None = None):
     """(inputs, outputs) of part `part` as TensorSpec lists, shapes resolved with `d` (dim name ->
     size; symbolic names when None)."""
     d = symbolic_dims() if d is None else d
+    if variant.flowley:
+        return _flowley_io(part, variant, d)
     g, enc, clip = variant.generator, variant.video_encoder, variant.clip
     H, P, P2 = g.hidden_dim, d["prompts"], d["2*prompts"]
     head_dim = H // g.num_heads
@@ -193,6 +195,33 @@ def part_io(part: str, variant: Variant, d: dict | None = None):
             ],
         )
     raise ValueError(f"unknown part {part!r}")
+
+
+def _flowley_io(part: str, variant: Variant, d: dict):
+    """Flowley's exported part: its step (`export/flowley_onnx.py`). Conditions are [cond;
+    uncond] rows; the RoPE tables and the N PSCA biases are fp32 inputs of one duration."""
+    if part != "dit_step":
+        raise ValueError(f"{variant.name} exports only its dit_step, not {part!r}")
+    g, T = variant.generator, TensorSpec
+    P, P2, N, Nv = d["prompts"], d["2*prompts"], d["latent"], d["clip_frames"]
+    H, Lt = g.hidden_dim, g.text_seq_len
+    multi, single = H // g.multi_heads // 2, H // g.single_heads // 2
+    return (
+        [
+            T("latent", "float", (P, N, g.latent_dim)),
+            T("t", "float", (P,)),
+            T("text_f", "float", (P2, Lt, H)),
+            T("visual_f", "float", (P2, Nv, H)),
+            T("global_c", "float", (P2, H)),
+            T("text_len", "int64", (P2,)),
+            T("multi_audio_rot", "float32", (1, N, multi, 2, 2)),
+            T("multi_visual_rot", "float32", (1, Nv, multi, 2, 2)),
+            T("single_audio_rot", "float32", (1, N, single, 2, 2)),
+            T("psca_bias", "float32", (g.single_depth, N, Nv)),
+            T("cfg", "float32", ()),
+        ],
+        [T("velocity", "float", (P, N, g.latent_dim))],
+    )
 
 
 def resolve_dtype(spec: TensorSpec, precision: str) -> str:

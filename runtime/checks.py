@@ -39,21 +39,27 @@ def check_prompts(prompts: object) -> list[str]:
     return [check_prompt(p) for p in prompts]
 
 
-def check_negative_prompt(prompt: object) -> str:
-    """ "" (no negative prompt) or a checked prompt."""
+def check_negative_prompt(prompt: object, variant=None) -> str:
+    """ "" (no negative prompt) or a checked prompt; refused for a Flowley `variant`, whose
+    unconditional branch is zero features."""
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         return ""
+    if variant is not None and variant.flowley:
+        raise UsageError(
+            f"{variant.name} takes no negative prompt (its unconditional branch is zero features)"
+        )
     return check_prompt(prompt, "negative prompt")
 
 
 def check_options(
-    *, steps: int, cfg: float, seed: int, duration: float | None, start: float
+    *, steps: int, cfg: float | None, seed: int, duration: float | None, start: float
 ) -> None:
-    """Sampler and time-window options; a UsageError naming the option and its range."""
+    """Sampler and time-window options (cfg None: the variant's default); a UsageError naming
+    the option and its range."""
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise UsageError(f"steps {steps!r} is out of range; use 1..{MAX_STEPS} (default 25)")
-    if not _number(cfg) or not 0 <= cfg <= MAX_CFG:
-        raise UsageError(f"cfg {cfg!r} is out of range; use 0..{MAX_CFG:g} (default 4.5)")
+    if cfg is not None and (not _number(cfg) or not 0 <= cfg <= MAX_CFG):
+        raise UsageError(f"cfg {cfg!r} is out of range; use 0..{MAX_CFG:g}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
         raise UsageError(f"seed {seed!r} must be a 64-bit integer")
     if duration is not None and (not _number(duration) or duration <= 0):

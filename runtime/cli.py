@@ -15,7 +15,15 @@ from .backends import BACKENDS
 from .checks import check_negative_prompt, check_options, check_prompts
 from .errors import SelvaError, UsageError
 from .outputs import AUDIO_FORMATS, OUT_RATES, describe, plan_outputs, report, write_outputs
-from .variants import DEFAULT_CFG, DEFAULT_DURATION, DEFAULT_SEED, DEFAULT_STEPS, VARIANTS
+from .variants import (
+    DEFAULT_CFG,
+    DEFAULT_DURATION,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    FLOWLEY_CFG,
+    VARIANTS,
+    get_variant,
+)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -25,10 +33,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     # Every check that needs no model runs before the weights load.
+    variant = get_variant(args.variant)
     prompts = check_prompts(args.prompts)
-    negative = check_negative_prompt(args.negative_prompt)
+    negative = check_negative_prompt(args.negative_prompt, variant)
+    cfg = variant.cfg if args.cfg is None else args.cfg
     check_options(
-        steps=args.steps, cfg=args.cfg, seed=args.seed, duration=args.duration, start=args.start
+        steps=args.steps, cfg=cfg, seed=args.seed, duration=args.duration, start=args.start
     )
     resolve_device(args.device)
     media.probe(args.clip)
@@ -55,7 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         negative_prompt=negative,
         seed=args.seed,
         steps=args.steps,
-        cfg=args.cfg,
+        cfg=cfg,
         duration=args.duration,
         start=args.start,
         progress=not args.quiet,
@@ -104,7 +114,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_weights(args: argparse.Namespace) -> int:
     from . import weights
-    from .variants import get_variant
 
     names = (
         [args.variant] if args.variant else [n for n, v in VARIANTS.items() if not v.random_weights]
@@ -117,7 +126,8 @@ def cmd_weights(args: argparse.Namespace) -> int:
             print(f"{name}: {variant.description}")
             for f in variant.files:
                 state = "missing" if f.path in missing else "present"
-                print(f"  [{state:7s}] {f.repo}/{f.path}")
+                hand = f" (by hand from {f.source})" if f.source else ""
+                print(f"  [{state:7s}] {f.repo}/{f.path}{hand}")
         return 0
     if args.action == "download":
         if not args.variant:
@@ -156,7 +166,12 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     gen.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
     gen.add_argument("--seed", type=int, default=DEFAULT_SEED)
     gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Euler steps")
-    gen.add_argument("--cfg", type=float, default=DEFAULT_CFG, help="classifier-free guidance")
+    gen.add_argument(
+        "--cfg",
+        type=float,
+        help=f"classifier-free guidance (default: the variant's, {DEFAULT_CFG:g}; Flowley "
+        f"{FLOWLEY_CFG:g})",
+    )
     gen.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds")
     gen.add_argument("--start", type=float, default=0.0, help="start time in the clip (s)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .checks import check_negative_prompt, check_options, check_prompts
 from .errors import JobError, SelvaError
-from .variants import DEFAULT_CFG, DEFAULT_DURATION, DEFAULT_SEED, DEFAULT_STEPS
+from .variants import DEFAULT_DURATION, DEFAULT_SEED, DEFAULT_STEPS
 
 MAX_NAME_CHARS = 100
 
@@ -29,7 +29,7 @@ class Job:
     negative_prompt: str = ""
     seed: int = DEFAULT_SEED
     steps: int = DEFAULT_STEPS
-    cfg: float = DEFAULT_CFG
+    cfg: float | None = None  # None: the variant's default (4.5; Flowley 7.5)
     start: float = 0.0
     duration: float = DEFAULT_DURATION
     name: str | None = None  # output file prefix; default: the clip's stem
@@ -63,7 +63,7 @@ class Job:
             negative_prompt=negative,
             seed=options["seed"],
             steps=options["steps"],
-            cfg=float(options["cfg"]),
+            cfg=None if options["cfg"] is None else float(options["cfg"]),
             start=float(options["start"]),
             duration=float(options["duration"]),
             name=_check_name(values.get("name")),

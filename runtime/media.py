@@ -82,8 +82,8 @@ class Video:
     """The model's view of a clip's window [start, start + duration].
 
     sync_frames: [T_sync, 3, 224, 224] uint8 RGB (25 fps), T_sync = int(25 * duration)
-    clip_frames: [T_clip, 3, 384, 384] uint8 RGB (8 fps), T_clip = int(8 * duration);
-        None unless decoded with need_clip=True
+    clip_frames: [T_clip, 3, S, S] uint8 RGB (8 fps), T_clip = int(8 * duration), S =
+        clip_size (384; Flowley's CLIP 224); None unless decoded with need_clip=True
     sync_index / clip_index: [T] int64, decode-order number of the source frame behind each
         output frame (counted from the stream's first frame)
     """
@@ -145,6 +145,7 @@ def decode_video(
     start: float = 0.0,
     need_clip: bool = False,
     progress: bool = False,
+    clip_size: int = CLIP_SIZE,
 ) -> Video:
     """Decode the window [start, start + duration] of a clip's first video stream.
 
@@ -161,7 +162,7 @@ def decode_video(
 
     tracks = [_Track(SYNC_FPS, SYNC_SIZE, int(SYNC_FPS * duration))]
     if need_clip:
-        tracks.append(_Track(CLIP_FPS, CLIP_SIZE, int(CLIP_FPS * duration)))
+        tracks.append(_Track(CLIP_FPS, clip_size, int(CLIP_FPS * duration)))
     else:  # counted for the duration rule, never resized
         tracks.append(_Track(CLIP_FPS, CLIP_SIZE, 0))
     sync, clip = tracks

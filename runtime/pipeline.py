@@ -27,7 +27,6 @@ from .device import precision_name
 from .models.clip_tokenizer import ClipTokenizer
 from .models.t5 import load_tokenizer
 from .variants import (
-    DEFAULT_CFG,
     DEFAULT_DURATION,
     DEFAULT_SEED,
     DEFAULT_STEPS,
@@ -41,21 +40,27 @@ if TYPE_CHECKING:
 
 @dataclass
 class TextFeatures:
-    """Encoded prompts: clip [P, 77, W] and negative [1, 77, W] CLIP text features; for SELVA
-    also t5 [P, L, 768] with t5_mask [P, L] bool (True = token)."""
+    """Encoded prompts: clip [P, 77, W] and negative [1, 77, W] CLIP text features (None for
+    Flowley, whose generator reads Flan-T5); for SELVA and Flowley also t5 [P, L, W5] with
+    t5_mask [P, L] bool (True = token)."""
 
-    clip: torch.Tensor
-    negative: torch.Tensor
+    clip: torch.Tensor | None
+    negative: torch.Tensor | None
     t5: torch.Tensor | None = None
     t5_mask: torch.Tensor | None = None
+
+    @property
+    def prompts(self) -> int:
+        return (self.clip if self.clip is not None else self.t5).shape[0]
 
 
 @dataclass
 class Synthesis:
-    """What one generation computed: sync_features [P, 8S, D], noise x0 and latent x1 [P, N, E]
+    """What one generation computed: sync_features [P, 8S, D] (None without a video encoder:
+    Flowley), noise x0 and latent x1 [P, N, E]
     (normalised), mel [P, M, 2N], audio [P, samples]."""
 
-    sync_features: torch.Tensor
+    sync_features: torch.Tensor | None
     noise: torch.Tensor
     latent: torch.Tensor
     mel: torch.Tensor
@@ -117,9 +122,14 @@ class Pipeline:
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str], negative_prompt: str = "") -> TextFeatures:
-        """CLIP text features of the prompts and the negative prompt; Flan-T5 for SELVA."""
-        clip = self.parts.clip_text(self.tokenizers.clip([*prompts, negative_prompt]))
-        feats = TextFeatures(clip=clip[:-1], negative=clip[-1:])
+        """CLIP text features of the prompts and the negative prompt; Flan-T5 for SELVA; only
+        Flan-T5 for Flowley (no negative prompt: its unconditional branch is zero features)."""
+        if self.variant.flowley:
+            check_negative_prompt(negative_prompt, self.variant)
+            feats = TextFeatures(clip=None, negative=None)
+        else:
+            clip = self.parts.clip_text(self.tokenizers.clip([*prompts, negative_prompt]))
+            feats = TextFeatures(clip=clip[:-1], negative=clip[-1:])
         if self.variant.t5 is not None:
             ids, mask = self.tokenizers.t5(list(prompts))
             feats.t5, feats.t5_mask = self.parts.t5(ids, mask.long()), mask.to(self.device)
@@ -135,36 +145,33 @@ class Pipeline:
         clip_frames: torch.Tensor | None = None,
         seed: int = DEFAULT_SEED,
         steps: int = DEFAULT_STEPS,
-        cfg: float = DEFAULT_CFG,
+        cfg: float | None = None,
         progress: "bool | Progress" = False,
         timings: dict[str, float] | None = None,
     ) -> Synthesis:
         """Audio for one clip and P prompts.
 
-        sync_frames: [1, T, 3, 224, 224] in [-1, 1]; clip_frames: [T_clip, 3, 384, 384] in
-        [0, 1] (plain MMAudio variants only). Each prompt gets the noise a single-prompt call
-        with the same seed gets, so a stem does not depend on which prompts share the call.
+        sync_frames: [1, T, 3, 224, 224] in [-1, 1]; clip_frames: [T_clip, 3, S, S] in [0, 1]
+        (plain MMAudio and Flowley variants only; S = variant.clip.frame_size). Each prompt gets
+        the noise a single-prompt call with the same seed gets, so a stem does not depend on
+        which prompts share the call.
         """
         timings = {} if timings is None else timings
+        cfg = self.variant.cfg if cfg is None else cfg
         parts, dev, dt = self.parts, self.device, self.dtype
         seq = self.variant.sequence_lengths(duration)
-        prompts = text.clip.shape[0]
-        with _timed(timings, "video_trunk", dev):
-            trunk = parts.video_trunk(sync_frames, prompts)
-        with _timed(timings, "video_select", dev):
-            sync_f = parts.video_select(trunk, text.t5, text.t5_mask, prompts)
+        prompts = text.prompts
+        sync_f = None
+        if self.variant.video_encoder is not None:
+            with _timed(timings, "video_trunk", dev):
+                trunk = parts.video_trunk(sync_frames, prompts)
+            with _timed(timings, "video_select", dev):
+                sync_f = parts.video_select(trunk, text.t5, text.t5_mask, prompts)
         with _timed(timings, "dit_conditions", dev):
             clip_f = None
             if self.variant.uses_clip_video:
                 clip_f = parts.clip_image(clip_frames)[None].expand(prompts, -1, -1)
-            conditions = parts.dit_conditions(
-                clip_f,
-                sync_f,
-                text.clip,
-                text.negative.expand(prompts, -1, -1),
-                seq.latent,
-                seq.clip,
-            )
+            conditions = self.dit_conditions(text, clip_f, sync_f, duration)
         x0 = torch.cat(
             [
                 torch.randn(
@@ -182,6 +189,29 @@ class Pipeline:
             mel, audio = parts.decoder(x1)
         return Synthesis(sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio)
 
+    def dit_conditions(
+        self,
+        text: TextFeatures,
+        clip_features: torch.Tensor | None,
+        sync_features: torch.Tensor | None,
+        duration: float,
+    ) -> dict[str, torch.Tensor]:
+        """The generator's conditions ([cond; uncond] rows) for P prompts: clip_features
+        [P, Nc, C] or None, sync_features [P, 8S, D] or None (Flowley)."""
+        seq = self.variant.sequence_lengths(duration)
+        if self.variant.flowley:  # Flan-T5 text with its mask; zero unconditional features
+            return self.parts.dit_conditions(
+                clip_features, None, text.t5, None, seq.latent, seq.clip, text_mask=text.t5_mask
+            )
+        return self.parts.dit_conditions(
+            clip_features,
+            sync_features,
+            text.clip,
+            text.negative.expand(text.prompts, -1, -1),
+            seq.latent,
+            seq.clip,
+        )
+
     def generate(
         self,
         clip: "str | Path | Video",
@@ -190,19 +220,20 @@ class Pipeline:
         negative_prompt: str = "",
         seed: int = DEFAULT_SEED,
         steps: int = DEFAULT_STEPS,
-        cfg: float = DEFAULT_CFG,
+        cfg: float | None = None,
         duration: float = DEFAULT_DURATION,
         start: float = 0.0,
         progress: "bool | Progress" = False,
     ) -> GenerationResult:
-        """One stem per prompt for `clip`, from `start` for `duration` seconds. `clip` may also
-        be a Video that `media.decode_video` made ahead (a batch decodes the next clips while
-        this one generates); its duration and start are then the Video's own. Bad values raise a
-        SelvaError with the one-line message the CLI prints. `progress`: True for progress bars
-        on a terminal, or a function told of every finished Euler step (it may raise to stop
-        the generation)."""
+        """One stem per prompt for `clip`, from `start` for `duration` seconds (cfg None: the
+        variant's). `clip` may also be a Video that `media.decode_video` made ahead (a batch
+        decodes the next clips while this one generates); its duration and start are then the
+        Video's own. Bad values raise a SelvaError with the one-line message the CLI prints.
+        `progress`: True for progress bars on a terminal, or a function told of every finished
+        Euler step (it may raise to stop the generation)."""
         prompts = check_prompts(prompts)
-        negative_prompt = check_negative_prompt(negative_prompt)
+        negative_prompt = check_negative_prompt(negative_prompt, self.variant)
+        cfg = self.variant.cfg if cfg is None else cfg
         check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
         from . import media  # PyAV only where media is touched
 
@@ -216,6 +247,7 @@ class Pipeline:
                     start=start,
                     need_clip=self.variant.uses_clip_video,
                     progress=progress is True,
+                    clip_size=self.variant.clip.frame_size,
                 )
         with _timed(timings, "text", self.device):
             text = self.encode_text(prompts, negative_prompt)

@@ -26,6 +26,7 @@ T5_MAX_TOKENS = 512  # Flan-T5 tokenizer truncation (spec §2.1)
 DEFAULT_DURATION = 8.0
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 4.5
+FLOWLEY_CFG = 7.5  # the official sample.yaml
 DEFAULT_SEED = 42
 
 
@@ -104,6 +105,26 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
+class FlowleyConfig:
+    """Flowley DiT (SEEDS.md §2.2; official kwarg names in comments). The audio and video
+    lengths follow from the duration; the released model was trained at 8 s (La 250, Lv 64)."""
+
+    latent_dim: int = 20  # audio_dim
+    text_dim: int = 1024  # Flan-T5-large width
+    video_dim: int = 768  # DFN2B-CLIP ViT-L/14 embedding width
+    hidden_dim: int = 512
+    text_seq_len: int = 77
+    video_fps: float = 8.0
+    multi_depth: int = 5  # multi_n_layers
+    multi_heads: int = 8
+    single_depth: int = 10  # single_n_layers: applications of the one tied block
+    single_heads: int = 8
+    mask_window: int = 0  # mask_window_size
+    mask_fade_range: int = 4  # cosine fade
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
 class VideoEncoderConfig:
     """MotionFormer trunk plus, when `num_sup_tokens` > 0, SELVA's text selection (spec §3).
 
@@ -150,6 +171,9 @@ class T5Config:
     d_ff: int = 2048
     vocab_size: int = 32128
     max_length: int = T5_MAX_TOKENS
+    # Flowley: every prompt padded (and truncated) to this many tokens, as its released
+    # features were; None pads to the longest prompt (SELVA).
+    pad_to: int | None = None
 
 
 @dataclass(frozen=True)
@@ -167,24 +191,29 @@ class ClipConfig:
     image_heads: int = 16
     patch_size: int = 14
     image_size: int = 378  # position table size; the 384 input leaves 6 pixels unused
+    frame_size: int = CLIP_SIZE  # the square the video frames are resized to
 
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One file of a variant: where the hub keeps it and its MD5 (None where none is published)."""
+    """One file of a variant: where the hub keeps it and its MD5 (None where none is published).
+
+    `source`: a page to fetch the file from by hand, for files outside the hub; `repo`/`path`
+    then only name where it goes under the weights home."""
 
     role: str
     repo: str
     path: str
     md5: str | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
     audio: AudioConfig
-    generator: GeneratorConfig
-    video_encoder: VideoEncoderConfig
+    generator: GeneratorConfig | FlowleyConfig
+    video_encoder: VideoEncoderConfig | None  # None: no Synchformer features (Flowley)
     vae: VAEConfig
     vocoder: VocoderConfig
     clip: ClipConfig
@@ -193,10 +222,16 @@ class Variant:
     uses_clip_video: bool = False  # MMAudio; SELVA replaces CLIP video with the empty feature
     description: str = ""
     random_weights: bool = False  # `tiny`: weights are made locally, never downloaded
+    cfg: float = DEFAULT_CFG  # default guidance strength
 
     @property
     def selective(self) -> bool:
-        return self.video_encoder.num_sup_tokens > 0
+        return self.video_encoder is not None and self.video_encoder.num_sup_tokens > 0
+
+    @property
+    def flowley(self) -> bool:
+        """Flowley's DiT: CLIP image + Flan-T5 conditions, no sync features (SEEDS.md §2)."""
+        return isinstance(self.generator, FlowleyConfig)
 
     def file(self, role: str) -> WeightFile:
         for f in self.files:
@@ -349,6 +384,88 @@ TINY = Variant(
     random_weights=True,
 )
 
+FLOWLEY_REPO = "Fsoft-AIC/Flowley"
+FLOWLEY_WEIGHTS = "https://drive.google.com/drive/folders/1KJlLUXE0Ddr46xx0X1-4ft9tGF9nisC7"
+DFN2B_CLIP_REPO = "apple/DFN2B-CLIP-ViT-L-14"
+T5_LARGE_REPO = "google/flan-t5-large"
+# open_clip `ViT-L-14-quickgelu` (dfn2b): 224 px, 16 x 16 patches, 768-d embedding.
+DFN2B_CLIP = ClipConfig(
+    text_width=768,
+    text_layers=12,
+    text_heads=12,
+    embed_dim=768,
+    image_width=1024,
+    image_layers=24,
+    image_heads=16,
+    image_size=224,
+    frame_size=224,
+)
+FLAN_T5_LARGE = T5Config(d_model=1024, num_layers=24, num_heads=16, d_ff=2816, pad_to=77)
+
+FLOWLEY = Variant(
+    name="flowley",
+    audio=AUDIO_16K,
+    generator=FlowleyConfig(),
+    video_encoder=None,
+    vae=VAE_16K,
+    vocoder=BIGVGAN_16K,
+    clip=DFN2B_CLIP,
+    t5=FLAN_T5_LARGE,
+    files=(
+        WeightFile(
+            "generator",
+            FLOWLEY_REPO,
+            "ema_final_0-60000_step=5000.pth",
+            source=FLOWLEY_WEIGHTS,
+        ),
+        *MMAUDIO_16K_FILES,
+        *(
+            WeightFile("t5", T5_LARGE_REPO, f.path)
+            for f in T5_FILES  # the same six files as flan-t5-base
+        ),
+        WeightFile("clip", DFN2B_CLIP_REPO, "open_clip_pytorch_model.bin"),
+    ),
+    uses_clip_video=True,
+    description="Flowley (DFN2B-CLIP video at 8 fps + Flan-T5-large text, PSCA DiT), 16 kHz",
+    cfg=FLOWLEY_CFG,
+)
+
+# The golden `flowley_gen_small` geometry with tiny encoders: tests and the offline demo.
+TINY_FLOWLEY = Variant(
+    name="tiny-flowley",
+    audio=AUDIO_16K,
+    generator=FlowleyConfig(
+        hidden_dim=64,
+        text_dim=128,
+        video_dim=96,
+        multi_depth=2,
+        multi_heads=2,
+        single_depth=4,
+        single_heads=2,
+    ),
+    video_encoder=None,
+    vae=TINY.vae,
+    vocoder=TINY.vocoder,
+    clip=ClipConfig(
+        text_width=32,
+        text_layers=1,
+        text_heads=2,
+        embed_dim=96,
+        image_width=32,
+        image_layers=2,
+        image_heads=2,
+        image_size=224,
+        frame_size=224,
+    ),
+    t5=T5Config(
+        d_model=128, num_layers=1, num_heads=2, d_kv=32, d_ff=128, vocab_size=512, pad_to=77
+    ),
+    uses_clip_video=True,
+    description="tiny random weights, Flowley structure (tests and demo; output is noise)",
+    random_weights=True,
+    cfg=FLOWLEY_CFG,
+)
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -359,6 +476,8 @@ VARIANTS: dict[str, Variant] = {
         _mmaudio("large_44k", LARGE, 40, "fed96c325a6785b85ce75ae1aafd2673"),
         _mmaudio("large_44k_v2", LARGE, 40, "01ad4464f049b2d7efdaa4c1a59b8dfe", v2=True),
         TINY,
+        FLOWLEY,
+        TINY_FLOWLEY,
     )
 }
 

@@ -164,12 +164,18 @@ def _offline_error(files: list[WeightFile]) -> WeightsMissingError:
 def download(variant: Variant, quiet: bool = False, endpoint: str | None = None) -> list[Path]:
     """Make every file of `variant` present and MD5-correct under `weights_home()`, fetching
     what is missing from the hub (`endpoint`: default $HF_ENDPOINT or huggingface.co). A present
-    file whose MD5 is wrong is removed and fetched again. Returns the local paths."""
+    file whose MD5 is wrong is removed and fetched again. Files outside the hub (`source`) are
+    fetched by hand: a missing one raises WeightsMissingError saying where it comes from and
+    where to put it, after the hub files are in place. Returns the local paths."""
     if variant.random_weights:
         _say(f"variant {variant.name} makes its weights locally; nothing to download", quiet)
         return []
+    by_hand = [f for f in variant.files if f.source is not None]
+    for file in by_hand:  # told first, so a failing hub download does not hide it
+        if not local_path(file).is_file():
+            _say(by_hand_message(file), quiet)
     todo = []
-    for file in variant.files:
+    for file in (f for f in variant.files if f.source is None):
         status = _status(file, quiet)
         if status == MD5_MISMATCH:
             local_path(file).unlink()
@@ -185,7 +191,19 @@ def download(variant: Variant, quiet: bool = False, endpoint: str | None = None)
     for file in todo:
         _say(f"downloading {_name(file)} to {local_path(file)}", quiet)
         _fetch(file, endpoint, quiet)
+    for file in by_hand:
+        if not local_path(file).is_file():
+            raise WeightsMissingError(by_hand_message(file))
+        _say(f"{_name(file)}: present (no MD5 published; its layout is checked on load)", quiet)
     return [local_path(f) for f in variant.files]
+
+
+def by_hand_message(file: WeightFile) -> str:
+    """Where a file outside the hub comes from and where it goes (one line)."""
+    return (
+        f"{Path(file.path).name} is not on the Hugging Face hub: download it from {file.source} "
+        f"and put it at {local_path(file)}"
+    )
 
 
 def resolve(

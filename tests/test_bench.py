@@ -84,3 +84,18 @@ def test_bad_arguments_exit_with_a_message():
         bench.main([*QUICK, "--device", "cpu", "--modes", "graphs"])
     with pytest.raises(SystemExit, match="unknown precision"):
         bench.main([*QUICK, "--device", "cpu", "--precisions", "fp8"])
+
+
+def test_tiny_flowley(tmp_path):
+    """Flowley's parts under the same harness: no video encoder parts, reference vs fast."""
+    argv = ["--variant", "tiny-flowley", "--duration", "1", "--steps", "2", "--warmup", "0"]
+    argv += ["--repeat", "1", "--prompts", "1", "--precisions", "fp32", "--step-repeat", "1"]
+    assert bench.main([*argv, "--device", "cpu", "--output", str(tmp_path), "--name", "f"]) == 0
+    r = json.loads((tmp_path / "f.json").read_text())
+    assert r["setup"]["cfg"] == 7.5
+    ref, fast = r["results"]
+    assert (ref["mode"], fast["mode"]) == ("reference", "fast")
+    assert set(fast["parts_s"]) == {"text", "dit_conditions", "sampling", "decoder"}
+    assert fast["speedup_vs_reference"] > 0
+    assert set(fast["rel_l2_vs_reference"]) == {"latent", "mel", "audio"}
+    assert fast["rel_l2_vs_reference"]["audio"] < 2e-3

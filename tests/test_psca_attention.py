@@ -9,7 +9,7 @@ import torch
 from selva_rt.kernels import psca_attention as psca
 from selva_rt.kernels.jit import INTERPRETED
 from selva_rt.kernels.psca_attention import PSCALayer
-from selva_rt.runtime.models.flowley import FlowleyCrossAttention
+from selva_rt.runtime.models.flowley import SingleStreamBlock
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 LOG_EPS = math.log(1e-6)
@@ -195,7 +195,7 @@ def test_dispatch_uses_kernel_on_cuda(monkeypatch):
 
 def make_step(dim=64, heads=4, seed=0):
     torch.manual_seed(seed)
-    step = FlowleyCrossAttention(dim, heads)
+    step = SingleStreamBlock(dim, heads)
     with torch.no_grad():
         for name, param in step.named_parameters():
             if name.endswith("scale"):
@@ -230,7 +230,7 @@ def test_flowley_step_matches_official_math(layer):
     x, video, text = (torch.randn(2, n, 64, generator=g) for n in (25, 8, 11))
     params = PSCALayer(layer)
     with torch.no_grad():
-        out = step(x, video, text, params)
+        out = step.cross_attend(x, video, text, params)
         text_out = official_cross_attention(step.tex_aud_cross_atn, x, text, 0.0, 4)
         video_bias = bias(params, 25, 8)
         video_out = official_cross_attention(step.vis_aud_cross_atn, x, video, video_bias, 4)
@@ -244,16 +244,20 @@ def test_flowley_step_alpha_selects_the_stream():
     x, video, text = (torch.randn(1, n, 64, generator=g) for n in (25, 8, 11))
     with torch.no_grad():
         step.cross_weight.fill_(1.0)
-        text_only = step(x, video, text, PSCALayer(0))
-        assert torch.equal(text_only, step(x, torch.randn(1, 8, 64), text, PSCALayer(0)))
+        text_only = step.cross_attend(x, video, text, PSCALayer(0))
+        other_video = torch.randn(1, 8, 64)
+        assert torch.equal(text_only, step.cross_attend(x, other_video, text, PSCALayer(0)))
         step.cross_weight.fill_(0.0)
-        video_only = step(x, video, text, PSCALayer(0))
-        assert torch.equal(video_only, step(x, video, torch.randn(1, 11, 64), PSCALayer(0)))
-        assert not torch.equal(video_only, step(x, video, text, PSCALayer(9)))
+        video_only = step.cross_attend(x, video, text, PSCALayer(0))
+        other_text = torch.randn(1, 11, 64)
+        assert torch.equal(video_only, step.cross_attend(x, video, other_text, PSCALayer(0)))
+        assert not torch.equal(video_only, step.cross_attend(x, video, text, PSCALayer(9)))
 
 
 def test_flowley_step_parameter_names():
-    names = set(FlowleyCrossAttention(64, 4).state_dict())
+    names = {
+        k for k in SingleStreamBlock(64, 4).state_dict() if k.startswith(("vis_", "tex_", "cross"))
+    }
     expected = {"cross_weight"}
     for attn in ("vis_aud_cross_atn", "tex_aud_cross_atn"):
         expected |= {f"{attn}.{p}.{t}" for p in ("q_prj", "kv_prj") for t in ("weight", "bias")}
@@ -268,6 +272,6 @@ def test_flowley_step_on_cuda_matches_cpu():
     g = torch.Generator().manual_seed(3)
     x, video, text = (torch.randn(2, n, 64, generator=g) for n in (250, 64, 77))
     with torch.no_grad():
-        expected = step(x, video, text, PSCALayer(4))
-        out = step.cuda()(x.cuda(), video.cuda(), text.cuda(), PSCALayer(4))
+        expected = step.cross_attend(x, video, text, PSCALayer(4))
+        out = step.cuda().cross_attend(x.cuda(), video.cuda(), text.cuda(), PSCALayer(4))
     assert rel_err(out, expected) < 1e-4

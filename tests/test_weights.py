@@ -323,3 +323,30 @@ def test_unknown_file_gives_one_line_error(hub):
     with pytest.raises(WeightsMissingError) as err:
         weights.download(variant_of(absent), quiet=True, endpoint=hub.url)
     assert str(err.value).endswith("weights/absent.pth: HTTP 404")
+
+
+def test_file_outside_the_hub(hub):
+    """A by-hand file (Flowley's Google Drive checkpoint): the hub files are fetched, then the
+    missing one is named with its source and destination; once placed, download passes it."""
+    by_hand = WeightFile("generator", "org/flowley", "ema.pth", source="https://example.org/f")
+    variant = variant_of(by_hand, publish(hub, "org/selva", "ext_weights/vae.pth", blob(2, 5_000)))
+    with pytest.raises(WeightsMissingError) as err:
+        weights.download(variant, quiet=True, endpoint=hub.url)
+    message = str(err.value)
+    assert "https://example.org/f" in message and str(weights.local_path(by_hand)) in message
+    assert "\n" not in message
+    assert weights.local_path(variant.files[1]).is_file()  # the hub file was still fetched
+    assert not any("ema.pth" in path for _, path in hub.requests)  # never asked of the hub
+    weights.local_path(by_hand).parent.mkdir(parents=True)
+    weights.local_path(by_hand).write_bytes(b"weights")
+    assert weights.download(variant, quiet=True, endpoint=hub.url) == [
+        weights.local_path(f) for f in variant.files
+    ]
+    assert statuses(variant) == [weights.NO_MD5, weights.OK]
+
+
+def test_flowley_files_name_their_sources():
+    flowley = VARIANTS["flowley"]
+    generator = flowley.file("generator")
+    assert generator.source and generator.path == "ema_final_0-60000_step=5000.pth"
+    assert all(f.source is None for f in flowley.files if f.role != "generator")

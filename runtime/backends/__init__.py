@@ -56,15 +56,20 @@ class Parts(Protocol):
     def dit_conditions(
         self,
         clip_features: torch.Tensor | None,
-        sync_features: torch.Tensor,
+        sync_features: torch.Tensor | None,
         text_features: torch.Tensor,
-        negative_text_features: torch.Tensor,
+        negative_text_features: torch.Tensor | None,
         latent_len: int,
         clip_len: int,
+        text_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """clip_features [P, Nc, C] or None (the learned empty CLIP feature, SELVA),
         sync_features [P, 8S, D], text and negative text features [P, 77, W] -> conditions
-        clip_f [2P, Nc, H], sync_f [2P, N, H], text_f [2P, 77, H], clip_f_c and text_f_c [2P, H]."""
+        clip_f [2P, Nc, H], sync_f [2P, N, H], text_f [2P, 77, H], clip_f_c and text_f_c [2P, H].
+
+        Flowley (`variant.flowley`): CLIP image features [P, Nc, C], no sync or negative
+        features, text_features the Flan-T5 states [P, L, W] with text_mask [P, L] bool ->
+        its own conditions (see `flowley_parts`)."""
 
     def dit_step(
         self, latent: torch.Tensor, t: torch.Tensor, conditions: dict[str, torch.Tensor], cfg: float
@@ -83,6 +88,17 @@ class Parts(Protocol):
 
     def decoder(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised x1 [P, N, E] -> (mel [P, M, 2N], waveform [P, samples])."""
+
+
+def torch_parts_class(variant: Variant) -> type:
+    """The torch backend's parts of `variant`: Flowley has its own conditions and step."""
+    if variant.flowley:
+        from .flowley_parts import FlowleyTorchParts
+
+        return FlowleyTorchParts
+    from .torch_parts import TorchParts
+
+    return TorchParts
 
 
 def load_parts(
@@ -104,15 +120,20 @@ def load_parts(
     if backend == "torch":
         from .. import weights
         from ..models.networks import build_networks
-        from .torch_parts import TorchParts
 
         dtype = DTYPES[resolve_precision(precision, dev)]
         if cuda_graphs is None:
             cuda_graphs = dev.type == "cuda" and not reference
         nets = build_networks(variant, weights.resolve(variant, quiet=quiet))
-        return TorchParts(variant, nets, dev, dtype, reference=reference, cuda_graphs=cuda_graphs)
+        parts = torch_parts_class(variant)
+        return parts(variant, nets, dev, dtype, reference=reference, cuda_graphs=cuda_graphs)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
+    if variant.flowley:
+        raise UsageError(
+            f"{variant.name} runs on the torch backend only (its step exports to ONNX for "
+            "checking, not as a backend); use --backend torch"
+        )
     if reference:
         raise UsageError("reference mode is a torch-backend mode; use --backend torch")
     if engines is None:

@@ -134,6 +134,7 @@ class TorchParts:
         negative_text_features: torch.Tensor,
         latent_len: int,
         clip_len: int,
+        text_mask: torch.Tensor | None = None,  # Flowley's; MMAudio's CLIP text is unmasked
     ) -> dict[str, torch.Tensor]:
         g = self.nets.generator
         prompts, sync_len = sync_features.shape[:2]

@@ -8,31 +8,34 @@ import torch
 
 from ..variants import Variant
 from . import clip as clip_mod
+from . import flowley as flowley_mod
 from . import generator as gen_mod
 from . import vae as vae_mod
 from . import video_encoder as venc_mod
 from . import vocoder as voc_mod
 from .checkpoint import read_state_dict
 from .clip import ClipImageEncoder, ClipTextEncoder
+from .flowley import Flowley
 from .generator import Generator
 from .t5 import T5TextEncoder, load_t5
 from .vae import VAE
 from .video_encoder import VideoEncoder
 from .vocoder import BigVGAN
 
-# Fixed seeds of the `tiny` variant's locally made weights, one per network.
+# Fixed seeds of the random variants' locally made weights, one per network.
 TINY_SEEDS = {"generator": 1, "video_encoder": 2, "vae": 3, "vocoder": 4, "clip": 5}
 
 
 @dataclass
 class Networks:
-    """Every network of a variant, loaded."""
+    """Every network of a variant, loaded (None: the variant has no such network; Flowley has
+    no video encoder and no CLIP text tower)."""
 
-    generator: Generator
-    video_encoder: VideoEncoder
+    generator: Generator | Flowley
+    video_encoder: VideoEncoder | None
     vae: VAE
     vocoder: BigVGAN
-    clip_text: ClipTextEncoder
+    clip_text: ClipTextEncoder | None
     t5: T5TextEncoder | None = None
     clip_image: ClipImageEncoder | None = None
 
@@ -63,21 +66,29 @@ def build_networks(variant: Variant, paths: dict[str, Path]) -> Networks:
 
     seq = variant.sequence_lengths()
     with torch.device("meta"):  # nothing is allocated until the weights are assigned
-        generator = Generator(variant.generator, seq.latent, seq.clip, seq.sync)
-        video_encoder = VideoEncoder(variant.video_encoder)
+        if variant.flowley:
+            generator = Flowley(variant.generator, seq.latent, seq.clip)
+            video_encoder = clip_text = None
+        else:
+            generator = Generator(variant.generator, seq.latent, seq.clip, seq.sync)
+            video_encoder = VideoEncoder(variant.video_encoder)
+            clip_text = ClipTextEncoder(variant.clip)
         vae, vocoder = VAE(variant.vae), BigVGAN(variant.vocoder)
-        clip_text = ClipTextEncoder(variant.clip)
         clip_image = ClipImageEncoder(variant.clip) if variant.uses_clip_video else None
+    family = flowley_mod if variant.flowley else gen_mod
     load(
         generator,
         "generator",
-        lambda: gen_mod.random_official_state(variant.generator, TINY_SEEDS["generator"]),
+        lambda: family.random_official_state(variant.generator, TINY_SEEDS["generator"]),
     )
-    load(
-        video_encoder,
-        "video_encoder" if variant.selective else "synchformer",
-        lambda: venc_mod.random_official_state(variant.video_encoder, TINY_SEEDS["video_encoder"]),
-    )
+    if video_encoder is not None:
+        load(
+            video_encoder,
+            "video_encoder" if variant.selective else "synchformer",
+            lambda: venc_mod.random_official_state(
+                variant.video_encoder, TINY_SEEDS["video_encoder"]
+            ),
+        )
     load(vae, "vae", lambda: vae_mod.random_official_state(variant.vae, TINY_SEEDS["vae"]))
     load(
         vocoder,
@@ -94,7 +105,8 @@ def build_networks(variant: Variant, paths: dict[str, Path]) -> Networks:
     clip_source = (
         f"{variant.name} random clip weights" if variant.random_weights else str(paths.get("clip"))
     )
-    clip_text.load_official(clip_state, clip_source)
+    if clip_text is not None:
+        clip_text.load_official(clip_state, clip_source)
     if clip_image is not None:
         clip_image.load_official(clip_state, clip_source)
     t5 = load_t5(variant, paths.get("t5")) if variant.t5 is not None else None

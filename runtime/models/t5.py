@@ -155,10 +155,12 @@ class T5TextEncoder:
         self,
         model: transformers.T5EncoderModel | None,
         tokenizer: transformers.PreTrainedTokenizerFast,
+        pad_to: int | None = None,
     ):
         self.model = model.eval() if model is not None else None  # None: tokenizer only
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
+        self.pad_to = pad_to  # T5Config.pad_to
 
     @property
     def device(self) -> torch.device:
@@ -173,13 +175,14 @@ class T5TextEncoder:
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids [B, L] int64 and mask [B, L] bool (True = real token), right-padded with 0
-        to the longest prompt, truncated to `model_max_length`, `</s>` last."""
+        to the longest prompt (or to `pad_to`), truncated to `model_max_length` (or `pad_to`),
+        `</s>` last."""
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise PromptError("prompts must be a non-empty list of strings")
         batch = self.tokenizer(
             prompts,
-            max_length=self.tokenizer.model_max_length,
-            padding=True,
+            max_length=self.pad_to or self.tokenizer.model_max_length,
+            padding="max_length" if self.pad_to else True,
             truncation=True,
             return_tensors="pt",
         )
@@ -240,19 +243,19 @@ def from_folder(folder: str | Path, config: T5Config) -> T5TextEncoder:
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"{source}: model.safetensors lacks {', '.join(missing[:5])}{more}")
-    return T5TextEncoder(model, tokenizer)
+    return T5TextEncoder(model, tokenizer, config.pad_to)
 
 
 def random_encoder(config: T5Config, seed: int = TINY_SEED) -> T5TextEncoder:
     """A T5 encoder with `random_official_state(config, seed)` weights and the tiny tokenizer."""
     model = transformers.T5EncoderModel(hf_config(config))
     load_strict(model, random_official_state(config, seed), f"random T5 weights (seed {seed})")
-    return T5TextEncoder(model, tiny_tokenizer(config))
+    return T5TextEncoder(model, tiny_tokenizer(config), config.pad_to)
 
 
 def load_t5(variant: Variant, weights_dir: str | Path | None = None) -> T5TextEncoder:
     """The Flan-T5 encoder of `variant` (fp32, CPU): made locally for a random-weight variant,
-    else loaded from `weights_dir`, the folder of the `google/flan-t5-base` files."""
+    else loaded from `weights_dir`, the folder of its Flan-T5 hub files."""
     if variant.t5 is None:
         raise UsageError(f"variant {variant.name} takes no Flan-T5 prompt encoder")
     if variant.random_weights:
@@ -268,11 +271,11 @@ def load_tokenizer(variant: Variant, weights_dir: str | Path | None = None) -> T
     if variant.t5 is None:
         raise UsageError(f"variant {variant.name} takes no Flan-T5 prompt encoder")
     if variant.random_weights:
-        return T5TextEncoder(None, tiny_tokenizer(variant.t5))
+        return T5TextEncoder(None, tiny_tokenizer(variant.t5), variant.t5.pad_to)
     try:
         tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(
             weights_dir, local_files_only=True
         )
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load the Flan-T5 tokenizer from {weights_dir}: {e}") from e
-    return T5TextEncoder(None, tokenizer)
+    return T5TextEncoder(None, tokenizer, variant.t5.pad_to)

@@ -1,0 +1,117 @@
+"""Flowley through the runtime: the golden sampler through the real parts (both modes), fast
+mode against reference mode on tiny-flowley, and `selva-rt generate --variant tiny-flowley`."""
+
+import pytest
+import soundfile as sf
+import torch
+from golden import assert_close, case_path, load_case
+from selva_rt.runtime import cli
+from selva_rt.runtime.backends.flowley_parts import FlowleyTorchParts
+from selva_rt.runtime.models.checkpoint import read_state_dict
+from selva_rt.runtime.models.networks import build_networks
+from selva_rt.runtime.pipeline import Pipeline
+from selva_rt.runtime.variants import TINY_FLOWLEY
+from test_cli import SAMPLE
+
+torch.set_num_threads(1)
+CASE = "flowley_gen_small"
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return build_networks(TINY_FLOWLEY, {})
+
+
+def parts(nets, reference: bool) -> FlowleyTorchParts:
+    return FlowleyTorchParts(
+        TINY_FLOWLEY, nets, torch.device("cpu"), torch.float32, reference=reference
+    )
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["fast", "reference"])
+@torch.inference_mode()
+def test_golden_sampler_through_the_parts(nets, reference):
+    """tiny-flowley has the golden geometry: its generator takes the golden state through the
+    real loader, and the parts' conditions + Euler loop reproduce out.x1 and out.x1_denorm."""
+    meta, t = load_case(CASE)
+    nets.generator.load_official(read_state_dict(case_path(CASE), prefix="state."), CASE)
+    p = parts(nets, reference)
+    B, lt = t["in.text_feat"].shape[:2]
+    mask = torch.arange(lt)[None] < t["in.text_len"][:, None]
+    visual = t["in.visual_feat"]
+    # in.text_feat is already sequence-normalised; the parts normalise again (idempotent).
+    conditions = p.dit_conditions(
+        visual, None, t["in.text_feat"], None, t["in.x0"].shape[1], visual.shape[1], mask
+    )
+    x1 = p.sample(t["in.x0"], conditions, meta["args"]["num_steps"], meta["args"]["cfg_strength"])
+    mode = "reference" if reference else "fast"
+    assert_close(f"{CASE}.x1[parts:{mode}]", x1, t["out.x1"], 5e-4, 5e-3)
+    unnorm = nets.generator.unnormalize(x1)
+    assert_close(f"{CASE}.x1_denorm[parts:{mode}]", unnorm, t["out.x1_denorm"], 5e-4, 5e-3)
+
+
+@torch.inference_mode()
+def test_fast_matches_reference(nets):
+    nets.generator.load_official(
+        read_state_dict(case_path(CASE), prefix="state."), CASE
+    )  # golden weights: non-degenerate, so a difference between the modes shows
+    fast = Pipeline(TINY_FLOWLEY, parts(nets, False))
+    ref = Pipeline(TINY_FLOWLEY, parts(nets, True))
+    g = torch.Generator().manual_seed(0)
+    clip = torch.rand(16, 3, 224, 224, generator=g)
+    text = fast.encode_text(["sheep bleating", "a dog barks twice"])
+    assert text.clip is None and text.t5.shape[1] == 77  # padded to 77 as the released features
+    kwargs = dict(duration=2.0, clip_frames=clip, steps=10)
+    out = fast.synthesize(None, text, **kwargs)
+    expected = ref.synthesize(None, text, **kwargs)
+    assert out.sync_features is None
+    assert_close("flowley modes:latent", out.latent, expected.latent, 5e-4, 5e-3)
+    assert_close("flowley modes:audio", out.audio, expected.audio, 2e-3, 2e-2)
+    assert out.audio.shape == (2, TINY_FLOWLEY.sequence_lengths(2.0).latent * 512)
+
+
+def test_negative_prompt_refused(capsys, tmp_path):
+    code = cli.main(
+        ["generate", str(SAMPLE), "rain", "--variant", "tiny-flowley", "--out", str(tmp_path),
+         "--negative-prompt", "music"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "negative prompt" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_generate_writes_a_stem(tmp_path, capsys):
+    code = cli.main(
+        ["generate", str(SAMPLE), "sheep bleating", "--variant", "tiny-flowley",
+         "--out", str(tmp_path), "--duration", "1.0", "--no-video", "--quiet"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    (stem,) = tmp_path.iterdir()
+    audio, rate = sf.read(stem)
+    assert rate == 16000 and audio.shape == (16000,)
+    assert 0 < abs(audio).max() <= 1
+
+
+@torch.inference_mode()
+def test_text_normalised_along_the_sequence(nets):
+    """As the released features: L2 over the 77 tokens of each channel, so scaling one channel
+    across all tokens changes nothing, while scaling one token does."""
+    p = parts(nets, reference=False)
+    g = torch.Generator().manual_seed(3)
+    text = torch.randn(1, 77, TINY_FLOWLEY.generator.text_dim, generator=g)
+    visual = torch.randn(1, 16, TINY_FLOWLEY.generator.video_dim, generator=g)
+    mask = torch.arange(77)[None] < 9
+
+    def conditions(t):
+        return p.dit_conditions(visual, None, t, None, 63, 16, mask)["global_c"]
+
+    base = conditions(text)
+    channel, token = torch.ones_like(text), torch.ones_like(text)
+    channel[..., 5] = 3.0
+    token[:, 5] = 10.0
+
+    def change(t):
+        return ((conditions(t) - base).norm() / base.norm()).item()
+
+    assert change(text * channel) < 1e-5
+    assert change(text * token) > 1e-3  # per-token normalisation: exactly 0
