@@ -7,6 +7,10 @@
 The work follows the parts of DESIGN.md: per clip the video is decoded and the MotionFormer
 trunk runs once; per prompt the text is encoded and the [SUP] selection picks that prompt's
 sound; then conditions, the Euler loop and the decoder run for all prompts as one batch.
+
+A clip longer than the trained 8 s is generated in overlapping windows of its own frames,
+denoised in lockstep as one batch of rows (runtime/windows.py); up to 8 s it is one window, as
+the official code runs it.
 """
 
 import sys
@@ -33,6 +37,7 @@ from .variants import (
     Variant,
     get_variant,
 )
+from .windows import decode_windows, plan_windows, sample_windows
 
 
 @dataclass
@@ -142,17 +147,11 @@ class Pipeline:
         with the same seed gets, so a stem does not depend on which prompts share the call.
         """
         timings = {} if timings is None else timings
-        parts, dev, dt = self.parts, self.device, self.dtype
+        parts, dev = self.parts, self.device
         seq = self.variant.sequence_lengths(duration)
         prompts = text.clip.shape[0]
-        with _timed(timings, "video_trunk", dev):
-            trunk = parts.video_trunk(sync_frames, prompts)
-        with _timed(timings, "video_select", dev):
-            sync_f = parts.video_select(trunk, text.t5, text.t5_mask, prompts)
+        sync_f, clip_f = self._features(sync_frames, clip_frames, text, timings)
         with _timed(timings, "dit_conditions", dev):
-            clip_f = None
-            if self.variant.uses_clip_video:
-                clip_f = parts.clip_image(clip_frames)[None].expand(prompts, -1, -1)
             conditions = parts.dit_conditions(
                 clip_f,
                 sync_f,
@@ -161,22 +160,51 @@ class Pipeline:
                 seq.latent,
                 seq.clip,
             )
-        x0 = torch.cat(
+        x0 = self._noise(prompts, seq.latent, seed)
+        with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
+            x1 = parts.sample(x0, conditions, steps, cfg, bar.update)
+        with _timed(timings, "decoder", dev):
+            mel, audio = parts.decoder(x1)
+        return Synthesis(sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio)
+
+    def _features(
+        self,
+        sync_frames: torch.Tensor,
+        clip_frames: torch.Tensor | None,
+        text: TextFeatures,
+        timings: dict[str, float],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One window's video features per prompt: sync [P, 8S, D] and, for plain MMAudio,
+        CLIP [P, Nc, 1024] (else None)."""
+        parts, dev = self.parts, self.device
+        prompts = text.clip.shape[0]
+        with _timed(timings, "video_trunk", dev):
+            trunk = parts.video_trunk(sync_frames, prompts)
+        with _timed(timings, "video_select", dev):
+            sync_f = parts.video_select(trunk, text.t5, text.t5_mask, prompts)
+        clip_f = None
+        if self.variant.uses_clip_video:
+            with _timed(timings, "dit_conditions", dev):
+                clip_f = parts.clip_image(clip_frames)[None].expand(prompts, -1, -1)
+        return sync_f, clip_f
+
+    def _noise(self, prompts: int, length: int, seed: int) -> torch.Tensor:
+        """x0 [P, length, E]: each prompt's row is the seed's noise (the same for every prompt,
+        so a stem does not depend on which prompts share the call). A long clip's noise is one
+        draw for its whole latent, so its first 8 s are those of an 8 s generation."""
+        shape = (1, length, self.variant.generator.latent_dim)
+        dev = self.device
+        return torch.cat(
             [
                 torch.randn(
-                    (1, seq.latent, self.variant.generator.latent_dim),
-                    dtype=dt,
+                    shape,
+                    dtype=self.dtype,
                     device=dev,
                     generator=torch.Generator(dev).manual_seed(seed),
                 )
                 for _ in range(prompts)
             ]
         )
-        with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
-            x1 = parts.sample(x0, conditions, steps, cfg, bar.update)
-        with _timed(timings, "decoder", dev):
-            mel, audio = parts.decoder(x1)
-        return Synthesis(sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio)
 
     def generate(
         self,
@@ -187,22 +215,39 @@ class Pipeline:
         seed: int = DEFAULT_SEED,
         steps: int = DEFAULT_STEPS,
         cfg: float = DEFAULT_CFG,
-        duration: float = DEFAULT_DURATION,
+        duration: float | None = None,
         start: float = 0.0,
         progress: bool = False,
     ) -> GenerationResult:
-        """One stem per prompt for `clip`, from `start` for `duration` seconds. Bad values raise
-        a SelvaError with the one-line message the CLI prints."""
+        """One stem per prompt for `clip`, from `start` for `duration` seconds (None: to the
+        clip's end). Bad values raise a SelvaError with the one-line message the CLI prints."""
         prompts = check_prompts(prompts)
         negative_prompt = check_negative_prompt(negative_prompt)
         check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
         from . import media  # PyAV only where media is touched
 
         timings: dict[str, float] = {}
+        if duration is None or duration > DEFAULT_DURATION:
+            with _timed(timings, "decode", self.device):
+                available = media.clip_duration(clip, start)
+            length = available if duration is None else min(duration, available)
+            if length > DEFAULT_DURATION:
+                return self._generate_windows(
+                    clip,
+                    prompts,
+                    negative_prompt,
+                    seed,
+                    steps,
+                    cfg,
+                    length,
+                    start,
+                    progress,
+                    timings,
+                )
         with _timed(timings, "decode", self.device):
             video = media.decode_video(
                 clip,
-                duration=duration,
+                duration=DEFAULT_DURATION if duration is None else duration,
                 start=start,
                 need_clip=self.variant.uses_clip_video,
                 progress=progress,
@@ -230,6 +275,76 @@ class Pipeline:
             prompts=prompts,
             duration=video.duration,
             start=video.start,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            timings=timings,
+        )
+
+    def _generate_windows(
+        self,
+        clip: str | Path,
+        prompts: list[str],
+        negative_prompt: str,
+        seed: int,
+        steps: int,
+        cfg: float,
+        duration: float,
+        start: float,
+        progress: bool,
+        timings: dict[str, float],
+    ) -> GenerationResult:
+        """`generate` for more than DEFAULT_DURATION seconds: windows of the clip's own frames
+        (decoded one after another, features kept, frames dropped), denoised in lockstep."""
+        from . import media
+
+        parts, dev = self.parts, self.device
+        layout = plan_windows(duration, self.variant.audio)
+        with _timed(timings, "text", dev):
+            text = self.encode_text(prompts, negative_prompt)
+        videos = media.decode_windows(
+            clip,
+            [start + s for s in layout.starts],
+            layout.window,
+            need_clip=self.variant.uses_clip_video,
+            progress=progress,
+        )
+        sync_f, clip_f = [], []  # per window [P, ...]
+        while True:
+            with _timed(timings, "decode", dev):
+                video = next(videos, None)
+            if video is None:
+                break
+            frames = None if video.clip_frames is None else video.clip_frames.float() / 255
+            s, c = self._features(
+                media.to_model_input(video.sync_frames)[None], frames, text, timings
+            )
+            sync_f.append(s)
+            clip_f.append(c)
+        windows, prompts_n = len(layout), len(prompts)
+        seq = self.variant.sequence_lengths(layout.window)
+        with _timed(timings, "dit_conditions", dev):
+            conditions = parts.dit_conditions(  # rows window-major: j * P + p
+                None if clip_f[0] is None else torch.cat(clip_f),
+                torch.cat(sync_f),
+                text.clip.repeat(windows, 1, 1),
+                text.negative.expand(windows * prompts_n, -1, -1),
+                seq.latent,
+                seq.clip,
+            )
+        del sync_f, clip_f
+        x0 = self._noise(prompts_n, layout.total, seed)
+        with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
+            x1 = sample_windows(parts, x0, conditions, layout, steps, cfg, bar.update)
+        with _timed(timings, "decoder", dev):
+            audio = decode_windows(parts, x1, layout)
+        samples = round(duration * self.variant.audio.sample_rate)
+        return GenerationResult(
+            audio=audio[:, :samples].numpy(),
+            sample_rate=self.variant.audio.sample_rate,
+            prompts=prompts,
+            duration=duration,
+            start=start,
             seed=seed,
             steps=steps,
             cfg=cfg,

@@ -19,6 +19,9 @@ DEFAULT_DURATION = 8.0
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 4.5
 DEFAULT_SEED = 42
+# Least overlap of the windows a clip longer than DEFAULT_DURATION is generated in (seconds, a
+# multiple of SYNC_HOP / SYNC_FPS = 0.32 s); see runtime/windows.py.
+WINDOW_OVERLAP = 1.28
 
 
 @dataclass(frozen=True)
