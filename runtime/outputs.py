@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 AUDIO_FORMATS = ("wav", "flac")
 OUT_RATES = (48000,)  # stems may be resampled to these for video delivery
 # Stream copy keeps the clip's container where its audio codec choice is clear (AAC in MP4, PCM in
-# MOV/MKV); anything else is remuxed into Matroska, which takes every video codec.
+# MOV/MKV) and the container takes the clip's video codec; anything else is remuxed into
+# Matroska, which takes nearly every video codec (media.mux_suffix).
 MUX_CONTAINERS = {".mp4": ".mp4", ".m4v": ".mp4", ".mov": ".mov", ".mkv": ".mkv"}
 LOUDNESS_TARGETS = (-70.0, 0.0)  # LUFS a stem may be normalised to
 STEM_BITS = 24  # media.write_audio writes 24-bit PCM
@@ -115,7 +116,11 @@ def plan_outputs(
     if sample_rate is not None and sample_rate not in OUT_RATES:
         raise OutputError(f"stems can be resampled to {OUT_RATES}, not {sample_rate}")
     _check_writable(out_dir)
-    container = MUX_CONTAINERS.get(clip.suffix.lower(), ".mkv")
+    container = None
+    if video:
+        from . import media
+
+        container = media.mux_suffix(clip, MUX_CONTAINERS.get(clip.suffix.lower(), ".mkv"))
     stems, seen = [], {}
     for prompt in prompts:
         stem = f"{name or clip.stem}_{slug(prompt)}"
