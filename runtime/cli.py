@@ -136,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=DEFAULT_SEED)
     gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Euler steps")
     gen.add_argument("--cfg", type=float, default=DEFAULT_CFG, help="classifier-free guidance")
-    gen.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds")
+    gen.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds from --start (default: to the clip's end; beyond "
+        f"{DEFAULT_DURATION:g} s in overlapping {DEFAULT_DURATION:g} s windows)",
+    )
     gen.add_argument("--start", type=float, default=0.0, help="start time in the clip (s)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     gen.add_argument(

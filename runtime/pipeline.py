@@ -191,7 +191,7 @@ class Pipeline:
     def _noise(self, prompts: int, length: int, seed: int) -> torch.Tensor:
         """x0 [P, length, E]: each prompt's row is the seed's noise (the same for every prompt,
         so a stem does not depend on which prompts share the call). A long clip's noise is one
-        draw for its whole latent, so its first 8 s are those of an 8 s generation."""
+        seeded draw for its whole latent, each window's noise its slice."""
         shape = (1, length, self.variant.generator.latent_dim)
         dev = self.device
         return torch.cat(
