@@ -4,6 +4,7 @@ timecode code, pyloudnorm, wavinfo, opentimelineio)."""
 
 import json
 import math
+import sys
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import unquote
@@ -261,7 +262,14 @@ def test_true_peak_between_samples(rate):
 def test_true_peak_of_a_full_scale_tone_is_above_its_sample_peak():
     x = sine(48000, 2, -3.0103)[None]
     sample_peak = 20 * np.log10(np.abs(x).max())
-    assert sample_peak <= loudness.measure(x, 48000).true_peak <= 0.01
+    assert sample_peak < loudness.measure(x, 48000).true_peak <= 0.01
+
+
+def test_true_peak_never_reads_below_the_samples():
+    """A 7.9 kHz tone at 16 kHz lies above the oversampler's pass band (95% of Nyquist), which
+    keeps a tenth of it; the true peak is still at least the sample peak."""
+    x = sine(16000, 1, -3.0103 - 0.9151, hz=7900.0)[None]  # peak 0.9
+    assert loudness.true_peak(x, 16000) == pytest.approx(np.abs(x).max(), rel=1e-6)
 
 
 def test_silence():
@@ -479,6 +487,14 @@ def test_plan_refuses_bad_loudness_and_existing_timeline(tmp_path):
     with pytest.raises(Exception, match="c.otio already exists"):
         plan_outputs(clip, ["x"], tmp_path, otio=True)
     plan_outputs(clip, ["x"], tmp_path)  # no timeline asked for: no conflict
+
+
+def test_otio_without_opentimelineio_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "opentimelineio", None)  # as if not installed
+    clip = make_clip(tmp_path / "c.mp4", frames=20)
+    with pytest.raises(UsageError, match=r"--otio needs OpenTimelineIO; install it: pip install"):
+        plan_outputs(clip, ["x"], tmp_path / "o", otio=True)
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_otio_and_loudness_with_tiny(tmp_path, capsys):

@@ -58,7 +58,7 @@ class Timecode:
         h, mi, s, f = int(h), int(mi), int(s), int(f)
         tc = cls(0, Fraction(rate), drop_frame=sep != ":")
         if h > 23 or mi > 59 or s > 59 or f >= tc.nominal:
-            raise ValueError(f"{text!r} is out of range at {_rate_text(rate)} fps")
+            raise ValueError(f"{text!r} is out of range at {_fps_text(rate)} fps")
         frames = ((h * 60 + mi) * 60 + s) * tc.nominal + f
         if tc.drop_frame:
             drop, minutes = DROPPED[tc.rate], h * 60 + mi
@@ -126,5 +126,5 @@ def rate_text(rate: Fraction) -> str:
     return f"{rate.numerator}/{rate.denominator}"
 
 
-def _rate_text(rate: Fraction) -> str:
+def _fps_text(rate: Fraction) -> str:
     return f"{float(rate):.3f}".rstrip("0").rstrip(".")
