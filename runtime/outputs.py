@@ -219,6 +219,7 @@ def write_outputs(plan: OutputPlan, result, variant: str = "") -> list[Delivered
                 duration=result.duration,
                 stems=tracks,
                 folder=plan.otio.parent,
+                clip_seconds=media.probe(plan.clip).seconds,
             )
             write_timeline(timeline, stage(plan.otio))
         for tmp, final in staged:

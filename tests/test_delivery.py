@@ -435,6 +435,9 @@ def test_otio_places_picture_and_every_stem(tmp_path):
         otio.opentime.RationalTime(10, 25), otio.opentime.RationalTime(40, 25)
     )
     assert shot.source_range.start_time == otio.opentime.RationalTime(90010, 25)
+    assert shot.media_reference.available_range == otio.opentime.TimeRange(
+        otio.opentime.RationalTime(90000, 25), otio.opentime.RationalTime(60, 25)
+    )
     assert (out / unquote(shot.media_reference.target_url)).resolve() == clip.resolve()
 
     tracks = timeline.audio_tracks()

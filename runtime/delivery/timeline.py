@@ -46,9 +46,11 @@ def build_timeline(
     duration: float,
     stems: list[StemTrack],
     folder: Path,
+    clip_seconds: float | None = None,
 ):
     """-> opentimelineio.schema.Timeline for the window [start, start + duration] of `clip`
-    (whose first frame is at `timecode`), with references relative to `folder`."""
+    (whose first frame is at `timecode`, and which lasts `clip_seconds` if known), with
+    references relative to `folder`."""
     import opentimelineio as otio
 
     time, span = otio.opentime.RationalTime, otio.opentime.TimeRange
@@ -69,7 +71,12 @@ def build_timeline(
     picture.append(
         otio.schema.Clip(
             name=clip.name,
-            media_reference=otio.schema.ExternalReference(target_url=_url(clip, folder)),
+            media_reference=otio.schema.ExternalReference(
+                target_url=_url(clip, folder),
+                available_range=span(time(timecode.frames, fps), time(clip_seconds * fps, fps))
+                if clip_seconds
+                else None,
+            ),
             source_range=span(time(float(source * timecode.rate), fps), time(duration * fps, fps)),
         )
     )
