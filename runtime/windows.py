@@ -40,8 +40,8 @@ from .variants import (
 )
 
 # Rows (window x prompt) per network call: bounds the activations of long clips, whatever
-# their length, while keeping a GPU busy.
-WINDOW_ROWS = 8
+# their length; 4 is also the most rows TensorRT engines take by default (export/plan.py).
+WINDOW_ROWS = 4
 
 
 @dataclass(frozen=True)
