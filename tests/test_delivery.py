@@ -500,19 +500,46 @@ def test_otio_without_opentimelineio_is_refused_before_any_work(tmp_path, monkey
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_otio_and_loudness_with_tiny(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "name, fps, label, extra, time_reference",
+    [
+        # The done-when case: 25 fps at 01:00:00:00 -> 3600 s of samples.
+        ("shot.mp4", 25, "01:00:00:00", [], 3600 * 16000),
+        (
+            "shot.mov",
+            NTSC,
+            "01:00:00;00",
+            ["--start", "0.2", "--sample-rate", "48000"],
+            round((Fraction(107892 * 1001, 30000) + Fraction(0.2)) * 48000),
+        ),
+    ],
+)
+def test_cli_otio_and_loudness_with_tiny(tmp_path, capsys, name, fps, label, extra, time_reference):
     """The flags through `selva-rt generate`, on the tiny model's real output."""
-    clip = timecoded(tmp_path / "shot.mov", NTSC, "01:00:00;00", frames=40)
-    args = ["generate", str(clip), "sheep bleating", "--variant", "tiny", "--steps", "2"]
+    clip = timecoded(tmp_path / name, fps, label, frames=40)
+    args = ["generate", str(clip), "sheep bleating", "--variant", "tiny", "--steps", "2", *extra]
     args += ["--out", str(tmp_path / "o"), "--otio", "--loudness", "-20", "--json", "--quiet"]
     assert cli.main(args) == 0
     out = json.loads(capsys.readouterr().out)
     (entry,) = out["outputs"]
-    assert out["timecode"] == {"start": "01:00:00;00", "rate": "30000/1001", "drop_frame": True}
+    rate = timecode_rate(Fraction(fps))
+    assert out["timecode"] == {
+        "start": label,
+        "rate": f"{rate.numerator}/{rate.denominator}",
+        "drop_frame": ";" in label,
+    }
     assert entry["loudness"]["integrated_lufs"] == pytest.approx(-20.0, abs=0.01)
-    bext = WavInfoReader(entry["audio"]).bext
-    assert bext.time_reference == entry["time_reference"] == round(107892 * 1001 / 30000 * 16000)
-    assert bext.description == "sheep bleating" and "tiny" in bext.coding_history
+    info = WavInfoReader(entry["audio"])
+    assert info.bext.time_reference == entry["time_reference"] == time_reference
+    assert info.bext.description == "sheep bleating" and "tiny" in info.bext.coding_history
+    assert info.bext.loudness_value == pytest.approx(-20.0, abs=0.011)
     timeline = otio.adapters.read_from_file(out["otio"])
-    assert timeline.global_start_time.to_timecode(30000 / 1001, True) == "01:00:00;00"
-    assert len(timeline.audio_tracks()) == 1 and len(timeline.video_tracks()) == 1
+    start = timeline.global_start_time
+    assert start.to_timecode(float(rate), ";" in label) == label
+    (audio,) = timeline.audio_tracks()
+    (stem,) = audio.find_clips()
+    assert stem.source_range.start_time.rate == info.fmt.sample_rate
+    assert stem.source_range.start_time.value == pytest.approx(time_reference, abs=0.5)
+    record = start.to_seconds() + stem.range_in_parent().start_time.to_seconds()
+    assert record == pytest.approx(stem.source_range.start_time.to_seconds(), abs=1e-9)
+    assert len(timeline.video_tracks()) == 1
