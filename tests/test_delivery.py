@@ -331,6 +331,9 @@ def test_bwf_chunks_read_back_with_wavinfo(tmp_path):
         bext = info.bext
         assert bext.time_reference == 16000 * 3600 + round(0.4 * 16000) == done.time_reference
         assert entry["time_reference"] == bext.time_reference
+        with av.open(str(done.stem.audio)) as container:  # ffmpeg's reader agrees
+            assert container.metadata["time_reference"] == str(bext.time_reference)
+            assert container.metadata["comment"] == bext.description
         assert bext.version == 2
         assert bext.description == prompt.replace("é", "e")
         assert bext.originator.startswith("selva-rt ")
