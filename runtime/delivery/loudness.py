@@ -92,8 +92,8 @@ def true_peak(audio: np.ndarray, rate: int) -> float:
     """audio: [C, T] -> the largest |sample| of the signal oversampled to 192 kHz (4x 48 kHz),
     linear, and never below the sample peak. The oversampling is the runtime's resampler, a
     windowed sinc far sharper than BS.1770-4's 48-tap example filter; like any low-pass it
-    drops the top of the band (above 95% of Nyquist), so a signal with most of its energy there
-    (white noise at 16 kHz) could read below its own samples without the floor."""
+    drops the top of the band (above 95% of Nyquist), so a tone up there would read below its
+    own samples without the floor."""
     x = _as_channels(audio)
     peak = float(np.abs(x).max(initial=0.0))
     for chunk in _resampled(x, rate, TRUE_PEAK_RATE):

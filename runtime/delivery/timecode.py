@@ -95,7 +95,7 @@ def clip_timecode(path: str | os.PathLike) -> Timecode:
     """The timecode of a clip's first frame: its `timecode` tag (ffmpeg puts a MOV/MP4 tmcd
     track's start on the video stream; Matroska and MXF carry a tag), else 00:00:00:00, at the
     picture's frame rate. A tag selva-rt cannot read is a MediaError, not a silent 0."""
-    from ..media import _open_media, _video_stream  # PyAV only where media is touched
+    from ..media import _open_media, _video_stream  # the same one-line errors as decoding
 
     path = Path(path)
     with _open_media(path) as container:
