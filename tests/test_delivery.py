@@ -4,6 +4,8 @@ timecode code, pyloudnorm, wavinfo, opentimelineio)."""
 
 import json
 import math
+import os
+import stat
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -374,7 +376,12 @@ def test_riff_layout(tmp_path):
     path = tmp_path / "a.wav"
     soundfile.write(path, np.zeros(101, np.float32), 16000, subtype="PCM_24")
     before = soundfile.read(path)[0]
-    bwf.add_chunks(path, [(b"odd ", b"abc"), (b"iXML", b"<x/>")])
+    old = os.umask(0o027)
+    try:
+        bwf.add_chunks(path, [(b"odd ", b"abc"), (b"iXML", b"<x/>")])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # a new file: the umask's mode
     data = path.read_bytes()
     assert data[:4] == b"RIFF" and int.from_bytes(data[4:8], "little") == len(data) - 8
     ids, at = [], 12
