@@ -179,9 +179,8 @@ def network_case(pipe: Pipeline, layout: Layout, steps: int) -> dict:
         nets = parts.nets
         return [nets.vae.decode(nets.generator.unnormalize(p).transpose(1, 2))[0].T for p in x]
 
-    lock_mel = windows.blend_weights(
-        tuple(2 * o for o in layout.offsets), 2 * layout.latent, 2 * layout.total
-    ).float()
+    lock_mel = windows.blend_weights(tuple(2 * o for o in layout.offsets), 2 * layout.latent)
+    lock_mel = lock_mel.float()
     mel_rows = mel_of(windows.window_rows(lock, layout).split(1))
     lock_mel_joined = torch.zeros(2 * layout.total, mel_rows[0].shape[1])
     for j, (m, o) in enumerate(zip(mel_rows, layout.offsets, strict=True)):

@@ -102,19 +102,37 @@ def _window_length(duration: float, last: int) -> float:
     return length
 
 
-def blend_weights(starts: tuple[int, ...], length: int, total: int) -> torch.Tensor:
-    """[W, length] float64 weights of windows of `length` starting at `starts` on a line of
-    `total`: 1 inside a window, linear ramps across each overlap, summing to 1 everywhere."""
+def blend_weights(starts: tuple[int, ...], length: int) -> torch.Tensor:
+    """[W, length] float64 weights of windows of `length` starting at `starts` on a line: 1
+    inside a window, linear ramps across each overlap, summing to 1 everywhere."""
+    return torch.stack([window_weights(starts, length, j) for j in range(len(starts))])
+
+
+def window_weights(starts: tuple[int, ...], length: int, j: int) -> torch.Tensor:
+    """Window j's row of `blend_weights`, from its neighbours alone (memory of one window)."""
+    own = _ramp(starts, length, j)
+    cover = own.clone()
+    for k in range(len(starts)):
+        shift = starts[k] - starts[j]
+        if k != j and abs(shift) < length:
+            ramp = _ramp(starts, length, k)
+            if shift > 0:
+                cover[shift:] += ramp[: length - shift]
+            else:
+                cover[: length + shift] += ramp[-shift:]
+    return own / cover
+
+
+def _ramp(starts: tuple[int, ...], length: int, j: int) -> torch.Tensor:
+    """Window j's weights before normalising: linear up across the overlap with the previous
+    window, down across the overlap with the next, 1 between (item centres at i + 0.5)."""
     i = torch.arange(length, dtype=torch.float64) + 0.5
-    w = torch.ones(len(starts), length, dtype=torch.float64)
-    for j, s in enumerate(starts):
-        if j > 0 and (up := starts[j - 1] + length - s) > 0:
-            w[j] = torch.minimum(w[j], i / up)
-        if j + 1 < len(starts) and (down := s + length - starts[j + 1]) > 0:
-            w[j] = torch.minimum(w[j], (length - i) / down)
-    index = _index(starts, length)
-    cover = torch.zeros(total, dtype=torch.float64).index_add_(0, index.flatten(), w.flatten())
-    return w / cover[index]
+    w = torch.ones(length, dtype=torch.float64)
+    if j > 0 and (up := starts[j - 1] + length - starts[j]) > 0:
+        w = torch.minimum(w, i / up)
+    if j + 1 < len(starts) and (down := starts[j] + length - starts[j + 1]) > 0:
+        w = torch.minimum(w, (length - i) / down)
+    return w
 
 
 def _index(starts: tuple[int, ...], length: int) -> torch.Tensor:
@@ -169,7 +187,7 @@ def _lockstep(
         {k: torch.cat([v[c], v[n_rows + c.start : n_rows + c.stop]]) for k, v in conditions.items()}
         for c in chunks
     ]
-    weights = blend_weights(layout.offsets, layout.latent, layout.total)
+    weights = blend_weights(layout.offsets, layout.latent)
     weights = weights.to(x0.device, torch.float32)[:, None, :, None]  # [W, 1, n, 1]
     index = _index(layout.offsets, layout.latent).flatten().to(x0.device)
     times = time_grid(steps).to(x0.device)
@@ -200,15 +218,14 @@ def decode_windows(
     audio = None
     for c in _row_chunks(xs.shape[0], rows):
         _, wav = parts.decoder(xs[c])  # [r, samples per window]
+        length = wav.shape[1]
         if audio is None:
-            per_frame = wav.shape[1] // layout.latent
+            per_frame = length // layout.latent
             starts = tuple(o * per_frame for o in layout.offsets)
-            weights = blend_weights(starts, wav.shape[1], layout.total * per_frame).float()
-            index = _index(starts, wav.shape[1])
             audio = torch.zeros(prompts, layout.total * per_frame)
         for r in range(c.start, c.stop):
             window, prompt = divmod(r, prompts)
-            audio[prompt].index_add_(
-                0, index[window], wav[r - c.start].float().cpu() * weights[window]
-            )
+            weights = window_weights(starts, length, window).float()
+            s = starts[window]
+            audio[prompt, s : s + length] += wav[r - c.start].float().cpu() * weights
     return audio
