@@ -22,7 +22,9 @@ reference configuration of the same precision and prompts, and how far the outpu
 Weights default to random full-size ones (`--weights random`): the FLOPs and the code paths are
 the real ones, the audio is noise. `--weights local` loads the downloaded checkpoints.
 `--file-to-file [CLIP]` also times decode -> generate -> write -> remux on a clip (default: a
-synthetic 8 s 1080p H.264 clip made here).
+synthetic 8 s 1080p H.264 clip made here). `--long-clip SECONDS` (e.g. 60) generates a whole
+synthetic clip of that length file to file (in 8 s windows, runtime/windows.py), one prompt, in
+each mode: seconds of compute per minute of audio and peak memory.
 
 Results go to benchmarks/results/<name>.json and .md; the markdown is printed.
 """
@@ -54,6 +56,7 @@ from ..runtime.models.networks import Networks, build_networks
 from ..runtime.outputs import plan_outputs, write_outputs
 from ..runtime.pipeline import Pipeline, Tokenizers
 from ..runtime.variants import DEFAULT_SEED, DEFAULT_STEPS, SYNC_SIZE, get_variant
+from ..runtime.windows import plan_windows
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -111,6 +114,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         metavar="CLIP",
         help="also time decode, generate, write and remux (default clip: synthetic 8 s 1080p)",
+    )
+    p.add_argument(
+        "--long-clip",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="also generate a whole synthetic clip this long (e.g. 60) in each mode, one prompt",
+    )
+    p.add_argument(
+        "--long-clip-size", default="1280x720", help="picture size of that clip (WxH, 25 fps)"
     )
     p.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON and MD")
     p.add_argument("--name", default=None, help="file stem (default: bench-<device>-<date>)")
@@ -557,6 +570,23 @@ def markdown(report: dict) -> str:
             "|" + "---|" * len(f2f["timings_s"]),
             "| " + " | ".join(_fmt(v) for v in f2f["timings_s"].values()) + " |",
         ]
+    long = report.get("long_clip")
+    if long:
+        lines += [
+            "",
+            f"Long clip: {long['seconds']:g} s of picture ({long['clip']}), whole, file to file, "
+            "one prompt, in overlapping 8 s windows:",
+            "",
+            "| configuration | windows | s per minute of audio | CPU s per minute of audio "
+            "| total s | peak MB above weights |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in long["rows"]:
+            lines.append(
+                f"| {r['config']} | {r['windows']} | {_fmt(r['s_per_audio_minute'])} "
+                f"| {_fmt(r['cpu_s_per_audio_minute'])} | {_fmt(r['total_s'])} "
+                f"| {'—' if r['peak_memory_mb'] is None else r['peak_memory_mb']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -565,6 +595,44 @@ def _fmt(seconds: float) -> str:
 
 
 # -- file to file ----------------------------------------------------------------------------
+
+
+def long_clip(pipes: dict[Config, Pipeline], configs: list[Config], args) -> dict:
+    """Each mode (first precision, one prompt) on a whole synthetic clip of args.long_clip
+    seconds, file to file (decode, generate in windows, write the stem and the remux)."""
+    width, height = (int(n) for n in args.long_clip_size.split("x"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = synthetic_clip(Path(tmp) / "long.mp4", args.long_clip, (width, height), fps=25)
+        for c in configs:
+            if c.prompts != 1 or c.precision != configs[0].precision:
+                continue
+            pipe = pipes[c]
+            with PeakMemory(pipe.device) as mem:
+                t0, cpu0 = time.perf_counter(), time.process_time()
+                result = pipe.generate(clip, PROMPTS[0], seed=args.seed, steps=args.steps)
+                t1 = time.perf_counter()
+                write_outputs(plan_outputs(clip, result.prompts, Path(tmp) / c.name), result)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            minutes = result.duration / 60
+            rows.append(
+                {
+                    "config": c.name,
+                    "audio_s": result.duration,
+                    "windows": len(plan_windows(result.duration, pipe.variant.audio)),
+                    "total_s": wall,
+                    "cpu_s": cpu,
+                    "s_per_audio_minute": wall / minutes,
+                    "cpu_s_per_audio_minute": cpu / minutes,
+                    "peak_memory_mb": None if mem.peak is None else round(mem.peak / 2**20, 1),
+                    "timings_s": {**result.timings, "write": time.perf_counter() - t1},
+                }
+            )
+    return {
+        "clip": f"synthetic H.264 {width}x{height} 25 fps",
+        "seconds": args.long_clip,
+        "rows": rows,
+    }
 
 
 def synthetic_clip(path: Path, seconds: float = 8.0, size=(1920, 1080), fps: int = 30) -> Path:
@@ -690,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "config": fast.name,
                 **file_to_file(pipes[fast], clip, Path(tmp), args),
             }
+    if args.long_clip:
+        report["long_clip"] = long_clip(pipes, configs, args)
     report["load_average_rounds"] = load
     report["load_average_end"] = _loadavg()
 

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from .errors import JobError, OutputError, SelvaError, UsageError
 from .jobs import Job, parse_line
 from .outputs import OutputPlan, plan_outputs, write_outputs
+from .variants import DEFAULT_DURATION, Variant
 
 RESULTS = "results.jsonl"
 CLIP_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
@@ -216,16 +217,28 @@ class Summary:
         }
 
 
-def decode(job: Job, uses_clip_video: bool):
+def decode(job: Job, variant: Variant):
     """A job's frames (media.Video) and the seconds decoding took; CPU work without model state,
-    run ahead of the model by the engines. A SelvaError is returned, not raised, so it reaches
-    the driver as the job's outcome."""
+    run ahead of the model by the engines. A clip longer than one window is left to
+    `Pipeline.generate`, which decodes its windows one by one (memory stays bounded): its path
+    is returned instead. A SelvaError is returned, not raised, so it reaches the driver as the
+    job's outcome."""
     from . import media
 
     t0 = time.perf_counter()
     try:
+        length = job.duration
+        if length is None or length > DEFAULT_DURATION:
+            available = media.clip_duration(job.clip, job.start)
+            length = available if length is None else min(length, available)
+        if length > DEFAULT_DURATION:
+            return job.clip, time.perf_counter() - t0
         video = media.decode_video(
-            job.clip, duration=job.duration, start=job.start, need_clip=uses_clip_video
+            job.clip,
+            duration=length,
+            start=job.start,
+            need_clip=variant.uses_clip_video,
+            clip_size=variant.clip.frame_size,
         )
     except SelvaError as err:
         return err, time.perf_counter() - t0
@@ -263,17 +276,17 @@ class LocalEngine:
 
     def run(self, entries: Iterable[Entry]) -> Iterator[tuple[Entry, object, str]]:
         """(entry, GenerationResult or SelvaError, where it ran) per entry, in order."""
-        uses_clip = self.pipe.variant.uses_clip_video
+        variant = self.pipe.variant
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="selva-decode")
         try:
             todo = iter(entries)
             ahead = deque(
-                (e, pool.submit(decode, e.job, uses_clip)) for e in islice(todo, self.workers + 1)
+                (e, pool.submit(decode, e.job, variant)) for e in islice(todo, self.workers + 1)
             )
             while ahead:
                 entry, decoded = ahead.popleft()
                 for e in islice(todo, 1):
-                    ahead.append((e, pool.submit(decode, e.job, uses_clip)))
+                    ahead.append((e, pool.submit(decode, e.job, variant)))
                 yield entry, generate(self.pipe, entry.job, decoded.result()), self.where
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -386,7 +399,7 @@ def run_batch(
             )
             t_write = time.perf_counter()
             try:
-                write_outputs(entry.plan, outcome)
+                write_outputs(entry.plan, outcome, variant=settings.variant)
             except SelvaError as err:
                 record(entry, "failed", error=f"line {entry.line}: {err}", worker=where)
                 continue

@@ -32,8 +32,8 @@ DEPTH = 2  # jobs queued on each actor: the next one decodes while the current o
 
 
 @ray.remote(num_cpus=1)
-def _decode(job, uses_clip_video: bool):
-    return batch.decode(job, uses_clip_video)
+def _decode(job, variant):
+    return batch.decode(job, variant)
 
 
 @ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
@@ -108,7 +108,7 @@ class RayEngine:
     def __init__(self, workers: int, on_gpu: bool, variant: str, **options):
         from .variants import get_variant
 
-        self.uses_clip_video = get_variant(variant).uses_clip_video
+        self.variant = get_variant(variant)
         place = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": 1}
         device = "cuda" if on_gpu else "cpu"  # each actor sees only its own GPU
         self.actors = [
@@ -130,7 +130,7 @@ class RayEngine:
 
         def submit(actor) -> None:
             entry = todo.popleft()
-            frames = _decode.remote(entry.job, self.uses_clip_video)
+            frames = _decode.remote(entry.job, self.variant)
             running[actor.generate.remote(entry.job, frames)] = (entry, actor)
             load[actor] += 1
 

@@ -50,6 +50,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         video=not args.no_video,
         sample_rate=args.sample_rate,
         force=args.force,
+        otio=args.otio,
+        loudness=args.loudness,
     )
     pipe = Pipeline.from_pretrained(
         args.variant,
@@ -71,13 +73,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     t_write = time.perf_counter()
-    write_outputs(plan, result)
+    delivered = write_outputs(plan, result, variant=pipe.variant.name)
     now = time.perf_counter()
     timings = dict(result.timings, write=now - t_write, total=now - t_start)
+    for done in delivered:
+        if done.peak_limited and not args.quiet:
+            print(
+                f"selva-rt: warning: {done.stem.audio.name} reaches "
+                f"{done.loudness.integrated:.1f} LUFS, not {args.loudness:g}: more gain would clip",
+                file=sys.stderr,
+            )
     if args.json:
-        print(json.dumps(report(plan, result, pipe, timings)))
+        print(json.dumps(report(plan, result, pipe, timings, delivered)))
     elif not args.quiet:
-        print(describe(plan))
+        print(describe(plan, delivered))
         print(
             f"done in {timings['total']:.1f} s ({result.duration:.2f} s of audio, "
             f"{pipe.variant.name} on {pipe.device})"
@@ -172,7 +181,13 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
         help=f"classifier-free guidance (default: the variant's, {DEFAULT_CFG:g}; Flowley "
         f"{FLOWLEY_CFG:g})",
     )
-    gen.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds")
+    gen.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds from --start (default: to the clip's end; beyond "
+        f"{DEFAULT_DURATION:g} s in overlapping {DEFAULT_DURATION:g} s windows)",
+    )
     gen.add_argument("--start", type=float, default=0.0, help="start time in the clip (s)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     gen.add_argument(
@@ -198,6 +213,18 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
         help="resample stems (e.g. 48000 for video delivery)",
     )
     gen.add_argument("--no-video", action="store_true", help="write stems only, no muxed video")
+    gen.add_argument(
+        "--otio",
+        action="store_true",
+        help="also write an OpenTimelineIO timeline: picture and stems at the clip's timecode",
+    )
+    gen.add_argument(
+        "--loudness",
+        type=float,
+        default=None,
+        metavar="LUFS",
+        help="normalise each stem to this integrated loudness, e.g. -23 (default: as generated)",
+    )
     gen.add_argument("--json", action="store_true", help="print one JSON object with the result")
     gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     gen.add_argument("--force", action="store_true", help="overwrite existing outputs")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .checks import check_negative_prompt, check_options, check_prompts
 from .errors import JobError, SelvaError
-from .variants import DEFAULT_DURATION, DEFAULT_SEED, DEFAULT_STEPS
+from .variants import DEFAULT_SEED, DEFAULT_STEPS
 
 MAX_NAME_CHARS = 100
 
@@ -31,7 +31,7 @@ class Job:
     steps: int = DEFAULT_STEPS
     cfg: float | None = None  # None: the variant's default (4.5; Flowley 7.5)
     start: float = 0.0
-    duration: float = DEFAULT_DURATION
+    duration: float | None = None  # seconds from start; None: to the clip's end
     name: str | None = None  # output file prefix; default: the clip's stem
 
     @classmethod
@@ -65,7 +65,7 @@ class Job:
             steps=options["steps"],
             cfg=None if options["cfg"] is None else float(options["cfg"]),
             start=float(options["start"]),
-            duration=float(options["duration"]),
+            duration=None if options["duration"] is None else float(options["duration"]),
             name=_check_name(values.get("name")),
         )
 

@@ -6,18 +6,23 @@ bicubic kernel torchvision uses. Everything else here is selva-rt's own, and whe
 from what the official code would do with the same file, it says so:
   * `start` (the official demo always starts at 0) seeks to the keyframe before it;
   * a display matrix (phone clips) is honoured: frames are turned upright before resizing;
-  * variable-frame-rate clips, clips under 0.64 s, and damaged files are refused with a
-    one-line MediaError instead of being sampled anyway or failing deep inside the model.
+  * clips under 0.64 s and damaged files are refused with a one-line MediaError instead of
+    failing deep inside the model. Variable-frame-rate clips (phone footage) are taken as shot:
+    the timing rule picks frames by presentation time, as the official code would;
+  * clips longer than the trained 8 s are decoded window by window in one pass
+    (`decode_windows`), each window timed from its own start.
 """
 
 from __future__ import annotations  # PyAV types in signatures stay unevaluated (_OnFirstUse)
 
+import heapq
 import importlib
+import io
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .errors import MediaError, OutputError, UsageError
-from .outputs import MUX_FORMATS
+from .outputs import FALLBACK_CONTAINER, MUX_FORMATS
 from .variants import CLIP_FPS, CLIP_SIZE, DEFAULT_DURATION, SYNC_FPS, SYNC_SEGMENT, SYNC_SIZE
 
 
@@ -59,11 +64,9 @@ _BAR = "{desc}: {n:.2f}/{total:.2f} s |{bar}|"
 
 MIN_SIDE = 16
 MAX_SIDE = 8192
-# Variable frame rate: more than VFR_MAX_IRREGULAR of the frame intervals in the window differ
-# from their median by more than VFR_TOLERANCE of it (plus one time-base tick, for timestamps
-# rounded to a coarse time base such as Matroska's 1 ms). A few dropped or doubled frames pass.
-VFR_TOLERANCE = 0.25
-VFR_MAX_IRREGULAR = 0.1
+# A window of a long clip may end up to this many frames short where frame-timing ties fall
+# differently at the clip's very end; its last frame is held (see decode_windows).
+MAX_END_REPEATS = 2
 # Decoding that ends this much before the stream's stated duration means a truncated file.
 TRUNCATION_SLACK = 0.5
 
@@ -85,7 +88,8 @@ class Video:
     clip_frames: [T_clip, 3, S, S] uint8 RGB (8 fps), T_clip = int(8 * duration), S =
         clip_size (384; Flowley's CLIP 224); None unless decoded with need_clip=True
     sync_index / clip_index: [T] int64, decode-order number of the source frame behind each
-        output frame (counted from the stream's first frame)
+        output frame (counted from the stream's first frame; from `start` > 0 on a variable
+        frame rate, the first one is estimated from the stream's average rate)
     """
 
     sync_frames: torch.Tensor
@@ -155,83 +159,190 @@ def decode_video(
     soon as later frames cannot change the result.
     """
     path = _existing_file(path)
-    if not (math.isfinite(duration) and duration > 0):
-        raise UsageError(f"duration must be a positive number of seconds, not {duration!r}")
-    if not (math.isfinite(start) and start >= 0):
-        raise UsageError(f"start must be a non-negative number of seconds, not {start!r}")
-
-    tracks = [_Track(SYNC_FPS, SYNC_SIZE, int(SYNC_FPS * duration))]
-    if need_clip:
-        tracks.append(_Track(CLIP_FPS, clip_size, int(CLIP_FPS * duration)))
-    else:  # counted for the duration rule, never resized
-        tracks.append(_Track(CLIP_FPS, CLIP_SIZE, 0))
-    sync, clip = tracks
-
-    with _open_media(path) as container:
-        stream = _video_stream(container, path)
-        width, height = _check_size(stream, path)
-        stream.thread_type = "AUTO"
-        fps = _fps(stream)
-
-        times: list[float] = []  # of the frames in the window
-        decoded = 0
-        bar = tqdm(
-            total=round(duration, 2),
-            unit="s",
-            desc="decoding",
-            leave=False,
-            disable=not (progress and sys.stderr.isatty()),
-            bar_format=_BAR,
-        )
-        for frame in _decoded_frames(container, stream, start, path):
-            t = frame.time
-            if t is None:
-                raise MediaError(
-                    f"{path.name} has video frames without timestamps; remux it into MP4 first"
-                )
-            if decoded == 0:
-                rotation = _rotation(frame, path)
-                first_index = _frame_number(stream, t, fps) if start > 0 else 0
-            index = first_index + decoded  # decode-order number of this frame
-            decoded += 1
-            if t < start:
-                continue
-            if t - start > duration:  # t - start == t when start == 0, as in the official code
-                break
-            times.append(t)
-            _take(frame, t - start, index, rotation, tracks)
-            bar.update(round(min(t - start, duration), 2) - bar.n)
-            if all(track.seconds() >= duration for track in tracks):
-                break  # later frames cannot change the result
-        else:  # the stream ended inside the window
-            if decoded == 0:
-                raise MediaError(f"{path.name} has a video stream but no decodable frames")
-            if not times:
-                raise MediaError(f"{path.name} ends at {t:.2f} s, before the start {start:.2f} s")
-            _check_not_truncated(stream, t, fps, path)
-        bar.close()
-        _check_constant_rate(times, float(stream.time_base), path)
-
-    duration = min(duration, clip.seconds(), sync.seconds())
+    _check_window(duration, start)
+    window = _Window(start, duration, need_clip, clip_size)
+    decoded = next(_decode(path, [window], progress))
+    duration = min(duration, window.clip.seconds(), window.sync.seconds())
     n_sync = int(SYNC_FPS * duration)
     if n_sync < SYNC_SEGMENT:
         raise MediaError(
             f"{path.name} gives only {duration:.2f} s of video from {start:.2f} s; at least "
             f"{SYNC_SEGMENT / SYNC_FPS:.2f} s ({SYNC_SEGMENT} frames at {SYNC_FPS} fps) is needed"
         )
-    n_clip = int(CLIP_FPS * duration)
-    return Video(
-        sync_frames=torch.stack(sync.frames[:n_sync]),
-        clip_frames=torch.stack(clip.frames[:n_clip]) if need_clip else None,
-        duration=duration,
-        start=start,
-        fps=fps,
-        size=(width, height),
-        rotation=rotation,
-        sync_index=torch.tensor(sync.index[:n_sync], dtype=torch.int64),
-        clip_index=torch.tensor(clip.index[:n_clip], dtype=torch.int64),
-        decoded_frames=decoded,
-    )
+    return window.video(decoded, duration)
+
+
+def decode_windows(
+    path: str | os.PathLike,
+    starts: Sequence[float],
+    duration: float,
+    need_clip: bool = False,
+    progress: bool = False,
+    clip_size: int = CLIP_SIZE,
+) -> Iterator[Video]:
+    """The windows [s, s + duration] of a clip for increasing starts s, each decoded as
+    `decode_video(path, duration, s)` would, in one pass over the stream; yielded as each
+    completes, so only the frames of windows that overlap the decoder's position are held.
+
+    Every window gets int(25 * duration) sync frames (and int(8 * duration) CLIP frames): the
+    window plan (runtime/windows.py) is made from `clip_duration`, so the picture holds them.
+    Where a frame-timing tie at the clip's very end leaves a window up to MAX_END_REPEATS frames
+    short, its last frame is held, as the official batch path pads a short clip; more is a
+    damaged clip.
+    """
+    path = _existing_file(path)
+    for s in starts:
+        _check_window(duration, s)
+    windows = [_Window(s, duration, need_clip, clip_size) for s in starts]
+    n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration) if need_clip else 0
+    for decoded, window in zip(_decode(path, windows, progress), windows, strict=True):
+        for track, n in ((window.sync, n_sync), (window.clip, n_clip)):
+            if not 0 < n - len(track.frames) <= MAX_END_REPEATS:
+                continue
+            track.frames += track.frames[-1:] * (n - len(track.frames))
+            track.index += track.index[-1:] * (n - len(track.index))
+        if len(window.sync.frames) < n_sync or len(window.clip.frames) < n_clip:
+            raise MediaError(
+                f"{path.name} ends at {window.start + window.sync.seconds():.2f} s, before "
+                f"{window.start + duration:.2f} s: its frames stop short of its timestamps "
+                "(damaged or truncated)"
+            )
+        yield window.video(decoded, duration)
+
+
+def clip_duration(path: str | os.PathLike, start: float = 0.0) -> float:
+    """Seconds of picture from `start` by the official duration rule (`decode_video` with no
+    limit on the duration), from the packets' timestamps: no frame is decoded (when every packet
+    has one; else the frames are decoded for their times). 0 when nothing is at or after start.
+    """
+    path = _existing_file(path)
+    with _open_media(path) as container:
+        stream = _video_stream(container, path)
+        pts = [p.pts for p in _packets_from(container, stream, start) if p.size]
+        if None in pts:
+            stream.thread_type = "AUTO"
+            times = [f.time for f in _decoded_frames(container, stream, start, path)]
+        else:
+            times = [float(t * stream.time_base) for t in pts]
+    times = [t for t in times if t is not None and t >= start]
+    if not times:
+        return 0.0
+    last = max(times) - start
+    slots = {}
+    for fps in (SYNC_FPS, CLIP_FPS):  # output frames whose accumulated time the last one reaches
+        track = _Track(fps, 0, 0)
+        while last >= track.next_t:
+            track.count += 1
+            track.next_t += track.step
+        slots[fps] = track.seconds()
+    return min(slots.values())
+
+
+def _check_window(duration: float, start: float) -> None:
+    if not (math.isfinite(duration) and duration > 0):
+        raise UsageError(f"duration must be a positive number of seconds, not {duration!r}")
+    if not (math.isfinite(start) and start >= 0):
+        raise UsageError(f"start must be a non-negative number of seconds, not {start!r}")
+
+
+class _Window:
+    """One window's tracks: sync frames at 25 fps and CLIP frames at 8 fps (kept only when
+    needed, but always counted: the count sets the duration), timed from `start`."""
+
+    def __init__(self, start: float, duration: float, need_clip: bool, clip_size: int = CLIP_SIZE):
+        self.start, self.duration = start, duration
+        self.sync = _Track(SYNC_FPS, SYNC_SIZE, int(SYNC_FPS * duration))
+        self.clip = _Track(CLIP_FPS, clip_size, int(CLIP_FPS * duration) if need_clip else 0)
+        self.tracks = [self.sync, self.clip]
+        self.need_clip = need_clip
+        self.done = False
+
+    def full(self) -> bool:
+        """Later frames cannot change the result."""
+        return all(track.seconds() >= self.duration for track in self.tracks)
+
+    def video(self, decoded: _Decoded, duration: float) -> Video:
+        """The window's Video, `duration` seconds of it (its frames move into the Video)."""
+        n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration)
+        video = Video(
+            sync_frames=torch.stack(self.sync.frames[:n_sync]),
+            clip_frames=torch.stack(self.clip.frames[:n_clip]) if self.need_clip else None,
+            duration=duration,
+            start=self.start,
+            fps=decoded.fps,
+            size=decoded.size,
+            rotation=decoded.rotation,
+            sync_index=torch.tensor(self.sync.index[:n_sync], dtype=torch.int64),
+            clip_index=torch.tensor(self.clip.index[:n_clip], dtype=torch.int64),
+            decoded_frames=decoded.frames,
+        )
+        self.sync.frames, self.clip.frames = [], []
+        return video
+
+
+@dataclass
+class _Decoded:
+    """What the decoder learned of the stream by the time a window completed."""
+
+    fps: Fraction
+    size: tuple[int, int]
+    rotation: int = 0
+    frames: int = 0  # decoded so far
+
+
+def _decode(path: Path, windows: list[_Window], progress: bool) -> Iterator[_Decoded]:
+    """One pass over the stream from the keyframe before the first window; yields once per
+    window (in order) when it is complete: full, passed, or the stream ended."""
+    first, end = windows[0].start, windows[-1].start + windows[-1].duration
+    with _open_media(path) as container:
+        stream = _video_stream(container, path)
+        info = _Decoded(_fps(stream), _check_size(stream, path))
+        stream.thread_type = "AUTO"
+        bar = tqdm(
+            total=round(end - first, 2),
+            unit="s",
+            desc="decoding",
+            leave=False,
+            disable=not (progress and sys.stderr.isatty()),
+            bar_format=_BAR,
+        )
+        pending = 0  # the first window not yet yielded
+        for frame in _decoded_frames(container, stream, first, path):
+            t = frame.time
+            if t is None:
+                raise MediaError(
+                    f"{path.name} has video frames without timestamps; remux it into MP4 first"
+                )
+            if info.frames == 0:
+                info.rotation = _rotation(frame, path)
+                first_index = _frame_number(stream, t, info.fps) if first > 0 else 0
+            index = first_index + info.frames  # decode-order number of this frame
+            info.frames += 1
+            pictures: dict[int, torch.Tensor] = {}
+            for window in windows[pending:]:
+                if t < window.start:
+                    break  # later windows start later still
+                # t - start == t when start == 0, as in the official code
+                if window.done or t - window.start > window.duration:
+                    window.done = True
+                    continue
+                _take(frame, t - window.start, index, info.rotation, window.tracks, pictures)
+                window.done = window.full()
+            bar.update(round(min(t - first, end - first), 2) - bar.n)
+            while pending < len(windows) and windows[pending].done:
+                pending += 1
+                yield info
+            if pending == len(windows):
+                break
+        else:  # the stream ended inside a window
+            if info.frames == 0:
+                raise MediaError(f"{path.name} has a video stream but no decodable frames")
+            if t < first:
+                raise MediaError(f"{path.name} ends at {t:.2f} s, before the start {first:.2f} s")
+            _check_not_truncated(stream, t, info.fps, path)
+            for _ in windows[pending:]:
+                yield info
+        bar.close()
 
 
 @dataclass(frozen=True)
@@ -249,8 +360,8 @@ def probe(path: str | os.PathLike) -> ClipInfo:
     """Check a clip cheaply, before any weights load: header and first frame only.
 
     Raises the MediaError decode_video would for a missing, unreadable, video-less, wrongly
-    sized, undecodable or mirrored clip. What needs the whole window (too short, variable
-    frame rate, truncated later on) is left to decode_video.
+    sized, undecodable or mirrored clip. What needs the whole window (too short, truncated
+    later on) is left to decode_video.
     """
     path = _existing_file(path)
     with _open_media(path) as container:
@@ -269,20 +380,28 @@ def probe(path: str | os.PathLike) -> ClipInfo:
         )
 
 
-def _take(frame: av.VideoFrame, t: float, index: int, rotation: int, tracks: list[_Track]):
-    """Append `frame` (at window time t) to every track whose next_t it has reached."""
-    rgb = None
-    resized: dict[int, torch.Tensor] = {}  # one resize per size, shared by repeats
+def _take(
+    frame: av.VideoFrame,
+    t: float,
+    index: int,
+    rotation: int,
+    tracks: list[_Track],
+    pictures: dict[int, torch.Tensor],
+):
+    """Append `frame` (at window time t) to every track whose next_t it has reached. `pictures`
+    holds this frame's pictures by size, 0 for the upright source (shared by repeats and by
+    windows)."""
     for track in tracks:
         while t >= track.next_t:
             if len(track.frames) < track.keep:
-                if track.size not in resized:
-                    if rgb is None:
+                if track.size not in pictures:
+                    if 0 not in pictures:
                         rgb = frame.to_ndarray(format="rgb24")  # [H, W, 3], as official
                         if rotation:
                             rgb = np.ascontiguousarray(np.rot90(rgb, rotation // 90))
-                    resized[track.size] = resize(torch.from_numpy(rgb).permute(2, 0, 1), track.size)
-                track.frames.append(resized[track.size])
+                        pictures[0] = torch.from_numpy(rgb).permute(2, 0, 1)
+                    pictures[track.size] = resize(pictures[0], track.size)
+                track.frames.append(pictures[track.size])
             track.index.append(index)
             track.count += 1
             track.next_t += track.step
@@ -425,26 +544,6 @@ def _check_not_truncated(stream: av.VideoStream, last: float, fps: Fraction, pat
         )
 
 
-def _check_constant_rate(times: list[float], tick: float, path: Path):
-    """Refuse a variable frame rate (see VFR_TOLERANCE).
-
-    The official rule would sample-and-hold such a clip anyway; we refuse it because its 25 fps
-    resampling repeats and skips frames unevenly (motion the model never saw in training) and
-    its frame numbers lose their meaning. Converting it first is one ffmpeg command.
-    """
-    if len(times) < 3:
-        return
-    intervals = np.diff(np.asarray(times))
-    median = float(np.median(intervals))
-    irregular = np.abs(intervals - median) > VFR_TOLERANCE * median + tick
-    if median <= 0 or irregular.mean() > VFR_MAX_IRREGULAR:
-        raise MediaError(
-            f"{path.name} has a variable frame rate (frame intervals "
-            f"{intervals.min() * 1000:.0f}-{intervals.max() * 1000:.0f} ms); convert it to a "
-            "constant rate first, e.g. ffmpeg -i in.mp4 -fps_mode cfr -r 30 out.mp4"
-        )
-
-
 # ----------------------------------------------------------------------------------------------
 # Audio out
 
@@ -551,6 +650,8 @@ class _AtomicWrite:
         except OSError as err:
             raise OutputError(f"cannot write {self.path}: {_why(err)}") from None
         os.close(fd)
+        # mkstemp makes the file 0600; a written file gets what the user's umask gives.
+        os.chmod(self.tmp, 0o666 & ~_umask())
         return self.tmp
 
     def __exit__(self, kind, err, tb):
@@ -563,6 +664,12 @@ class _AtomicWrite:
                 raise OutputError(f"cannot write {self.path}: {_why(err)}") from None
         os.unlink(self.tmp)
         return False
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 # ----------------------------------------------------------------------------------------------
@@ -640,11 +747,40 @@ def mux(
                     packet.stream = out_video
                     packet.pts = None if packet.pts is None else packet.pts - origin
                     packet.dts = None if packet.dts is None else packet.dts - origin
-                packets = video + _encode_audio(out_audio, x, sample_rate, sample_format)
-                packets.sort(key=lambda p: _dts(p) * p.time_base)  # interleave by decode time
-                for packet in packets:
-                    out.mux(packet)
+                audio = _encode_audio(out_audio, x, sample_rate, sample_format)
+                try:
+                    for packet in _interleave(video, audio):
+                        out.mux(packet)
+                except av.error.FFmpegError as err:
+                    raise OutputError(
+                        f"cannot mux the {stream.codec_context.name} video of {video_path.name} "
+                        f"into {suffix} ({_why(err)}); pass --no-video for the stems alone"
+                    ) from None
     return out_path
+
+
+def mux_suffix(video_path: str | os.PathLike, preferred: str) -> str:
+    """`preferred` (a key of MUX_FORMATS) when its container takes the clip's video codec as
+    it is, else ".mkv" (Matroska takes nearly every codec)."""
+    video_path = _existing_file(video_path)
+    with _open_media(video_path) as source:
+        codec = _video_stream(source, video_path).codec_context.name
+    with av.open(io.BytesIO(), "w", format=MUX_FORMATS[preferred][0]) as probe_out:
+        return preferred if codec in probe_out.supported_codecs else FALLBACK_CONTAINER
+
+
+def _interleave(video: list[av.Packet], audio: list[av.Packet]) -> Iterator[av.Packet]:
+    """Both streams' packets by decode time, each stream's in its own order. (A plain sort by
+    timestamp would move video packets whose decode time the demuxer left unset, e.g. Matroska's
+    B-frames, and the muxer refuses the result.)"""
+    keyed, last = [], -math.inf
+    for packet in video:
+        if packet.dts is not None:
+            last = max(last, packet.dts * packet.time_base)
+        keyed.append((last, packet))
+    timed = ((_dts(p) * p.time_base, p) for p in audio)
+    for _, packet in heapq.merge(keyed, timed, key=lambda item: item[0]):
+        yield packet
 
 
 def _pts(packet: av.Packet) -> int:

@@ -3,8 +3,13 @@ nothing, and reported (for people and, with `--json`, for tools).
 
     plan = plan_outputs(clip, prompts, Path("out"), fmt="wav", video=True)   # refuses early
     pipe = Pipeline.from_pretrained(...); result = pipe.generate(clip, prompts)
-    write_outputs(plan, result)                                              # all or nothing
-    print(json.dumps(report(plan, result, pipe)))
+    delivered = write_outputs(plan, result)                                  # all or nothing
+    print(json.dumps(report(plan, result, pipe, delivered=delivered)))
+
+WAV stems are Broadcast WAVs: `bext` (prompt, origin, TimeReference = the clip's start timecode
+plus `start`, R 128 loudness) and `iXML` (timecode rate, drop frame). With `otio=True` a
+timeline per clip places the picture and every stem at its timecode; with `loudness=LUFS` each
+stem is normalised to that integrated loudness (off by default: stems are mixed later).
 
 The CLI, the benchmark's file-to-file run, batch jobs and the server all go through here.
 """
@@ -12,16 +17,27 @@ The CLI, the benchmark's file-to-file run, batch jobs and the server all go thro
 import os
 import re
 import tempfile
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import OutputError
+import numpy as np
+
+from .. import __version__
+from .delivery.timecode import Timecode
+from .errors import OutputError, UsageError
+
+if TYPE_CHECKING:
+    from .delivery.loudness import Loudness
 
 AUDIO_FORMATS = ("wav", "flac")
 OUT_RATES = (48000,)  # stems may be resampled to these for video delivery
 # Muxed video: output suffix -> (muxer, audio codec, PyAV sample format of the frames fed to it).
 # Stream copy keeps the clip's container where its audio codec choice is clear (AAC in MP4, PCM in
-# MOV/MKV); anything else is remuxed into Matroska, which takes every video codec.
+# MOV/MKV) and the container takes the clip's video codec; anything else is remuxed into
+# Matroska, which takes nearly every video codec (media.mux_suffix).
 MUX_FORMATS = {
     ".mp4": ("mp4", "aac", "fltp"),
     ".m4v": ("mp4", "aac", "fltp"),
@@ -29,6 +45,8 @@ MUX_FORMATS = {
     ".mkv": ("matroska", "pcm_s24le", "s32"),
 }
 FALLBACK_CONTAINER = ".mkv"
+LOUDNESS_TARGETS = (-70.0, 0.0)  # LUFS a stem may be normalised to
+STEM_BITS = 24  # media.write_audio writes 24-bit PCM
 
 
 @dataclass(frozen=True)
@@ -47,9 +65,26 @@ class OutputPlan:
     fmt: str = "wav"
     sample_rate: int | None = None  # None: the model's rate
     force: bool = False
+    timecode: Timecode | None = None  # of the clip's first frame; None: read when writing
+    otio: Path | None = None  # the timeline file, if one is wanted
+    loudness: float | None = None  # LUFS each stem is normalised to; None: as generated
 
     def paths(self) -> list[Path]:
-        return [p for s in self.stems for p in (s.audio, s.video) if p is not None]
+        stems = [p for s in self.stems for p in (s.audio, s.video) if p is not None]
+        return stems + ([self.otio] if self.otio else [])
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """One written stem, as measured in the file."""
+
+    stem: Stem
+    sample_rate: int
+    samples: int
+    loudness: "Loudness"
+    time_reference: int  # samples since midnight at which the stem starts (BWF TimeReference)
+    gain_db: float = 0.0  # applied to reach plan.loudness
+    peak_limited: bool = False  # the gain stopped short of the target: more would clip
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -68,16 +103,32 @@ def plan_outputs(
     sample_rate: int | None = None,
     force: bool = False,
     name: str | None = None,
+    otio: bool = False,
+    loudness: float | None = None,
 ) -> OutputPlan:
-    """Output paths per prompt (`<name or clip stem>_<prompt slug>.<fmt>` and the muxed video),
-    refusing before any work to clobber files (without `force`) or to write where it cannot."""
+    """Output paths per prompt (`<name or clip stem>_<prompt slug>.<fmt>` and the muxed video,
+    plus `<name or clip stem>.otio` with `otio`), refusing before any work to clobber files
+    (without `force`), to write where it cannot, or to use a clip timecode it cannot read."""
+    from .delivery.timecode import clip_timecode
+    from .delivery.timeline import require_otio
+
     clip, out_dir = Path(clip), Path(out_dir)
+    low, high = LOUDNESS_TARGETS
+    if loudness is not None and not (isinstance(loudness, int | float) and low <= loudness <= high):
+        raise UsageError(f"loudness {loudness!r} is out of range; use {low:g}..{high:g} LUFS")
+    if otio:
+        require_otio()
     if fmt not in AUDIO_FORMATS:
         raise OutputError(f"stems are written as {' or '.join(AUDIO_FORMATS)}, not {fmt!r}")
     if sample_rate is not None and sample_rate not in OUT_RATES:
         raise OutputError(f"stems can be resampled to {OUT_RATES}, not {sample_rate}")
     _check_writable(out_dir)
-    container = clip.suffix.lower() if clip.suffix.lower() in MUX_FORMATS else FALLBACK_CONTAINER
+    container = None
+    if video:
+        from . import media
+
+        suffix = clip.suffix.lower()
+        container = media.mux_suffix(clip, suffix if suffix in MUX_FORMATS else FALLBACK_CONTAINER)
     stems, seen = [], {}
     for prompt in prompts:
         stem = f"{name or clip.stem}_{slug(prompt)}"
@@ -86,7 +137,16 @@ def plan_outputs(
             stem = f"{stem}_{seen[stem]}"
         video_path = out_dir / f"{stem}{container}" if video else None
         stems.append(Stem(prompt, out_dir / f"{stem}.{fmt}", video_path))
-    plan = OutputPlan(clip, tuple(stems), fmt, sample_rate, force)
+    plan = OutputPlan(
+        clip,
+        tuple(stems),
+        fmt,
+        sample_rate,
+        force,
+        timecode=clip_timecode(clip),
+        otio=out_dir / f"{name or clip.stem}.otio" if otio else None,
+        loudness=loudness,
+    )
     if not force:
         existing = [str(p) for p in plan.paths() if p.exists()]
         if existing:
@@ -117,16 +177,20 @@ def _read_only(path: Path) -> bool:
         return True
 
 
-def write_outputs(plan: OutputPlan, result) -> OutputPlan:
-    """Write every stem (and muxed video) of `result` (a GenerationResult for the plan's prompts):
-    each file goes to a temporary name beside its target, and only when all are complete are
-    they renamed into place, so a failure leaves none of them."""
+def write_outputs(plan: OutputPlan, result, variant: str = "") -> list[Delivered]:
+    """Write every stem (and muxed video, and the timeline) of `result` (a GenerationResult for
+    the plan's prompts; `variant` names the model in the stems' coding history): each file goes
+    to a temporary name beside its target, and only when all are complete are they renamed into
+    place, so a failure leaves none of them."""
     from . import media
+    from .delivery.timecode import clip_timecode
+    from .delivery.timeline import StemTrack, build_timeline, write_timeline
 
     if len(result.audio) != len(plan.stems):
         raise ValueError(f"{len(result.audio)} stems for {len(plan.stems)} planned outputs")
     out_dir = plan.stems[0].audio.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    timecode = plan.timecode or clip_timecode(plan.clip)
     staged: list[tuple[Path, Path]] = []  # (temporary, final)
 
     def stage(final: Path) -> Path:
@@ -137,37 +201,129 @@ def write_outputs(plan: OutputPlan, result) -> OutputPlan:
         return tmp
 
     try:
+        delivered = []
         for stem, wav in zip(plan.stems, result.audio, strict=True):
-            media.write_audio(
-                stage(stem.audio),
-                wav,
-                result.sample_rate,
-                fmt=plan.fmt,
-                out_rate=plan.sample_rate,
-                force=True,
-            )
+            done, gain = _write_stem(plan, stem, wav, result, timecode, variant, stage)
+            delivered.append(done)
             if stem.video is not None:
                 media.mux(
                     plan.clip,
-                    wav,
+                    wav * gain,
                     result.sample_rate,
                     stage(stem.video),
                     start=result.start,
                     duration=result.duration,
                     force=True,
                 )
+        if plan.otio is not None:
+            tracks = [
+                StemTrack(d.stem.prompt, d.stem.audio, d.sample_rate, d.samples) for d in delivered
+            ]
+            timeline = build_timeline(
+                name=plan.otio.stem,
+                clip=plan.clip,
+                timecode=timecode,
+                start=result.start,
+                duration=result.duration,
+                stems=tracks,
+                folder=plan.otio.parent,
+                clip_seconds=media.probe(plan.clip).seconds,
+            )
+            write_timeline(timeline, stage(plan.otio))
         for tmp, final in staged:
             os.replace(tmp, final)
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
         raise
-    return plan
+    return delivered
 
 
-def report(plan: OutputPlan, result, pipe, timings: dict[str, float] | None = None) -> dict:
-    """The machine-readable account of one generation (`--json`)."""
+def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Delivered, float]:
+    """Write one stem at the plan's rate, normalised if asked, and measure the file as written;
+    WAV stems get their bext and iXML chunks. -> (what was written, the linear gain applied)."""
+    import soundfile
+    import torch
+
+    from . import media
+    from .delivery import bwf, loudness
+
+    x = np.atleast_2d(np.asarray(wav, dtype=np.float32))  # [C, T] at the model's rate
+    rate = plan.sample_rate or result.sample_rate
+    if rate != result.sample_rate:
+        x = media.resample(torch.from_numpy(x), result.sample_rate, rate).numpy()
+    gain_db, limited = 0.0, False
+    if plan.loudness is not None:
+        gain_db, limited = loudness.normalising_gain(x, rate, plan.loudness)
+    gain = 10 ** (gain_db / 20)
+    tmp = stage(stem.audio)
+    media.write_audio(tmp, x * gain, rate, fmt=plan.fmt, force=True)
+    written, _ = soundfile.read(tmp, dtype="float32", always_2d=True)
+    measured = loudness.measure(written.T, rate)
+    time_reference = timecode.samples(rate, result.start)
+    if plan.fmt == "wav":
+        model = " ".join(
+            str(p) for p in ("selva-rt", __version__, variant, "seed", result.seed) if p
+        )
+        history = [bwf.coding_history_line(result.sample_rate, 32, len(x), model)]
+        if rate != result.sample_rate:
+            history.append(bwf.coding_history_line(rate, 32, len(x), "resampled: windowed sinc"))
+        level = ""
+        if plan.loudness is not None:
+            level = (
+                f"gain {gain_db:+.2f} dB to {plan.loudness:g} LUFS" + " (peak-limited)" * limited
+            )
+        history.append(bwf.coding_history_line(rate, STEM_BITS, len(x), level))
+        bwf.add_chunks(
+            tmp,
+            [
+                bwf.bext_chunk(
+                    description=stem.prompt,
+                    originator=f"selva-rt {__version__}",
+                    reference=uuid.uuid4().hex,
+                    created=datetime.now(),
+                    time_reference=time_reference,
+                    loudness=measured,
+                    coding_history=history,
+                ),
+                bwf.ixml_chunk(
+                    project=plan.clip.stem,
+                    note=stem.prompt,
+                    tracks=[stem.prompt] * len(x),
+                    timecode=timecode,
+                    time_reference=time_reference,
+                    sample_rate=rate,
+                    bits=STEM_BITS,
+                ),
+            ],
+        )
+    done = Delivered(stem, rate, len(written), measured, time_reference, gain_db, limited)
+    return done, gain
+
+
+def report(
+    plan: OutputPlan,
+    result,
+    pipe,
+    timings: dict[str, float] | None = None,
+    delivered: list[Delivered] | None = None,
+) -> dict:
+    """The machine-readable account of one generation (`--json`); with `delivered` (what
+    write_outputs returns) each stem's loudness and timecode position too."""
     timings = result.timings if timings is None else timings
+    outputs = [
+        {"prompt": s.prompt, "audio": str(s.audio)} | ({"video": str(s.video)} if s.video else {})
+        for s in plan.stems
+    ]
+    for entry, done in zip(outputs, delivered or [], strict=False):
+        entry["loudness"] = done.loudness.as_dict()
+        if plan.loudness is not None:
+            entry["loudness"] |= {
+                "gain_db": round(done.gain_db, 2),
+                "peak_limited": done.peak_limited,
+            }
+        entry["time_reference"] = done.time_reference
+    timecode = plan.timecode
     return {
         "variant": pipe.variant.name,
         "clip": str(plan.clip),
@@ -179,21 +335,37 @@ def report(plan: OutputPlan, result, pipe, timings: dict[str, float] | None = No
         "sample_rate": plan.sample_rate or result.sample_rate,
         "device": str(pipe.device),
         "precision": pipe.precision,
-        "outputs": [
-            {"prompt": s.prompt, "audio": str(s.audio)}
-            | ({"video": str(s.video)} if s.video else {})
-            for s in plan.stems
-        ],
+        "outputs": outputs,
+        **({"timecode": _timecode_dict(timecode)} if timecode else {}),
+        **({"otio": str(plan.otio)} if plan.otio else {}),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
 
 
-def describe(plan: OutputPlan) -> str:
-    """The written files, for people."""
+def _timecode_dict(timecode: Timecode) -> dict:
+    from .delivery.timecode import rate_text
+
+    return {
+        "start": str(timecode),
+        "rate": rate_text(timecode.rate),
+        "drop_frame": timecode.drop_frame,
+    }
+
+
+def describe(plan: OutputPlan, delivered: list[Delivered] | None = None) -> str:
+    """The written files, for people; with `delivered`, each stem's loudness and timecode."""
     lines = []
-    for s in plan.stems:
+    for i, s in enumerate(plan.stems):
         lines.append(f"{s.prompt!r}:")
         lines.append(f"  stem  {s.audio}")
+        if delivered:
+            m, at = delivered[i].loudness, delivered[i].time_reference
+            lines.append(
+                f"        {m.integrated:.1f} LUFS, true peak {m.true_peak:.1f} dBTP, "
+                f"TimeReference {at} samples"
+            )
         if s.video is not None:
             lines.append(f"  video {s.video}")
+    if plan.otio is not None:
+        lines.append(f"timeline {plan.otio}")
     return "\n".join(lines)

@@ -7,6 +7,10 @@
 The work follows the parts of DESIGN.md: per clip the video is decoded and the MotionFormer
 trunk runs once; per prompt the text is encoded and the [SUP] selection picks that prompt's
 sound; then conditions, the Euler loop and the decoder run for all prompts as one batch.
+
+A clip longer than the trained 8 s is generated in overlapping windows of its own frames,
+denoised in lockstep as one batch of rows (runtime/windows.py); up to 8 s it is one window, as
+the official code runs it.
 """
 
 import sys
@@ -33,6 +37,7 @@ from .variants import (
     Variant,
     get_variant,
 )
+from .windows import decode_windows, plan_windows, sample_windows
 
 if TYPE_CHECKING:
     from .media import Video
@@ -52,6 +57,14 @@ class TextFeatures:
     @property
     def prompts(self) -> int:
         return (self.clip if self.clip is not None else self.t5).shape[0]
+
+    def repeat(self, windows: int) -> "TextFeatures":
+        """The prompts' rows once per window, window-major (row j * P + p)."""
+
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.repeat(windows, *(1,) * (t.dim() - 1))
+
+        return TextFeatures(rows(self.clip), self.negative, rows(self.t5), rows(self.t5_mask))
 
 
 @dataclass
@@ -158,36 +171,56 @@ class Pipeline:
         """
         timings = {} if timings is None else timings
         cfg = self.variant.cfg if cfg is None else cfg
-        parts, dev, dt = self.parts, self.device, self.dtype
+        parts, dev = self.parts, self.device
         seq = self.variant.sequence_lengths(duration)
-        prompts = text.prompts
-        sync_f = None
+        sync_f, clip_f = self._features(sync_frames, clip_frames, text, timings)
+        with _timed(timings, "dit_conditions", dev):
+            conditions = self.dit_conditions(text, clip_f, sync_f, duration)
+        x0 = self._noise(text.prompts, seq.latent, seed)
+        with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
+            x1 = parts.sample(x0, conditions, steps, cfg, bar.update)
+        with _timed(timings, "decoder", dev):
+            mel, audio = parts.decoder(x1)
+        return Synthesis(sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio)
+
+    def _features(
+        self,
+        sync_frames: torch.Tensor,
+        clip_frames: torch.Tensor | None,
+        text: TextFeatures,
+        timings: dict[str, float],
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One window's video features per prompt: sync [P, 8S, D] (None without a video
+        encoder: Flowley) and, for plain MMAudio and Flowley, CLIP [P, Nc, C] (else None)."""
+        parts, dev, prompts = self.parts, self.device, text.prompts
+        sync_f = clip_f = None
         if self.variant.video_encoder is not None:
             with _timed(timings, "video_trunk", dev):
                 trunk = parts.video_trunk(sync_frames, prompts)
             with _timed(timings, "video_select", dev):
                 sync_f = parts.video_select(trunk, text.t5, text.t5_mask, prompts)
-        with _timed(timings, "dit_conditions", dev):
-            clip_f = None
-            if self.variant.uses_clip_video:
+        if self.variant.uses_clip_video:
+            with _timed(timings, "dit_conditions", dev):
                 clip_f = parts.clip_image(clip_frames)[None].expand(prompts, -1, -1)
-            conditions = self.dit_conditions(text, clip_f, sync_f, duration)
-        x0 = torch.cat(
+        return sync_f, clip_f
+
+    def _noise(self, prompts: int, length: int, seed: int) -> torch.Tensor:
+        """x0 [P, length, E]: each prompt's row is the seed's noise (the same for every prompt,
+        so a stem does not depend on which prompts share the call). A long clip's noise is one
+        seeded draw for its whole latent, each window's noise its slice."""
+        shape = (1, length, self.variant.generator.latent_dim)
+        dev = self.device
+        return torch.cat(
             [
                 torch.randn(
-                    (1, seq.latent, self.variant.generator.latent_dim),
-                    dtype=dt,
+                    shape,
+                    dtype=self.dtype,
                     device=dev,
                     generator=torch.Generator(dev).manual_seed(seed),
                 )
                 for _ in range(prompts)
             ]
         )
-        with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
-            x1 = parts.sample(x0, conditions, steps, cfg, bar.update)
-        with _timed(timings, "decoder", dev):
-            mel, audio = parts.decoder(x1)
-        return Synthesis(sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio)
 
     def dit_conditions(
         self,
@@ -221,16 +254,18 @@ class Pipeline:
         seed: int = DEFAULT_SEED,
         steps: int = DEFAULT_STEPS,
         cfg: float | None = None,
-        duration: float = DEFAULT_DURATION,
+        duration: float | None = None,
         start: float = 0.0,
         progress: "bool | Progress" = False,
     ) -> GenerationResult:
-        """One stem per prompt for `clip`, from `start` for `duration` seconds (cfg None: the
-        variant's). `clip` may also be a Video that `media.decode_video` made ahead (a batch
-        decodes the next clips while this one generates); its duration and start are then the
-        Video's own. Bad values raise a SelvaError with the one-line message the CLI prints.
-        `progress`: True for progress bars on a terminal, or a function told of every finished
-        Euler step (it may raise to stop the generation)."""
+        """One stem per prompt for `clip`, from `start` for `duration` seconds (None: to the
+        clip's end; beyond the trained 8 s in overlapping windows denoised in lockstep) with
+        guidance `cfg` (None: the variant's). `clip` may also be a Video that
+        `media.decode_video` made ahead (a batch decodes the next clips while this one
+        generates); its duration and start are then the Video's own. Bad values raise a
+        SelvaError with the one-line message the CLI prints. `progress`: True for progress bars
+        on a terminal, or a function told of every finished Euler step (it may raise to stop
+        the generation)."""
         prompts = check_prompts(prompts)
         negative_prompt = check_negative_prompt(negative_prompt, self.variant)
         cfg = self.variant.cfg if cfg is None else cfg
@@ -239,11 +274,28 @@ class Pipeline:
 
         timings: dict[str, float] = {}
         video = clip
+        if not isinstance(video, media.Video) and (duration is None or duration > DEFAULT_DURATION):
+            with _timed(timings, "decode", self.device):
+                available = media.clip_duration(clip, start)
+            length = available if duration is None else min(duration, available)
+            if length > DEFAULT_DURATION:
+                return self._generate_windows(
+                    clip,
+                    prompts,
+                    negative_prompt,
+                    seed,
+                    steps,
+                    cfg,
+                    length,
+                    start,
+                    progress,
+                    timings,
+                )
         if not isinstance(video, media.Video):
             with _timed(timings, "decode", self.device):
                 video = media.decode_video(
                     clip,
-                    duration=duration,
+                    duration=DEFAULT_DURATION if duration is None else duration,
                     start=start,
                     need_clip=self.variant.uses_clip_video,
                     progress=progress is True,
@@ -272,6 +324,74 @@ class Pipeline:
             prompts=prompts,
             duration=video.duration,
             start=video.start,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            timings=timings,
+        )
+
+    def _generate_windows(
+        self,
+        clip: str | Path,
+        prompts: list[str],
+        negative_prompt: str,
+        seed: int,
+        steps: int,
+        cfg: float,
+        duration: float,
+        start: float,
+        progress: "bool | Progress",
+        timings: dict[str, float],
+    ) -> GenerationResult:
+        """`generate` for more than DEFAULT_DURATION seconds: windows of the clip's own frames
+        (decoded one after another, features kept, frames dropped), denoised in lockstep."""
+        from . import media
+
+        parts, dev = self.parts, self.device
+        layout = plan_windows(duration, self.variant.audio)
+        with _timed(timings, "text", dev):
+            text = self.encode_text(prompts, negative_prompt)
+        videos = media.decode_windows(
+            clip,
+            [start + s for s in layout.starts],
+            layout.window,
+            need_clip=self.variant.uses_clip_video,
+            progress=progress is True,
+            clip_size=self.variant.clip.frame_size,
+        )
+        sync_f, clip_f = [], []  # per window [P, ...]
+        while True:
+            with _timed(timings, "decode", dev):
+                video = next(videos, None)
+            if video is None:
+                break
+            frames = None if video.clip_frames is None else video.clip_frames.float() / 255
+            s, c = self._features(
+                media.to_model_input(video.sync_frames)[None], frames, text, timings
+            )
+            sync_f.append(s)
+            clip_f.append(c)
+        windows, prompts_n = len(layout), len(prompts)
+        with _timed(timings, "dit_conditions", dev):
+            conditions = self.dit_conditions(  # rows window-major: j * P + p
+                text.repeat(windows),
+                None if clip_f[0] is None else torch.cat(clip_f),
+                None if sync_f[0] is None else torch.cat(sync_f),
+                layout.window,
+            )
+        del sync_f, clip_f
+        x0 = self._noise(prompts_n, layout.total, seed)
+        with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
+            x1 = sample_windows(parts, x0, conditions, layout, steps, cfg, bar.update)
+        with _timed(timings, "decoder", dev):
+            audio = decode_windows(parts, x1, layout)
+        samples = round(duration * self.variant.audio.sample_rate)
+        return GenerationResult(
+            audio=audio[:, :samples].numpy(),
+            sample_rate=self.variant.audio.sample_rate,
+            prompts=prompts,
+            duration=duration,
+            start=start,
             seed=seed,
             steps=steps,
             cfg=cfg,

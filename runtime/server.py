@@ -146,7 +146,7 @@ class Worker(threading.Thread):
             plan = plan_outputs(
                 record.job["clip"], result.prompts, folder, name=record.job["name"], force=True
             )
-            write_outputs(plan, result)
+            write_outputs(plan, result, variant=self.pipe.variant.name)
         except SelvaError as e:
             self.journal.finish(record.id, "failed", error=str(e))
             return

@@ -28,6 +28,9 @@ DEFAULT_STEPS = 25
 DEFAULT_CFG = 4.5
 FLOWLEY_CFG = 7.5  # the official sample.yaml
 DEFAULT_SEED = 42
+# Least overlap of the windows a clip longer than DEFAULT_DURATION is generated in (seconds, a
+# multiple of SYNC_HOP / SYNC_FPS = 0.32 s); see runtime/windows.py.
+WINDOW_OVERLAP = 1.28
 
 
 @dataclass(frozen=True)

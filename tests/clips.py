@@ -19,14 +19,19 @@ def make_clip(
     image=None,
     audio_rate: int | None = None,
     faststart: bool = False,
+    pix_fmt: str = "yuv420p",
+    codec: str = "libx264",
+    container: str | None = None,
 ) -> Path:
     """An H.264 clip (B-frames on, a keyframe every `gop` frames, no scene-cut keyframes) whose
-    frames differ from each other; pts_ms gives explicit timestamps in milliseconds."""
+    frames differ from each other; pts_ms gives explicit timestamps in milliseconds. `pix_fmt`
+    "yuv420p10le" makes 10-bit H.264; `codec` and `container` (default: from the suffix) others."""
     width, height = size
     options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", container_options=options) as out:
-        video = out.add_stream("libx264", rate=fps, options={"g": str(gop), "sc_threshold": "0"})
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+    with av.open(str(path), "w", format=container, container_options=options) as out:
+        codec_options = {"g": str(gop), "sc_threshold": "0"} if codec == "libx264" else {}
+        video = out.add_stream(codec, rate=fps, options=codec_options)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
         if pts_ms is not None:
             video.codec_context.time_base = Fraction(1, 1000)
         if rotation is not None:
@@ -153,9 +158,9 @@ def _empty(tmp_path: Path) -> Path:
     return path
 
 
-def _vfr(tmp_path: Path) -> Path:
-    pts = np.cumsum([0] + [20, 60] * 30)[:50].tolist()  # 50 and 17 fps alternating
-    return make_clip(tmp_path / "vfr.mp4", frames=50, pts_ms=pts)
+def vfr_pts_ms(frames: int = 50) -> list[int]:
+    """Presentation times of a variable-rate clip: 50 and 17 fps alternating, as phones vary."""
+    return np.cumsum([0] + [20, 60] * frames)[:frames].tolist()
 
 
 BAD_INPUTS = {
@@ -177,7 +182,6 @@ BAD_INPUTS = {
     ),
     "too small": (lambda p: make_clip(p / "tiny.mp4", frames=20, size=(8, 8)), "is 8x8"),
     "too large": (lambda p: make_clip(p / "wide.mp4", frames=1, size=(8208, 16)), "is 8208x16"),
-    "variable frame rate": (_vfr, "variable frame rate (frame intervals 20-60 ms)"),
     "mirrored": (
         lambda p: make_clip(p / "flip.mp4", frames=20, rotation=90, hflip=True),
         "mirrored",

@@ -99,3 +99,19 @@ def test_tiny_flowley(tmp_path):
     assert fast["speedup_vs_reference"] > 0
     assert set(fast["rel_l2_vs_reference"]) == {"latent", "mel", "audio"}
     assert fast["rel_l2_vs_reference"]["audio"] < 2e-3
+
+
+@pytest.mark.slow
+def test_long_clip_row(tmp_path):
+    argv = [*QUICK, "--device", "cpu", "--prompts", "1", "--step-repeat", "1"]
+    argv += ["--long-clip", "12", "--long-clip-size", "160x90", "--output", str(tmp_path)]
+    assert bench.main([*argv, "--name", "long"]) == 0
+    long = json.loads((tmp_path / "long.json").read_text())["long_clip"]
+    assert long["seconds"] == 12
+    assert [r["config"] for r in long["rows"]] == ["reference/fp32/p1", "fast/fp32/p1"]
+    for r in long["rows"]:
+        assert r["audio_s"] == 12.0 and r["windows"] == 2
+        assert r["s_per_audio_minute"] == pytest.approx(r["total_s"] * 5)
+        assert r["peak_memory_mb"] > 0 and r["cpu_s_per_audio_minute"] > 0
+        assert {"decode", "video_trunk", "sampling", "decoder", "write"} <= set(r["timings_s"])
+    assert "| fast/fp32/p1 | 2 |" in (tmp_path / "long.md").read_text()

@@ -4,6 +4,8 @@ Test clips are made here with PyAV (small, a few seconds of 64x48 H.264).
 """
 
 import math
+import os
+import stat
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,10 +14,12 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from clips import BAD_INPUTS, make_clip
+from clips import BAD_INPUTS, make_clip, vfr_pts_ms
 from golden import assert_close, golden_file, load_case, sync_frames_from_u8
 from selva_rt.runtime import media
 from selva_rt.runtime.errors import MediaError, OutputError, UsageError
+from selva_rt.runtime.outputs import plan_outputs, write_outputs
+from selva_rt.runtime.pipeline import GenerationResult
 from selva_rt.runtime.variants import CLIP_FPS, SYNC_FPS
 
 torch.set_num_threads(1)
@@ -163,7 +167,6 @@ PROBE_CATCHES = set(BAD_INPUTS) - {
     "truncated at a packet",
     "corrupt packet",
     "shorter than a segment",
-    "variable frame rate",
 }
 
 
@@ -440,3 +443,131 @@ def test_sample_asset_is_a_usable_clip(sample_clip):
     assert sample_clip.stat().st_size < 300_000
     video = media.decode_video(sample_clip)
     assert video.duration > 2.5 and video.size == (320, 240)
+
+
+# ----------------------------------------------------------------------------------------------
+# Media as shot: variable frame rate, windows of long clips, codecs the clip's container
+# family cannot hold, file modes
+
+
+def held_indices(times: list[float], fps: int, count: int, start: float = 0.0) -> list[int]:
+    """The official sample-and-hold rule written out: output frame k is the first frame whose
+    time from `start` reaches the accumulated k / fps."""
+    out, next_t = [], 0.0
+    for i, t in enumerate(times):
+        while t - start >= next_t and len(out) < count and t >= start:
+            out.append(i)
+            next_t += 1 / fps
+    return out
+
+
+def test_variable_frame_rate_is_taken_as_shot(tmp_path):
+    pts = vfr_pts_ms(60)
+    path = make_clip(tmp_path / "vfr.mp4", frames=60, pts_ms=pts)
+    video = media.decode_video(path, 8.0)
+    times = [p / 1000 for p in pts]
+    assert video.duration == media.clip_duration(path)
+    want = held_indices(times, SYNC_FPS, int(SYNC_FPS * video.duration))
+    assert video.sync_index.tolist() == want
+    assert len(set(want)) < len(want) < 60  # frames held and frames skipped: it is uneven
+    out = media.mux(path, np.zeros(16000 * 3, np.float32), 16000, tmp_path / "out.mp4")
+    assert packet_bytes(out) == packet_bytes(path)
+
+
+def packet_bytes(path: Path) -> list[tuple[int | None, bytes]]:
+    return [(p.pts, bytes(p)) for p in video_packets(path)]
+
+
+@pytest.mark.parametrize("pts", [None, vfr_pts_ms(150)], ids=["25 fps", "variable rate"])
+def test_windows_decode_as_their_own_clips(tmp_path, pts):
+    path = make_clip(tmp_path / "clip.mp4", frames=150, pts_ms=pts, gop=25)
+    starts, duration = [0.0, 1.28, 2.56], 2.0
+    windows = list(media.decode_windows(path, starts, duration))
+    assert len(windows) == 3
+    for start, window in zip(starts, windows, strict=True):
+        alone = media.decode_video(path, duration, start=start)
+        assert window.start == start and window.duration == alone.duration == duration
+        assert torch.equal(window.sync_frames, alone.sync_frames)
+        if pts is None:  # (from a start > 0, decode_video estimates the index from the rate)
+            assert torch.equal(window.sync_index, alone.sync_index)
+    # One pass: the decoder stopped once the last window was full, not once per window.
+    assert windows[-1].decoded_frames <= max(w.sync_index.max() for w in windows) + 1 + 25
+
+
+@pytest.mark.parametrize(
+    "frames, fps, start", [(100, 25, 0.0), (91, Fraction(30000, 1001), 0.0), (130, 25, 1.3)]
+)
+def test_clip_duration_is_what_decoding_gives(tmp_path, frames, fps, start):
+    path = make_clip(tmp_path / "clip.mp4", frames=frames, fps=fps)
+    assert media.clip_duration(path, start) == media.decode_video(path, 100.0, start).duration
+
+
+def test_ten_bit_matroska_muxes_with_its_packets_unchanged(tmp_path):
+    path = make_clip(tmp_path / "deep.mkv", frames=60, pix_fmt="yuv420p10le", gop=30)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+        assert any(p.dts is None for p in c.demux(video=0) if p.size)  # B-frames, no dts
+    out = media.mux(path, np.zeros(16000 * 3, np.float32), 16000, tmp_path / "out.mkv")
+    assert packet_bytes(out) == packet_bytes(path)
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 60
+
+
+def test_a_codec_mp4_cannot_hold_goes_to_matroska(tmp_path):
+    # A QuickTime file named .mp4 holding ProRes, which MP4 does not take.
+    path = make_clip(
+        tmp_path / "prores.mp4",
+        frames=20,
+        codec="prores_ks",
+        pix_fmt="yuv422p10le",
+        container="mov",
+    )
+    assert media.mux_suffix(path, ".mp4") == ".mkv"
+    assert media.mux_suffix(make_clip(tmp_path / "h264.mp4", frames=20), ".mp4") == ".mp4"
+    plan = plan_outputs(path, ["rain"], tmp_path / "out")
+    assert plan.stems[0].video.suffix == ".mkv"
+    out = media.mux(path, np.zeros(16000, np.float32), 16000, tmp_path / "x.mkv")
+    assert [bytes(p) for p in video_packets(out)] == [bytes(p) for p in video_packets(path)]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", frames=25)
+    old = os.umask(0o022)
+    try:
+        stem = media.write_audio(tmp_path / "stem.wav", np.zeros(1600, np.float32), 16000)
+        muxed = media.mux(clip, np.zeros(16000, np.float32), 16000, tmp_path / "out.mp4")
+        os.umask(0o027)
+        other = media.write_audio(tmp_path / "other.flac", np.zeros(1600, np.float32), 16000)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(stem.stat().st_mode) == 0o644
+    assert stat.S_IMODE(muxed.stat().st_mode) == 0o644
+    assert stat.S_IMODE(other.stat().st_mode) == 0o640
+
+
+def test_a_failed_mux_leaves_no_outputs(tmp_path, monkeypatch):
+    clip = make_clip(tmp_path / "clip.mp4", frames=25)
+    plan = plan_outputs(clip, ["rain", "thunder"], tmp_path / "out")
+    result = GenerationResult(
+        audio=np.zeros((2, 16000), np.float32),
+        sample_rate=16000,
+        prompts=["rain", "thunder"],
+        duration=1.0,
+        start=0.0,
+        seed=42,
+        steps=1,
+        cfg=4.5,
+    )
+    real_mux, calls = media.mux, []
+
+    def mux_failing_the_second(*args, **kwargs):  # fault injection: the first stem's files
+        calls.append(args[3])  # are complete by then
+        if len(calls) == 2:
+            raise OutputError("cannot mux the h264 video of clip.mp4 into .mp4 (Invalid argument)")
+        return real_mux(*args, **kwargs)
+
+    monkeypatch.setattr(media, "mux", mux_failing_the_second)
+    with pytest.raises(OutputError, match="cannot mux"):
+        write_outputs(plan, result)
+    assert calls[0].exists() is False and len(calls) == 2
+    assert list((tmp_path / "out").iterdir()) == []
