@@ -89,15 +89,26 @@ def to_model_input(sync_u8: torch.Tensor) -> torch.Tensor:
     return (sync_u8.float() * (1 / 255) - 0.5) / 0.5
 
 
-def resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """image: [3, H, W] uint8 -> [3, size, size] uint8, squashed (no crop).
+def resize(image: torch.Tensor, size: int, center_crop: bool = False) -> torch.Tensor:
+    """image: [3, H, W] uint8 -> [3, size, size] uint8, squashed (no crop); with `center_crop`
+    the short side is scaled to `size` and the middle cut out (MMAudioSep's sync frames:
+    v2.Resize(size) then v2.CenterCrop(size), with torchvision's size and offset rounding).
 
     torch's native uint8 antialiased bicubic kernel on CPU: what torchvision's v2.Resize runs on
     uint8 tensors, so bit-exact with the official transforms (spec §1.3).
     """
-    return F.interpolate(
-        image[None], size=(size, size), mode="bicubic", antialias=True, align_corners=False
+    h, w = image.shape[-2:]
+    out = (size, size)
+    if center_crop:
+        long = int(size * max(h, w) / min(h, w))
+        out = (size, long) if h <= w else (long, size)
+    image = F.interpolate(
+        image[None], size=out, mode="bicubic", antialias=True, align_corners=False
     )[0]
+    if center_crop:
+        top, left = (int(round((n - size) / 2.0)) for n in out)
+        image = image[:, top : top + size, left : left + size]
+    return image
 
 
 class _Track:
@@ -108,8 +119,8 @@ class _Track:
     kept only up to `keep`; later ones are just counted, since the count sets the duration.
     """
 
-    def __init__(self, fps: int, size: int, keep: int):
-        self.fps, self.size, self.keep = fps, size, keep
+    def __init__(self, fps: int, size: int, keep: int, center_crop: bool = False):
+        self.fps, self.size, self.keep, self.center_crop = fps, size, keep, center_crop
         self.step = 1 / fps
         self.next_t = 0.0
         self.count = 0
@@ -126,10 +137,12 @@ def decode_video(
     start: float = 0.0,
     need_clip: bool = False,
     progress: bool = False,
+    sync_center_crop: bool = False,
 ) -> Video:
     """Decode the window [start, start + duration] of a clip's first video stream.
 
-    With start == 0 this is the official `load_video(path, duration)`. `start` is our
+    With start == 0 this is the official `load_video(path, duration)`; `sync_center_crop` gives
+    MMAudioSep's version of it (see `resize`). `start` is our
     extension (the official demo has none): times are measured from `start`, so the timing rule
     begins at 0 there, and the decoder seeks to the keyframe before `start`. Decoding stops as
     soon as later frames cannot change the result.
@@ -140,7 +153,7 @@ def decode_video(
     if not (math.isfinite(start) and start >= 0):
         raise UsageError(f"start must be a non-negative number of seconds, not {start!r}")
 
-    tracks = [_Track(SYNC_FPS, SYNC_SIZE, int(SYNC_FPS * duration))]
+    tracks = [_Track(SYNC_FPS, SYNC_SIZE, int(SYNC_FPS * duration), sync_center_crop)]
     if need_clip:
         tracks.append(_Track(CLIP_FPS, CLIP_SIZE, int(CLIP_FPS * duration)))
     else:  # counted for the duration rule, never resized
@@ -261,7 +274,8 @@ def _take(frame: av.VideoFrame, t: float, index: int, rotation: int, tracks: lis
                         rgb = frame.to_ndarray(format="rgb24")  # [H, W, 3], as official
                         if rotation:
                             rgb = np.ascontiguousarray(np.rot90(rgb, rotation // 90))
-                    resized[track.size] = resize(torch.from_numpy(rgb).permute(2, 0, 1), track.size)
+                    image = torch.from_numpy(rgb).permute(2, 0, 1)
+                    resized[track.size] = resize(image, track.size, track.center_crop)
                 track.frames.append(resized[track.size])
             track.index.append(index)
             track.count += 1

@@ -23,7 +23,9 @@ from tqdm import tqdm
 from .backends import Parts, load_parts
 from .checks import check_negative_prompt, check_options, check_prompts
 from .device import precision_name
+from .errors import UsageError
 from .models.clip_tokenizer import ClipTokenizer
+from .models.mixture import sample_mixture
 from .models.t5 import load_tokenizer
 from .variants import (
     DEFAULT_CFG,
@@ -48,14 +50,16 @@ class TextFeatures:
 
 @dataclass
 class Synthesis:
-    """What one generation computed: sync_features [P, 8S, D], noise x0 and latent x1 [P, N, E]
-    (normalised), mel [P, M, 2N], audio [P, samples]."""
+    """What one generation computed: sync_features [P, 8S, D] (None without video), noise x0
+    and latent x1 [P, N, E] (normalised), mel [P, M, 2N], audio [P, samples]; separation: the
+    sampled mixture latent [1, N, E]."""
 
-    sync_features: torch.Tensor
+    sync_features: torch.Tensor | None
     noise: torch.Tensor
     latent: torch.Tensor
     mel: torch.Tensor
     audio: torch.Tensor
+    mixture_latent: torch.Tensor | None = None
 
 
 @dataclass
@@ -124,7 +128,7 @@ class Pipeline:
     @torch.inference_mode()
     def synthesize(
         self,
-        sync_frames: torch.Tensor,
+        sync_frames: torch.Tensor | None,
         text: TextFeatures,
         *,
         duration: float,
@@ -134,25 +138,36 @@ class Pipeline:
         cfg: float = DEFAULT_CFG,
         progress: bool = False,
         timings: dict[str, float] | None = None,
+        mixture: torch.Tensor | None = None,
+        normalize_mixture_latent: bool = False,
     ) -> Synthesis:
         """Audio for one clip and P prompts.
 
         sync_frames: [1, T, 3, 224, 224] in [-1, 1]; clip_frames: [T_clip, 3, 384, 384] in
         [0, 1] (plain MMAudio variants only). Each prompt gets the noise a single-prompt call
         with the same seed gets, so a stem does not depend on which prompts share the call.
+
+        Separation variants (MMAudioSep) also take `mixture` [1, S] float32 at the variant's
+        rate, S = `seq.audio_samples`; sync_frames None is a query without video (empty clip
+        and sync features). The mixture is encoded once for all prompts; its posterior sample
+        draws eps from the seeded generator before x0, as the official `separate`.
+        `normalize_mixture_latent`: see `TorchParts.mixture_conditions`.
         """
         timings = {} if timings is None else timings
         parts, dev, dt = self.parts, self.device, self.dtype
         seq = self.variant.sequence_lengths(duration)
         prompts = text.clip.shape[0]
-        with _timed(timings, "video_trunk", dev):
-            trunk = parts.video_trunk(sync_frames, prompts)
-        with _timed(timings, "video_select", dev):
-            sync_f = parts.video_select(trunk, text.t5, text.t5_mask, prompts)
+        sync_f = None
+        if sync_frames is not None:
+            with _timed(timings, "video_trunk", dev):
+                trunk = parts.video_trunk(sync_frames, prompts)
+            with _timed(timings, "video_select", dev):
+                sync_f = parts.video_select(trunk, text.t5, text.t5_mask, prompts)
         with _timed(timings, "dit_conditions", dev):
             clip_f = None
-            if self.variant.uses_clip_video:
+            if self.variant.uses_clip_video and clip_frames is not None:
                 clip_f = parts.clip_image(clip_frames)[None].expand(prompts, -1, -1)
+            extra = {} if sync_f is not None else {"sync_len": seq.sync}
             conditions = parts.dit_conditions(
                 clip_f,
                 sync_f,
@@ -160,23 +175,29 @@ class Pipeline:
                 text.negative.expand(prompts, -1, -1),
                 seq.latent,
                 seq.clip,
+                **extra,
             )
-        x0 = torch.cat(
-            [
-                torch.randn(
-                    (1, seq.latent, self.variant.generator.latent_dim),
-                    dtype=dt,
-                    device=dev,
-                    generator=torch.Generator(dev).manual_seed(seed),
+        # Every prompt gets the draws of its own single-prompt call: the same ones.
+        rng = torch.Generator(dev).manual_seed(seed)
+        x_cond = None
+        if self.variant.separation:
+            if mixture is None:
+                raise UsageError(f"{self.variant.name} separates a mixture; pass one")
+            with _timed(timings, "mixture_encoder", dev):
+                mean, std = parts.mixture_encoder(mixture)
+                x_cond, _ = sample_mixture(mean, std, rng)
+                conditions.update(
+                    parts.mixture_conditions(x_cond, prompts, normalize_mixture_latent)
                 )
-                for _ in range(prompts)
-            ]
-        )
+        shape = (1, seq.latent, self.variant.generator.latent_dim)
+        x0 = torch.randn(shape, dtype=dt, device=dev, generator=rng).repeat(prompts, 1, 1)
         with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
             x1 = parts.sample(x0, conditions, steps, cfg, bar.update)
         with _timed(timings, "decoder", dev):
             mel, audio = parts.decoder(x1)
-        return Synthesis(sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio)
+        return Synthesis(
+            sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio, mixture_latent=x_cond
+        )
 
     def generate(
         self,

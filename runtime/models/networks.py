@@ -53,7 +53,9 @@ def build_networks(variant: Variant, paths: dict[str, Path]) -> Networks:
     with torch.device("meta"):  # nothing is allocated until the weights are assigned
         generator = Generator(variant.generator, seq.latent, seq.clip, seq.sync)
         video_encoder = VideoEncoder(variant.video_encoder)
-        vae, vocoder = VAE(variant.vae), BigVGAN(variant.vocoder)
+        # Separation encodes the mixture: keep the VAE encoder that generation drops.
+        vae = VAE(variant.vae, with_encoder=variant.separation)
+        vocoder = BigVGAN(variant.vocoder)
         clip_text = ClipTextEncoder(variant.clip)
         clip_image = ClipImageEncoder(variant.clip) if variant.uses_clip_video else None
     load(
