@@ -59,6 +59,74 @@ def cmd_generate(args: argparse.Namespace) -> int:
         start=args.start,
         progress=not args.quiet,
     )
+    return finish(args, plan, result, pipe, t_start)
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    from . import media
+    from .device import resolve_device
+    from .pipeline import Pipeline
+    from .separation import has_video
+    from .variants import get_variant
+
+    t_start = time.perf_counter()
+    prompts = check_prompts(args.prompts)
+    negative = check_negative_prompt(args.negative_prompt)
+    check_options(
+        steps=args.steps, cfg=args.cfg, seed=args.seed, duration=args.duration, start=args.start
+    )
+    if not get_variant(args.variant).separation:
+        raise UsageError(f"{args.variant} does not separate; use an mmaudiosep-* variant")
+    resolve_device(args.device)
+    # Check both inputs before any weights load: the picture if used, the mixture's audio track.
+    video = not args.no_video and has_video(args.input)
+    if video:
+        media.probe(args.input)
+    check_mixture(args.mixture or args.input)
+    plan = plan_outputs(
+        args.input,
+        prompts,
+        args.out,
+        fmt=args.format,
+        video=video,
+        sample_rate=args.sample_rate,
+        force=args.force,
+    )
+    pipe = Pipeline.from_pretrained(
+        args.variant,
+        device=args.device,
+        precision=args.precision,
+        backend=args.backend,
+        engines=args.engines,
+        quiet=args.quiet,
+        checkpoint=args.checkpoint,
+    )
+    result = pipe.separate(
+        args.input,
+        prompts,
+        mixture=args.mixture,
+        video=video,
+        negative_prompt=negative,
+        seed=args.seed,
+        steps=args.steps,
+        cfg=args.cfg,
+        duration=args.duration,
+        start=args.start,
+        progress=not args.quiet,
+        normalize_mixture_latent=args.normalize_mixture_latent,
+    )
+    return finish(args, plan, result, pipe, t_start)
+
+
+def check_mixture(path: str) -> None:
+    """A readable audio track, or the one-line MediaError, before any model loads."""
+    from .separation import read_mixture
+
+    read_mixture(path, 16000, 0.0, 0.1)
+
+
+def finish(args, plan, result, pipe, t_start: float) -> int:
+    """Write the outputs of `generate`/`separate` and tell the user (or a tool, with --json)."""
     t_write = time.perf_counter()
     write_outputs(plan, result)
     now = time.perf_counter()
@@ -122,8 +190,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("clip", help="input video file")
     gen.add_argument("prompts", nargs="+", help="what to hear, e.g. 'sheep bleating'")
-    gen.add_argument("--negative-prompt", default="", help="what not to hear (default: '')")
     gen.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
+    add_run_options(gen)
+    gen.add_argument("--no-video", action="store_true", help="write stems only, no muxed video")
+    gen.set_defaults(func=cmd_generate)
+
+    sep = sub.add_parser(
+        "separate",
+        parents=[common],
+        help="separate one stem per prompt out of a clip's own audio (MMAudioSep)",
+    )
+    sep.add_argument(
+        "input", help="a clip (audio = mixture, picture = visual query) or an audio file"
+    )
+    sep.add_argument("prompts", nargs="+", help="what to pull out, e.g. 'dog barking'")
+    sep.add_argument(
+        "--variant",
+        default="mmaudiosep-large-44k",
+        choices=[n for n, v in VARIANTS.items() if v.separation],
+    )
+    sep.add_argument("--mixture", default=None, help="take the mixture from this file instead")
+    sep.add_argument(
+        "--no-video",
+        action="store_true",
+        help="leave the picture out: a text-only query, stems only (no muxed video)",
+    )
+    sep.add_argument(
+        "--checkpoint", default=None, help="MMAudioSep generator file (weights are not published)"
+    )
+    sep.add_argument(
+        "--normalize-mixture-latent",
+        action="store_true",
+        help="normalise the mixture latent as MMAudioSep's training does (its inference does not)",
+    )
+    add_run_options(sep)
+    sep.set_defaults(func=cmd_separate)
+    w = sub.add_parser(
+        "weights", parents=[common], help="download, list or verify official weights"
+    )
+    w.add_argument("action", choices=("download", "list", "verify"))
+    w.add_argument(
+        "variant", nargs="?", choices=[n for n, v in VARIANTS.items() if not v.random_weights]
+    )
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(func=cmd_weights)
+    for name, (_, help_text) in DELEGATED.items():  # listed in --help; main() hands them over
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def add_run_options(gen: argparse.ArgumentParser) -> None:
+    """The options `generate` and `separate` share."""
+    gen.add_argument("--negative-prompt", default="", help="what not to hear (default: '')")
     gen.add_argument("--seed", type=int, default=DEFAULT_SEED)
     gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Euler steps")
     gen.add_argument("--cfg", type=float, default=DEFAULT_CFG, help="classifier-free guidance")
@@ -152,24 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="resample stems (e.g. 48000 for video delivery)",
     )
-    gen.add_argument("--no-video", action="store_true", help="write stems only, no muxed video")
     gen.add_argument("--json", action="store_true", help="print one JSON object with the result")
     gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     gen.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    gen.set_defaults(func=cmd_generate)
-
-    w = sub.add_parser(
-        "weights", parents=[common], help="download, list or verify official weights"
-    )
-    w.add_argument("action", choices=("download", "list", "verify"))
-    w.add_argument(
-        "variant", nargs="?", choices=[n for n, v in VARIANTS.items() if not v.random_weights]
-    )
-    w.add_argument("--quiet", action="store_true")
-    w.set_defaults(func=cmd_weights)
-    for name, (_, help_text) in DELEGATED.items():  # listed in --help; main() hands them over
-        sub.add_parser(name, help=help_text, add_help=False)
-    return parser
 
 
 # Subcommands with parsers of their own; `selva-rt X --help` shows theirs.

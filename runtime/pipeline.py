@@ -97,11 +97,13 @@ class Pipeline:
         reference: bool = False,
         cuda_graphs: bool | None = None,
         quiet: bool = True,
+        checkpoint: str | Path | None = None,
     ) -> "Pipeline":
         """Load `variant` from the local weights folder ($SELVA_RT_HOME; `selva-rt weights
         download VARIANT` fetches the files; `tiny` needs none), on `backend` (see
         `backends.load_parts`: torch, or onnxruntime/tensorrt from the `engines` folder that
-        `selva-rt export` built)."""
+        `selva-rt export` built). `checkpoint`: a generator file instead of the variant's (how
+        an MMAudioSep checkpoint, which no hub publishes yet, can be used from anywhere)."""
         v = get_variant(variant)
         parts = load_parts(
             v,
@@ -112,6 +114,7 @@ class Pipeline:
             cuda_graphs=cuda_graphs,
             engines=engines,
             quiet=quiet,
+            checkpoint=checkpoint,
         )
         return cls(v, parts)
 
@@ -255,6 +258,48 @@ class Pipeline:
             steps=steps,
             cfg=cfg,
             timings=timings,
+        )
+
+
+    def separate(
+        self,
+        source: str | Path,
+        prompts: str | Sequence[str],
+        *,
+        mixture: str | Path | None = None,
+        video: bool = True,
+        negative_prompt: str = "",
+        seed: int = DEFAULT_SEED,
+        steps: int = DEFAULT_STEPS,
+        cfg: float = DEFAULT_CFG,
+        duration: float = DEFAULT_DURATION,
+        start: float = 0.0,
+        progress: bool = False,
+        normalize_mixture_latent: bool = False,
+    ) -> GenerationResult:
+        """Separation variants (MMAudioSep): one stem per prompt, each the prompt's sound pulled
+        out of the mixture. `source` is a clip (its audio is the mixture, its picture the
+        visual query; `video=False` drops the picture) or an audio file (a text-only query);
+        `mixture` takes the mixture from another file. See `separation.py`."""
+        from . import separation
+
+        prompts = check_prompts(prompts)
+        negative_prompt = check_negative_prompt(negative_prompt)
+        check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
+        return separation.separate(
+            self,
+            source,
+            prompts,
+            mixture=mixture,
+            video=video,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            duration=duration,
+            start=start,
+            progress=progress,
+            normalize_mixture_latent=normalize_mixture_latent,
         )
 
 

@@ -95,11 +95,13 @@ def load_parts(
     cuda_graphs: bool | None = None,
     engines: str | Path | None = None,
     quiet: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> Parts:
     """The parts of `variant` on one backend. torch: the networks from the weights folder
     (`reference` runs them the official way; `cuda_graphs`, default on in fast mode on CUDA,
     replays the Euler loop as one graph). onnxruntime / tensorrt: the files `selva-rt export`
-    built into `engines` (their precision is the build's)."""
+    built into `engines` (their precision is the build's). `checkpoint`: a generator file
+    to load instead of the variant's (torch backend)."""
     dev = resolve_device(device)
     if backend == "torch":
         from .. import weights
@@ -109,12 +111,15 @@ def load_parts(
         dtype = DTYPES[resolve_precision(precision, dev)]
         if cuda_graphs is None:
             cuda_graphs = dev.type == "cuda" and not reference
-        nets = build_networks(variant, weights.resolve(variant, quiet=quiet))
+        paths = weights.resolve(variant, quiet=quiet, checkpoint=checkpoint)
+        nets = build_networks(variant, paths)
         return TorchParts(variant, nets, dev, dtype, reference=reference, cuda_graphs=cuda_graphs)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
     if reference:
         raise UsageError("reference mode is a torch-backend mode; use --backend torch")
+    if variant.separation or checkpoint is not None:
+        raise UsageError("separation and --checkpoint run on --backend torch only (for now)")
     if engines is None:
         raise UsageError(f"the {backend} backend needs --engines DIR (see selva-rt export)")
     if backend == "onnxruntime":
