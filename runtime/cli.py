@@ -21,6 +21,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from . import media
     from .device import resolve_device
     from .pipeline import Pipeline
+    from .variants import get_variant
 
     t_start = time.perf_counter()
     # Every check that needs no model runs before the weights load.
@@ -29,6 +30,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_options(
         steps=args.steps, cfg=args.cfg, seed=args.seed, duration=args.duration, start=args.start
     )
+    if get_variant(args.variant).separation:
+        raise UsageError(f"{args.variant} separates a mixture: use selva-rt separate")
     resolve_device(args.device)
     media.probe(args.clip)
     plan = plan_outputs(

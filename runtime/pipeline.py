@@ -217,6 +217,8 @@ class Pipeline:
     ) -> GenerationResult:
         """One stem per prompt for `clip`, from `start` for `duration` seconds. Bad values raise
         a SelvaError with the one-line message the CLI prints."""
+        if self.variant.separation:
+            raise UsageError(f"{self.variant.name} separates a mixture: use separate()")
         prompts = check_prompts(prompts)
         negative_prompt = check_negative_prompt(negative_prompt)
         check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)

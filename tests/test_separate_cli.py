@@ -185,6 +185,12 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys, case):
     assert_clean_failure(code, capsys, message, out)
 
 
+def test_generate_with_a_separation_variant_says_use_separate(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["generate", str(SAMPLE), "rain", "--variant", "tiny-sep", "--out", str(out)])
+    assert_clean_failure(code, capsys, "use selva-rt separate", out)
+
+
 def test_unpublished_checkpoint_named_in_one_line(tmp_path):
     """No URL or MD5 exists: `weights download` and a run both say where the file goes."""
     env = {"SELVA_RT_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
