@@ -262,7 +262,6 @@ class Pipeline:
             timings=timings,
         )
 
-
     def separate(
         self,
         source: str | Path,

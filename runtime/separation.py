@@ -171,4 +171,3 @@ def separate(
         cfg=cfg,
         timings=timings,
     )
-

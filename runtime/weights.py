@@ -213,9 +213,7 @@ def resolve(
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise WeightsMissingError(f"--checkpoint {checkpoint} is not a file")
-    missing = [
-        f for f in missing_files(variant) if not (checkpoint and f.role == "generator")
-    ]
+    missing = [f for f in missing_files(variant) if not (checkpoint and f.role == "generator")]
     for f in missing:
         if not f.published:
             raise _unpublished_error(variant, f)

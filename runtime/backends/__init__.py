@@ -56,15 +56,26 @@ class Parts(Protocol):
     def dit_conditions(
         self,
         clip_features: torch.Tensor | None,
-        sync_features: torch.Tensor,
+        sync_features: torch.Tensor | None,
         text_features: torch.Tensor,
         negative_text_features: torch.Tensor,
         latent_len: int,
         clip_len: int,
+        sync_len: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """clip_features [P, Nc, C] or None (the learned empty CLIP feature, SELVA),
-        sync_features [P, 8S, D], text and negative text features [P, 77, W] -> conditions
+        sync_features [P, 8S, D] (None: the learned empty feature for `sync_len` rows, a
+        query without video), text and negative text features [P, 77, W] -> conditions
         clip_f [2P, Nc, H], sync_f [2P, N, H], text_f [2P, 77, H], clip_f_c and text_f_c [2P, H]."""
+
+    def mixture_encoder(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Separation only: mixture [1, S] float32 -> posterior mean, std [1, E, N]."""
+
+    def mixture_conditions(
+        self, x_cond: torch.Tensor, prompts: int, normalize: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Separation only: sampled mixture latent [1, N, E] -> extra `dit_step` conditions
+        with P rows, read by both CFG branches (e.g. mixture_bias [P, N, H])."""
 
     def dit_step(
         self, latent: torch.Tensor, t: torch.Tensor, conditions: dict[str, torch.Tensor], cfg: float
