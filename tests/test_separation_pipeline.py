@@ -181,3 +181,45 @@ def test_sep_preproc_video_center_crops_sync_frames():
     assert torch.allclose(means, T["out.sync_frames_mean_per_frame"], atol=1e-6)
     squashed = media.decode_video(VIDEO, duration=duration).sync_frames
     assert (squashed.float() - frames.float()).abs().mean() > 5  # SELVA's reader differs
+
+
+@torch.inference_mode()
+def test_zero_extended_mmaudio_separates_as_mmaudio_generates_through_the_pipeline():
+    """The oracle end to end: tiny-sep's pipeline with a zero-widened MMAudio generator gives
+    bit-identical stems for unrelated mixtures (silence, a tone, loud noise), and its latent is
+    what the MMAudio generator samples from the same noise and conditions."""
+    from selva_rt.runtime.models.generator import Conditions
+    from selva_rt.runtime.models.generator import random_official_state as random_generator
+    from selva_rt.runtime.models.networks import build_networks
+    from selva_rt.runtime.sampler import euler_sample
+
+    variant = get_variant("tiny-sep")
+    nets = build_networks(variant, {})
+    base = dataclasses.replace(variant.generator, mixture_dim=0)
+    state = random_generator(base, seed=11)
+    w = state["audio_input_proj.0.weight"]
+    wide = dict(state, **{"audio_input_proj.0.weight": torch.cat([w, torch.zeros_like(w)], 1)})
+    nets.generator.load_official(wide, "zero-widened MMAudio")
+    pipe = Pipeline(variant, TorchParts(variant, nets, torch.device("cpu"), torch.float32))
+    seq = variant.sequence_lengths(1.0)
+    g = torch.Generator().manual_seed(5)
+    mixtures = [
+        torch.zeros(1, seq.audio_samples),
+        0.5 * torch.sin(torch.arange(seq.audio_samples) * 0.07)[None],
+        3 * torch.randn(1, seq.audio_samples, generator=g),
+    ]
+    sync = torch.rand(1, 25, 3, 224, 224, generator=g) * 2 - 1
+    text = pipe.encode_text(["dog barking", "rain"])
+    outs = [pipe.synthesize(sync, text, duration=1.0, steps=4, mixture=m, seed=3) for m in mixtures]
+    assert not torch.equal(outs[0].mixture_latent, outs[2].mixture_latent)
+    for out in outs[1:]:
+        assert torch.equal(out.audio, outs[0].audio)
+
+    mm = Generator(base, seq.latent, seq.clip, seq.sync).load_official(state, "MMAudio").eval()
+    conditions = pipe.parts.dit_conditions(
+        None, outs[0].sync_features, text.clip, text.negative.expand(2, -1, -1),
+        seq.latent, seq.clip,
+    )  # fmt: skip
+    both = Conditions(*(conditions[k] for k in Conditions._fields))
+    x1 = euler_sample(lambda t, x: mm.cfg_velocity_batched(x, t, both, 4.5), outs[0].noise, 4)
+    assert torch.equal(x1, outs[0].latent)
