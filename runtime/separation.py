@@ -66,13 +66,16 @@ def read_mixture(
         try:
             if start > 0:
                 container.seek(int(start / stream.time_base), stream=stream, backward=True)
+            decoded = 0  # samples
             for frame in container.decode(stream):
                 if first is None:
                     first = frame.time if frame.time is not None else 0.0
                 for out in to_float.resample(frame):
                     chunks.append(out.to_ndarray())
-                if first + sum(c.shape[1] for c in chunks) / rate >= end:
+                    decoded += chunks[-1].shape[1]
+                if first + decoded / rate >= end:
                     break
+            chunks += [out.to_ndarray() for out in to_float.resample(None)]  # flush
         except av.error.FFmpegError as err:
             raise MediaError(
                 f"{path.name}: its audio cannot be decoded ({media._why(err)})"
