@@ -19,6 +19,11 @@ timed rounds, real-time factor (latency / audio seconds), peak memory, the speed
 reference configuration of the same precision and prompts, and how far the outputs are from it
 (relative L2; fp32 vs fp32 should sit within the golden tolerances).
 
+Separation variants (`--variant tiny-sep`, `mmaudiosep-*`) time `selva-rt separate`'s work:
+the same parts plus the mixture encoder (mel + VAE encoder), on a noise mixture; in fast mode the
+mixture enters the DiT as a bias computed once, in reference mode as the official concatenation
+at every step.
+
 Weights default to random full-size ones (`--weights random`): the FLOPs and the code paths are
 the real ones, the audio is noise. `--weights local` loads the downloaded checkpoints.
 `--file-to-file [CLIP]` also times decode -> generate -> write -> remux on a clip (default: a
@@ -328,19 +333,30 @@ def synthetic_frames(duration: float, seed: int) -> torch.Tensor:
     return media.to_model_input(u8)[None]
 
 
-def clip_frames(variant, duration: float, seed: int) -> torch.Tensor | None:
-    """[int(8 * duration), 3, S, S] float32 in [0, 1] for variants with CLIP video, else None."""
-    if not variant.uses_clip_video:
-        return None
-    size, n = variant.clip.frame_size, variant.sequence_lengths(duration).clip
-    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+def synthetic_extras(variant, duration: float, seed: int) -> dict[str, torch.Tensor]:
+    """The other inputs `synthesize` takes for `variant`: CLIP frames [8 * duration, 3, S, S]
+    in [0, 1] (plain MMAudio, MMAudioSep, Flowley; S = variant.clip.frame_size), and for
+    separation a noise mixture [1, S] at the variant's rate (the encoder's cost does not depend
+    on the content)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    seq = variant.sequence_lengths(duration)
+    extras, size = {}, variant.clip.frame_size
+    if variant.uses_clip_video:
+        extras["clip_frames"] = torch.rand(seq.clip, 3, size, size, generator=g)
+    if variant.separation:
+        extras["mixture"] = 0.3 * torch.randn(1, seq.audio_samples, generator=g)
+    return extras
 
 
-def run_once(pipe: Pipeline, frames: torch.Tensor, prompts: list[str], args) -> dict:
-    """One timed run: text encoding, then frames to waveform. Seconds per part."""
+def run_once(
+    pipe: Pipeline, frames: torch.Tensor, prompts: list[str], args, extras: dict | None = None
+) -> dict:
+    """One timed run: text encoding, then frames (and for separation the mixture) to waveform.
+    Seconds per part."""
     dev = pipe.device
     cuda = dev.type == "cuda"
     frames = frames.to(dev)
+    extras = {k: v.to(dev) for k, v in (extras or {}).items()}
     timings: dict[str, float] = {}
     with PeakMemory(dev) as mem:
         _sync(dev)
@@ -355,12 +371,12 @@ def run_once(pipe: Pipeline, frames: torch.Tensor, prompts: list[str], args) -> 
         out = pipe.synthesize(
             frames,
             text,
-            clip_frames=clip_frames(pipe.variant, args.duration, args.seed),
             duration=args.duration,
             seed=args.seed,
             steps=args.steps,
             cfg=args.cfg,
             timings=timings,
+            **extras,
         )
         if cuda:
             end.record()
@@ -385,10 +401,13 @@ def time_dit_step(pipe: Pipeline, run: dict, args) -> list[float]:
     parts, text, out = pipe.parts, run["text"], run["out"]
     prompts = text.prompts
     clip_f = None
-    frames = clip_frames(pipe.variant, args.duration, args.seed)
-    if frames is not None:  # not timed here: only the step is
-        clip_f = parts.clip_image(frames.to(pipe.device))[None].expand(prompts, -1, -1)
+    extras = synthetic_extras(pipe.variant, args.duration, args.seed)
+    if "clip_frames" in extras:  # not timed here: only the step is
+        frames = extras["clip_frames"].to(pipe.device)
+        clip_f = parts.clip_image(frames)[None].expand(prompts, -1, -1)
     conditions = pipe.dit_conditions(text, clip_f, out.sync_features, args.duration)
+    if pipe.variant.separation:  # the mixture's bias (fast) or latent (reference)
+        conditions.update(parts.mixture_conditions(out.mixture_latent, prompts))
     x = out.noise
     t = torch.full((prompts,), 0.48, dtype=x.dtype, device=x.device)
     times = []
@@ -666,11 +685,13 @@ def synthetic_clip(path: Path, seconds: float = 8.0, size=(1920, 1080), fps: int
 
 
 def file_to_file(pipe: Pipeline, clip: Path, out_dir: Path, args) -> dict:
-    """Seconds of each stage of `selva-rt generate CLIP PROMPT` minus model loading."""
+    """Seconds of each stage of `selva-rt generate CLIP PROMPT` (`separate` for a separation
+    variant: the clip's audio track is the mixture) minus model loading."""
     t0 = time.perf_counter()
     info = media.probe(clip)
     probe_s = time.perf_counter() - t0
-    result = pipe.generate(
+    run = pipe.separate if pipe.variant.separation else pipe.generate
+    result = run(
         clip, PROMPTS[0], seed=args.seed, steps=args.steps, cfg=args.cfg, duration=args.duration
     )
     timings = {"probe": probe_s, **result.timings}
@@ -703,6 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipes = make_pipelines(args.variant, nets, configs, device, args.weights == "random")
     load_s = time.perf_counter() - t0
     frames = synthetic_frames(args.duration, args.seed)
+    extras = synthetic_extras(get_variant(args.variant), args.duration, args.seed)
 
     runs: dict[Config, list[dict]] = {c: [] for c in configs}
     last: dict[str, object] = {}
@@ -710,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for round_ in range(args.warmup + args.repeat):
         timed = round_ >= args.warmup
         for c in configs:
-            run = run_once(pipes[c], frames, list(PROMPTS[: c.prompts]), args)
+            run = run_once(pipes[c], frames, list(PROMPTS[: c.prompts]), args, extras)
             f2w = run["timings"]["frames_to_waveform"]
             print(
                 f"  round {round_ + 1}/{args.warmup + args.repeat} {c.name:<22s} "

@@ -40,6 +40,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_options(
         steps=args.steps, cfg=cfg, seed=args.seed, duration=args.duration, start=args.start
     )
+    if variant.separation:
+        raise UsageError(f"{args.variant} separates a mixture: use selva-rt separate")
     resolve_device(args.device)
     media.probe(args.clip)
     plan = plan_outputs(
@@ -72,6 +74,77 @@ def cmd_generate(args: argparse.Namespace) -> int:
         start=args.start,
         progress=not args.quiet,
     )
+    return finish(args, plan, result, pipe, t_start)
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    from . import media
+    from .device import resolve_device
+    from .pipeline import Pipeline
+    from .separation import has_video
+
+    t_start = time.perf_counter()
+    variant = get_variant(args.variant)
+    prompts = check_prompts(args.prompts)
+    negative = check_negative_prompt(args.negative_prompt, variant)
+    cfg = variant.cfg if args.cfg is None else args.cfg
+    check_options(
+        steps=args.steps, cfg=cfg, seed=args.seed, duration=args.duration, start=args.start
+    )
+    if not variant.separation:
+        raise UsageError(f"{args.variant} does not separate; use an mmaudiosep-* variant")
+    resolve_device(args.device)
+    # Check both inputs before any weights load: the picture if used, the mixture's audio track.
+    video = not args.no_video and has_video(args.input)
+    if video:
+        media.probe(args.input)
+    check_mixture(args.mixture or args.input)
+    plan = plan_outputs(
+        args.input,
+        prompts,
+        args.out,
+        fmt=args.format,
+        video=video,
+        sample_rate=args.sample_rate,
+        force=args.force,
+        otio=args.otio,
+        loudness=args.loudness,
+    )
+    pipe = Pipeline.from_pretrained(
+        args.variant,
+        device=args.device,
+        precision=args.precision,
+        backend=args.backend,
+        engines=args.engines,
+        quiet=args.quiet,
+        checkpoint=args.checkpoint,
+    )
+    result = pipe.separate(
+        args.input,
+        prompts,
+        mixture=args.mixture,
+        video=video,
+        negative_prompt=negative,
+        seed=args.seed,
+        steps=args.steps,
+        cfg=cfg,
+        duration=args.duration,
+        start=args.start,
+        progress=not args.quiet,
+        normalize_mixture_latent=args.normalize_mixture_latent,
+    )
+    return finish(args, plan, result, pipe, t_start)
+
+
+def check_mixture(path: str) -> None:
+    """A readable audio track, or the one-line MediaError, before any model loads."""
+    from .separation import read_mixture
+
+    read_mixture(path, 16000, 0.0, 0.1)
+
+
+def finish(args, plan, result, pipe, t_start: float) -> int:
+    """Write the outputs of `generate`/`separate` and tell the user (or a tool, with --json)."""
     t_write = time.perf_counter()
     delivered = write_outputs(plan, result, variant=pipe.variant.name)
     now = time.perf_counter()
@@ -171,64 +244,41 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     )
     gen.add_argument("clip", help="input video file")
     gen.add_argument("prompts", nargs="+", help="what to hear, e.g. 'sheep bleating'")
-    gen.add_argument("--negative-prompt", default="", help="what not to hear (default: '')")
     gen.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
-    gen.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Euler steps")
-    gen.add_argument(
-        "--cfg",
-        type=float,
-        help=f"classifier-free guidance (default: the variant's, {DEFAULT_CFG:g}; Flowley "
-        f"{FLOWLEY_CFG:g})",
-    )
-    gen.add_argument(
-        "--duration",
-        type=float,
-        default=None,
-        help="seconds from --start (default: to the clip's end; beyond "
-        f"{DEFAULT_DURATION:g} s in overlapping {DEFAULT_DURATION:g} s windows)",
-    )
-    gen.add_argument("--start", type=float, default=0.0, help="start time in the clip (s)")
-    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    gen.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: fp32 on CPU, bf16 on CUDA",
-    )
-    gen.add_argument(
-        "--backend",
-        default="torch",
-        choices=BACKENDS,
-        help="what runs the parts (onnxruntime/tensorrt need --engines)",
-    )
-    gen.add_argument("--engines", default=None, help="folder built by `selva-rt export`")
-    gen.add_argument("--out", default="selva_out", help="output directory (default selva_out)")
-    gen.add_argument("--format", default="wav", choices=AUDIO_FORMATS)
-    gen.add_argument(
-        "--sample-rate",
-        type=int,
-        choices=OUT_RATES,
-        default=None,
-        help="resample stems (e.g. 48000 for video delivery)",
-    )
+    add_run_options(gen)
     gen.add_argument("--no-video", action="store_true", help="write stems only, no muxed video")
-    gen.add_argument(
-        "--otio",
-        action="store_true",
-        help="also write an OpenTimelineIO timeline: picture and stems at the clip's timecode",
-    )
-    gen.add_argument(
-        "--loudness",
-        type=float,
-        default=None,
-        metavar="LUFS",
-        help="normalise each stem to this integrated loudness, e.g. -23 (default: as generated)",
-    )
-    gen.add_argument("--json", action="store_true", help="print one JSON object with the result")
-    gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
-    gen.add_argument("--force", action="store_true", help="overwrite existing outputs")
     gen.set_defaults(func=cmd_generate)
+
+    sep = sub.add_parser(
+        "separate",
+        parents=[common],
+        help="separate one stem per prompt out of a clip's own audio (MMAudioSep)",
+    )
+    sep.add_argument(
+        "input", help="a clip (audio = mixture, picture = visual query) or an audio file"
+    )
+    sep.add_argument("prompts", nargs="+", help="what to pull out, e.g. 'dog barking'")
+    sep.add_argument(
+        "--variant",
+        default="mmaudiosep-large-44k",
+        choices=[n for n, v in VARIANTS.items() if v.separation],
+    )
+    sep.add_argument("--mixture", default=None, help="take the mixture from this file instead")
+    sep.add_argument(
+        "--no-video",
+        action="store_true",
+        help="leave the picture out: a text-only query, stems only (no muxed video)",
+    )
+    sep.add_argument(
+        "--checkpoint", default=None, help="MMAudioSep generator file (weights are not published)"
+    )
+    sep.add_argument(
+        "--normalize-mixture-latent",
+        action="store_true",
+        help="normalise the mixture latent as MMAudioSep's training does (its inference does not)",
+    )
+    add_run_options(sep)
+    sep.set_defaults(func=cmd_separate)
 
     srv = sub.add_parser(
         "serve", parents=[common], help="HTTP service: jobs in, stems out, model kept warm"
@@ -268,6 +318,65 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     for name, help_text in (more or {}).items():  # listed in --help only
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def add_run_options(gen: argparse.ArgumentParser) -> None:
+    """The options `generate` and `separate` share."""
+    gen.add_argument("--negative-prompt", default="", help="what not to hear (default: '')")
+    gen.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Euler steps")
+    gen.add_argument(
+        "--cfg",
+        type=float,
+        help=f"classifier-free guidance (default: the variant's, {DEFAULT_CFG:g}; Flowley "
+        f"{FLOWLEY_CFG:g})",
+    )
+    gen.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds from --start (default: to the clip's end; beyond "
+        f"{DEFAULT_DURATION:g} s in overlapping {DEFAULT_DURATION:g} s windows)",
+    )
+    gen.add_argument("--start", type=float, default=0.0, help="start time in the clip (s)")
+    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    gen.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto: fp32 on CPU, bf16 on CUDA",
+    )
+    gen.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="what runs the parts (onnxruntime/tensorrt need --engines)",
+    )
+    gen.add_argument("--engines", default=None, help="folder built by `selva-rt export`")
+    gen.add_argument("--out", default="selva_out", help="output directory (default selva_out)")
+    gen.add_argument("--format", default="wav", choices=AUDIO_FORMATS)
+    gen.add_argument(
+        "--sample-rate",
+        type=int,
+        choices=OUT_RATES,
+        default=None,
+        help="resample stems (e.g. 48000 for video delivery)",
+    )
+    gen.add_argument(
+        "--otio",
+        action="store_true",
+        help="also write an OpenTimelineIO timeline: picture and stems at the clip's timecode",
+    )
+    gen.add_argument(
+        "--loudness",
+        type=float,
+        default=None,
+        metavar="LUFS",
+        help="normalise each stem to this integrated loudness, e.g. -23 (default: as generated)",
+    )
+    gen.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    gen.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
 def main(argv: list[str] | None = None, more: dict[str, str] | None = None) -> int:

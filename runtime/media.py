@@ -112,15 +112,26 @@ def to_model_input(sync_u8: torch.Tensor) -> torch.Tensor:
     return (sync_u8.float() * (1 / 255) - 0.5) / 0.5
 
 
-def resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """image: [3, H, W] uint8 -> [3, size, size] uint8, squashed (no crop).
+def resize(image: torch.Tensor, size: int, center_crop: bool = False) -> torch.Tensor:
+    """image: [3, H, W] uint8 -> [3, size, size] uint8, squashed (no crop); with `center_crop`
+    the short side is scaled to `size` and the middle cut out (MMAudioSep's sync frames:
+    v2.Resize(size) then v2.CenterCrop(size), with torchvision's size and offset rounding).
 
     torch's native uint8 antialiased bicubic kernel on CPU: what torchvision's v2.Resize runs on
     uint8 tensors, so bit-exact with the official transforms (spec §1.3).
     """
-    return F.interpolate(
-        image[None], size=(size, size), mode="bicubic", antialias=True, align_corners=False
+    h, w = image.shape[-2:]
+    out = (size, size)
+    if center_crop:
+        long = int(size * max(h, w) / min(h, w))
+        out = (size, long) if h <= w else (long, size)
+    image = F.interpolate(
+        image[None], size=out, mode="bicubic", antialias=True, align_corners=False
     )[0]
+    if center_crop:
+        top, left = (int(round((n - size) / 2.0)) for n in out)
+        image = image[:, top : top + size, left : left + size]
+    return image
 
 
 class _Track:
@@ -131,8 +142,8 @@ class _Track:
     kept only up to `keep`; later ones are just counted, since the count sets the duration.
     """
 
-    def __init__(self, fps: int, size: int, keep: int):
-        self.fps, self.size, self.keep = fps, size, keep
+    def __init__(self, fps: int, size: int, keep: int, center_crop: bool = False):
+        self.fps, self.size, self.keep, self.center_crop = fps, size, keep, center_crop
         self.step = 1 / fps
         self.next_t = 0.0
         self.count = 0
@@ -150,17 +161,19 @@ def decode_video(
     need_clip: bool = False,
     progress: bool = False,
     clip_size: int = CLIP_SIZE,
+    sync_center_crop: bool = False,
 ) -> Video:
     """Decode the window [start, start + duration] of a clip's first video stream.
 
-    With start == 0 this is the official `load_video(path, duration)`. `start` is our
+    With start == 0 this is the official `load_video(path, duration)`; `sync_center_crop` gives
+    MMAudioSep's version of it (see `resize`). `start` is our
     extension (the official demo has none): times are measured from `start`, so the timing rule
     begins at 0 there, and the decoder seeks to the keyframe before `start`. Decoding stops as
     soon as later frames cannot change the result.
     """
     path = _existing_file(path)
     _check_window(duration, start)
-    window = _Window(start, duration, need_clip, clip_size)
+    window = _Window(start, duration, need_clip, clip_size, sync_center_crop)
     decoded = next(_decode(path, [window], progress))
     duration = min(duration, window.clip.seconds(), window.sync.seconds())
     n_sync = int(SYNC_FPS * duration)
@@ -179,6 +192,7 @@ def decode_windows(
     need_clip: bool = False,
     progress: bool = False,
     clip_size: int = CLIP_SIZE,
+    sync_center_crop: bool = False,
 ) -> Iterator[Video]:
     """The windows [s, s + duration] of a clip for increasing starts s, each decoded as
     `decode_video(path, duration, s)` would, in one pass over the stream; yielded as each
@@ -193,7 +207,7 @@ def decode_windows(
     path = _existing_file(path)
     for s in starts:
         _check_window(duration, s)
-    windows = [_Window(s, duration, need_clip, clip_size) for s in starts]
+    windows = [_Window(s, duration, need_clip, clip_size, sync_center_crop) for s in starts]
     n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration) if need_clip else 0
     for decoded, window in zip(_decode(path, windows, progress), windows, strict=True):
         for track, n in ((window.sync, n_sync), (window.clip, n_clip)):
@@ -389,19 +403,20 @@ def _take(
     pictures: dict[int, torch.Tensor],
 ):
     """Append `frame` (at window time t) to every track whose next_t it has reached. `pictures`
-    holds this frame's pictures by size, 0 for the upright source (shared by repeats and by
-    windows)."""
+    holds this frame's pictures by (size, centre crop), 0 for the upright source (shared by
+    repeats and by windows)."""
     for track in tracks:
+        key = (track.size, track.center_crop)
         while t >= track.next_t:
             if len(track.frames) < track.keep:
-                if track.size not in pictures:
+                if key not in pictures:
                     if 0 not in pictures:
                         rgb = frame.to_ndarray(format="rgb24")  # [H, W, 3], as official
                         if rotation:
                             rgb = np.ascontiguousarray(np.rot90(rgb, rotation // 90))
                         pictures[0] = torch.from_numpy(rgb).permute(2, 0, 1)
-                    pictures[track.size] = resize(pictures[0], track.size)
-                track.frames.append(pictures[track.size])
+                    pictures[key] = resize(pictures[0], track.size, track.center_crop)
+                track.frames.append(pictures[key])
             track.index.append(index)
             track.count += 1
             track.next_t += track.step

@@ -28,7 +28,9 @@ from tqdm import tqdm
 from .backends import Parts, Progress, load_parts
 from .checks import check_negative_prompt, check_options, check_prompts
 from .device import precision_name
+from .errors import UsageError
 from .models.clip_tokenizer import ClipTokenizer
+from .models.mixture import sample_mixture
 from .models.t5 import load_tokenizer
 from .variants import (
     DEFAULT_DURATION,
@@ -69,15 +71,16 @@ class TextFeatures:
 
 @dataclass
 class Synthesis:
-    """What one generation computed: sync_features [P, 8S, D] (None without a video encoder:
-    Flowley), noise x0 and latent x1 [P, N, E]
-    (normalised), mel [P, M, 2N], audio [P, samples]."""
+    """What one generation computed: sync_features [P, 8S, D] (None without video or without a
+    video encoder: Flowley), noise x0 and latent x1 [P, N, E] (normalised), mel [P, M, 2N],
+    audio [P, samples]; separation: the sampled mixture latent [1, N, E]."""
 
     sync_features: torch.Tensor | None
     noise: torch.Tensor
     latent: torch.Tensor
     mel: torch.Tensor
     audio: torch.Tensor
+    mixture_latent: torch.Tensor | None = None
 
 
 @dataclass
@@ -115,11 +118,13 @@ class Pipeline:
         reference: bool = False,
         cuda_graphs: bool | None = None,
         quiet: bool = True,
+        checkpoint: str | Path | None = None,
     ) -> "Pipeline":
         """Load `variant` from the local weights folder ($SELVA_RT_HOME; `selva-rt weights
         download VARIANT` fetches the files; `tiny` needs none), on `backend` (see
         `backends.load_parts`: torch, or onnxruntime/tensorrt from the `engines` folder that
-        `selva-rt export` built)."""
+        `selva-rt export` built). `checkpoint`: a generator file instead of the variant's (how
+        an MMAudioSep checkpoint, which no hub publishes yet, can be used from anywhere)."""
         v = get_variant(variant)
         parts = load_parts(
             v,
@@ -130,6 +135,7 @@ class Pipeline:
             cuda_graphs=cuda_graphs,
             engines=engines,
             quiet=quiet,
+            checkpoint=checkpoint,
         )
         return cls(v, parts)
 
@@ -151,7 +157,7 @@ class Pipeline:
     @torch.inference_mode()
     def synthesize(
         self,
-        sync_frames: torch.Tensor,
+        sync_frames: torch.Tensor | None,
         text: TextFeatures,
         *,
         duration: float,
@@ -161,13 +167,21 @@ class Pipeline:
         cfg: float | None = None,
         progress: "bool | Progress" = False,
         timings: dict[str, float] | None = None,
+        mixture: torch.Tensor | None = None,
+        normalize_mixture_latent: bool = False,
     ) -> Synthesis:
         """Audio for one clip and P prompts.
 
         sync_frames: [1, T, 3, 224, 224] in [-1, 1]; clip_frames: [T_clip, 3, S, S] in [0, 1]
-        (plain MMAudio and Flowley variants only; S = variant.clip.frame_size). Each prompt gets
-        the noise a single-prompt call with the same seed gets, so a stem does not depend on
-        which prompts share the call.
+        (plain MMAudio, MMAudioSep and Flowley variants only; S = variant.clip.frame_size). Each
+        prompt gets the noise a single-prompt call with the same seed gets, so a stem does not
+        depend on which prompts share the call.
+
+        Separation variants (MMAudioSep) also take `mixture` [1, S] float32 at the variant's
+        rate, S = `seq.audio_samples`; sync_frames None is a query without video (empty clip
+        and sync features). The mixture is encoded once for all prompts; its posterior sample
+        draws eps from the seeded generator before x0, as the official `separate`.
+        `normalize_mixture_latent`: see `TorchParts.mixture_conditions`.
         """
         timings = {} if timings is None else timings
         cfg = self.variant.cfg if cfg is None else cfg
@@ -176,12 +190,26 @@ class Pipeline:
         sync_f, clip_f = self._features(sync_frames, clip_frames, text, timings)
         with _timed(timings, "dit_conditions", dev):
             conditions = self.dit_conditions(text, clip_f, sync_f, duration)
-        x0 = self._noise(text.prompts, seq.latent, seed)
+        # Every prompt gets the draws of its own single-prompt call: the same ones.
+        rng = torch.Generator(dev).manual_seed(seed)
+        x_cond = None
+        if self.variant.separation:
+            if mixture is None:
+                raise UsageError(f"{self.variant.name} separates a mixture; pass one")
+            with _timed(timings, "mixture_encoder", dev):
+                mean, std = parts.mixture_encoder(mixture)
+                x_cond, _ = sample_mixture(mean, std, rng)
+                conditions.update(
+                    parts.mixture_conditions(x_cond, text.prompts, normalize_mixture_latent)
+                )
+        x0 = self._noise(text.prompts, seq.latent, rng)
         with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
             x1 = parts.sample(x0, conditions, steps, cfg, bar.update)
         with _timed(timings, "decoder", dev):
             mel, audio = parts.decoder(x1)
-        return Synthesis(sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio)
+        return Synthesis(
+            sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio, mixture_latent=x_cond
+        )
 
     def _features(
         self,
@@ -194,33 +222,23 @@ class Pipeline:
         encoder: Flowley) and, for plain MMAudio and Flowley, CLIP [P, Nc, C] (else None)."""
         parts, dev, prompts = self.parts, self.device, text.prompts
         sync_f = clip_f = None
-        if self.variant.video_encoder is not None:
+        if self.variant.video_encoder is not None and sync_frames is not None:
             with _timed(timings, "video_trunk", dev):
                 trunk = parts.video_trunk(sync_frames, prompts)
             with _timed(timings, "video_select", dev):
                 sync_f = parts.video_select(trunk, text.t5, text.t5_mask, prompts)
-        if self.variant.uses_clip_video:
+        if self.variant.uses_clip_video and clip_frames is not None:
             with _timed(timings, "dit_conditions", dev):
                 clip_f = parts.clip_image(clip_frames)[None].expand(prompts, -1, -1)
         return sync_f, clip_f
 
-    def _noise(self, prompts: int, length: int, seed: int) -> torch.Tensor:
-        """x0 [P, length, E]: each prompt's row is the seed's noise (the same for every prompt,
-        so a stem does not depend on which prompts share the call). A long clip's noise is one
-        seeded draw for its whole latent, each window's noise its slice."""
+    def _noise(self, prompts: int, length: int, rng: torch.Generator) -> torch.Tensor:
+        """x0 [P, length, E]: the generator's next draw, the same for every prompt (so a stem
+        does not depend on which prompts share the call). A long clip's noise is one seeded draw
+        for its whole latent, each window's noise its slice."""
         shape = (1, length, self.variant.generator.latent_dim)
-        dev = self.device
-        return torch.cat(
-            [
-                torch.randn(
-                    shape,
-                    dtype=self.dtype,
-                    device=dev,
-                    generator=torch.Generator(dev).manual_seed(seed),
-                )
-                for _ in range(prompts)
-            ]
-        )
+        x0 = torch.randn(shape, dtype=self.dtype, device=self.device, generator=rng)
+        return x0.repeat(prompts, 1, 1)
 
     def dit_conditions(
         self,
@@ -243,6 +261,7 @@ class Pipeline:
             text.negative.expand(text.prompts, -1, -1),
             seq.latent,
             seq.clip,
+            sync_len=seq.sync,  # for a query without video (sync_features None)
         )
 
     def generate(
@@ -266,6 +285,8 @@ class Pipeline:
         SelvaError with the one-line message the CLI prints. `progress`: True for progress bars
         on a terminal, or a function told of every finished Euler step (it may raise to stop
         the generation)."""
+        if self.variant.separation:
+            raise UsageError(f"{self.variant.name} separates a mixture: use separate()")
         prompts = check_prompts(prompts)
         negative_prompt = check_negative_prompt(negative_prompt, self.variant)
         cfg = self.variant.cfg if cfg is None else cfg
@@ -380,7 +401,7 @@ class Pipeline:
                 layout.window,
             )
         del sync_f, clip_f
-        x0 = self._noise(prompts_n, layout.total, seed)
+        x0 = self._noise(prompts_n, layout.total, torch.Generator(dev).manual_seed(seed))
         with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
             x1 = sample_windows(parts, x0, conditions, layout, steps, cfg, bar.update)
         with _timed(timings, "decoder", dev):
@@ -396,6 +417,48 @@ class Pipeline:
             steps=steps,
             cfg=cfg,
             timings=timings,
+        )
+
+    def separate(
+        self,
+        source: str | Path,
+        prompts: str | Sequence[str],
+        *,
+        mixture: str | Path | None = None,
+        video: bool = True,
+        negative_prompt: str = "",
+        seed: int = DEFAULT_SEED,
+        steps: int = DEFAULT_STEPS,
+        cfg: float | None = None,
+        duration: float = DEFAULT_DURATION,
+        start: float = 0.0,
+        progress: bool = False,
+        normalize_mixture_latent: bool = False,
+    ) -> GenerationResult:
+        """Separation variants (MMAudioSep): one stem per prompt, each the prompt's sound pulled
+        out of the mixture. `source` is a clip (its audio is the mixture, its picture the
+        visual query; `video=False` drops the picture) or an audio file (a text-only query);
+        `mixture` takes the mixture from another file. See `separation.py`."""
+        from . import separation
+
+        prompts = check_prompts(prompts)
+        negative_prompt = check_negative_prompt(negative_prompt, self.variant)
+        cfg = self.variant.cfg if cfg is None else cfg
+        check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
+        return separation.separate(
+            self,
+            source,
+            prompts,
+            mixture=mixture,
+            video=video,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            duration=duration,
+            start=start,
+            progress=progress,
+            normalize_mixture_latent=normalize_mixture_latent,
         )
 
 

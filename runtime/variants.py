@@ -4,6 +4,7 @@ Everything else (model construction, weight download, sequence lengths, export, 
 reads from here. Shapes and formulas follow `spec/ARCHITECTURE.md`.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -105,6 +106,9 @@ class GeneratorConfig:
     text_dim: int = 1024
     text_seq_len: int = 77
     mlp_ratio: float = 4.0
+    # MMAudioSep: channels of the mixture latent concatenated after the noisy latent at the
+    # input convolution (0: plain MMAudio/SELVA; latent_dim: separation).
+    mixture_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,7 @@ class WeightFile:
     path: str
     md5: str | None = None
     source: str | None = None
+    published: bool = True  # False: no hub holds it yet (MMAudioSep); the user puts it in place
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,9 @@ class Variant:
     description: str = ""
     random_weights: bool = False  # `tiny`: weights are made locally, never downloaded
     cfg: float = DEFAULT_CFG  # default guidance strength
+    # MMAudioSep's own video reader scales the short side to 224 and centre-crops the
+    # Synchformer frames; SELVA and MMAudio's demo squash them to 224x224.
+    sync_center_crop: bool = False
 
     @property
     def selective(self) -> bool:
@@ -235,6 +243,11 @@ class Variant:
     def flowley(self) -> bool:
         """Flowley's DiT: CLIP image + Flan-T5 conditions, no sync features (SEEDS.md §2)."""
         return isinstance(self.generator, FlowleyConfig)
+
+    @property
+    def separation(self) -> bool:
+        """MMAudioSep: the generator also reads a mixture latent (`selva-rt separate`)."""
+        return self.generator.mixture_dim > 0
 
     def file(self, role: str) -> WeightFile:
         for f in self.files:
@@ -469,6 +482,54 @@ TINY_FLOWLEY = Variant(
     cfg=FLOWLEY_CFG,
 )
 
+
+MMAUDIOSEP_REPO = "sony/mmaudiosep"  # no weights published there yet (spec SEEDS.md §1.5)
+
+
+def _mmaudiosep(name: str, size: dict, latent_dim: int) -> Variant:
+    """MMAudioSep: MMAudio's networks with a 2C-channel input conv and the VAE encoder. The
+    generator file has no URL or MD5 anywhere; its name is the one the official code expects."""
+    base = _mmaudio(name, size, latent_dim, md5="")
+    generator = WeightFile(
+        "generator", MMAUDIOSEP_REPO, f"weights/mmaudiosep_{name}.pth", published=False
+    )
+    return dataclasses.replace(
+        base,
+        name=f"mmaudiosep-{name.replace('_', '-')}",
+        generator=dataclasses.replace(base.generator, mixture_dim=latent_dim),
+        files=(generator, *base.files[1:]),
+        sync_center_crop=True,
+        description=f"MMAudioSep {name}: separation by text and/or video query (weights pending)",
+    )
+
+
+# `tiny`'s sizes with MMAudioSep's structure (CLIP video, plain Synchformer, mixture input), so
+# `selva-rt separate` and its tests run every code path offline.
+TINY_SEP = Variant(
+    name="tiny-sep",
+    audio=AUDIO_16K,
+    generator=dataclasses.replace(TINY.generator, mixture_dim=20),
+    video_encoder=VideoEncoderConfig(
+        embed_dim=64, depth=1, num_heads=2, num_sup_tokens=0, xattn_depth=0
+    ),
+    vae=TINY.vae,
+    vocoder=TINY.vocoder,
+    clip=ClipConfig(
+        text_width=40,
+        text_layers=2,
+        text_heads=2,
+        embed_dim=48,
+        image_width=32,
+        image_layers=1,
+        image_heads=2,
+    ),
+    t5=None,
+    uses_clip_video=True,
+    description="tiny random weights, MMAudioSep structure (tests and demo; output is noise)",
+    random_weights=True,
+    sync_center_crop=True,
+)
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -478,9 +539,14 @@ VARIANTS: dict[str, Variant] = {
         _mmaudio("medium_44k", MEDIUM, 40, "5a56b6665e45a1e65ada534defa903d0"),
         _mmaudio("large_44k", LARGE, 40, "fed96c325a6785b85ce75ae1aafd2673"),
         _mmaudio("large_44k_v2", LARGE, 40, "01ad4464f049b2d7efdaa4c1a59b8dfe", v2=True),
+        _mmaudiosep("small_16k", SMALL, 20),
+        _mmaudiosep("small_44k", SMALL, 40),
+        _mmaudiosep("medium_44k", MEDIUM, 40),
+        _mmaudiosep("large_44k", LARGE, 40),
         TINY,
         FLOWLEY,
         TINY_FLOWLEY,
+        TINY_SEP,
     )
 }
 

@@ -161,6 +161,13 @@ def _offline_error(files: list[WeightFile]) -> WeightsMissingError:
     )
 
 
+def _unpublished_error(variant: Variant, file: WeightFile) -> WeightsMissingError:
+    return WeightsMissingError(
+        f"{variant.name}: {Path(file.path).name} is not published yet (no URL or MD5 exists); "
+        f"put the checkpoint at {local_path(file)} or pass --checkpoint FILE"
+    )
+
+
 def download(variant: Variant, quiet: bool = False, endpoint: str | None = None) -> list[Path]:
     """Make every file of `variant` present and MD5-correct under `weights_home()`, fetching
     what is missing from the hub (`endpoint`: default $HF_ENDPOINT or huggingface.co). A present
@@ -185,6 +192,8 @@ def download(variant: Variant, quiet: bool = False, endpoint: str | None = None)
                 quiet,
             )
         if status in (MISSING, MD5_MISMATCH):
+            if not file.published:
+                raise _unpublished_error(variant, file)
             todo.append(file)
     if todo and huggingface_hub.constants.is_offline_mode():
         raise _offline_error(todo)
@@ -207,13 +216,25 @@ def by_hand_message(file: WeightFile) -> str:
 
 
 def resolve(
-    variant: Variant, offline: bool = True, quiet: bool = False, endpoint: str | None = None
+    variant: Variant,
+    offline: bool = True,
+    quiet: bool = False,
+    endpoint: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Role -> local path of `variant`'s weights; a role with several files (the Flan-T5 folder)
     maps to their folder. Files are checked for presence only (`verify` hashes them).
     `offline=False` downloads what is missing; otherwise a missing file raises
-    WeightsMissingError. A random-weight variant has no files: {}."""
-    missing = missing_files(variant)
+    WeightsMissingError. A random-weight variant has no files: {}. `checkpoint`: the generator
+    file to use instead of the variant's (e.g. an MMAudioSep checkpoint kept elsewhere)."""
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise WeightsMissingError(f"--checkpoint {checkpoint} is not a file")
+    missing = [f for f in missing_files(variant) if not (checkpoint and f.role == "generator")]
+    for f in missing:
+        if not f.published:
+            raise _unpublished_error(variant, f)
     if missing and offline:
         raise WeightsMissingError(
             f"weights of {variant.name} are missing from {weights_home()}: "
@@ -224,7 +245,8 @@ def resolve(
         download(variant, quiet=quiet, endpoint=endpoint)
     by_role: dict[str, list[Path]] = defaultdict(list)
     for f in variant.files:
-        by_role[f.role].append(local_path(f))
+        use_checkpoint = checkpoint is not None and f.role == "generator"
+        by_role[f.role].append(checkpoint if use_checkpoint else local_path(f))
     return {
         role: paths[0] if len(paths) == 1 else Path(os.path.commonpath(paths))
         for role, paths in by_role.items()

@@ -80,15 +80,20 @@ def assert_close(
 SEQ_KWARGS = ("latent_seq_len", "clip_seq_len", "sync_seq_len")
 
 
-def generator_config(kwargs: dict):
-    """GeneratorConfig + (latent, clip, sync) lengths from official `MMAudio(**kwargs)`."""
+def generator_config(kwargs: dict, separation: bool = False):
+    """GeneratorConfig + (latent, clip, sync) lengths from official `MMAudio(**kwargs)`, or
+    `MMAudioSep(**kwargs)` with `separation` (same kwargs; the input conv reads 2C channels)."""
     import dataclasses
 
     from selva_rt.runtime.variants import GeneratorConfig
 
-    fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
+    fields = {f.name for f in dataclasses.fields(GeneratorConfig)} - {"mixture_dim"}
     assert set(kwargs) == fields | set(SEQ_KWARGS), "unmapped constructor kwargs"
-    return GeneratorConfig(**{k: kwargs[k] for k in fields}), tuple(kwargs[k] for k in SEQ_KWARGS)
+    config = GeneratorConfig(
+        **{k: kwargs[k] for k in fields},
+        mixture_dim=kwargs["latent_dim"] if separation else 0,
+    )
+    return config, tuple(kwargs[k] for k in SEQ_KWARGS)
 
 
 def video_encoder_config(kwargs: dict, vit_overrides: dict):

@@ -115,3 +115,23 @@ def test_long_clip_row(tmp_path):
         assert r["peak_memory_mb"] > 0 and r["cpu_s_per_audio_minute"] > 0
         assert {"decode", "video_trunk", "sampling", "decoder", "write"} <= set(r["timings_s"])
     assert "| fast/fp32/p1 | 2 |" in (tmp_path / "long.md").read_text()
+
+
+def test_separation_rows_on_tiny_sep(tmp_path):
+    """tiny-sep: fast vs reference for 1 and 4 prompts over one mixture, the mixture encoder
+    timed as a part, fast within the golden e2e tolerance of reference, and the file-to-file
+    run separating the clip's own audio track."""
+    clip = bench.synthetic_clip(tmp_path / "clip.mp4", seconds=1.2, size=(64, 48), fps=25)
+    argv = [*QUICK[2:], "--variant", "tiny-sep", "--prompts", "1,4", "--step-repeat", "1"]
+    argv += ["--device", "cpu", "--file-to-file", str(clip), "--output", str(tmp_path)]
+    assert bench.main([*argv, "--name", "sep"]) == 0
+    r = json.loads((tmp_path / "sep.json").read_text())
+    names = [x["name"] for x in r["results"]]
+    assert names == [f"{m}/fp32/p{p}" for p in (1, 4) for m in ("reference", "fast")]
+    for x in r["results"]:
+        assert {"mixture_encoder", "sampling", "decoder"} <= set(x["parts_s"])
+        assert x["dit_step_ms"]["median"] > 0
+        if x["mode"] == "fast":
+            assert x["speedup_vs_reference"] > 0
+            assert x["rel_l2_vs_reference"]["audio"] < 2e-3
+    assert "mixture_encoder" in r["file_to_file"]["timings_s"]

@@ -26,22 +26,30 @@ EULER = (5e-4, 5e-3)
 
 
 def manifest_for(variant: str) -> dict:
-    size = variant.removeprefix("mmaudio-").removeprefix("selva-").replace("-", "_")
+    size = variant.split("-", 1)[1].replace("-", "_")
     return manifest(f"mmaudio_{size}")
 
 
 @pytest.mark.parametrize("name", [n for n, v in VARIANTS.items() if not v.random_weights])
 def test_full_size_layout_matches_manifest(name):
+    """MMAudio's manifest; MMAudioSep's differs only in audio_input_proj.0.weight's input
+    channels, 2C instead of C (spec SEEDS.md §1.2: C·H·7 more parameters)."""
     variant = VARIANTS[name]
     man = manifest_for(name)
     lengths = variant.sequence_lengths()
     with torch.device("meta"):
         net = Generator(variant.generator, lengths.latent, lengths.clip, lengths.sync)
     shapes = expected_shapes(net)
-    assert shapes == {k: tuple(v[0]) for k, v in man["keys"].items()}
+    expected = {k: tuple(v[0]) for k, v in man["keys"].items()}
+    extra = 0
+    if variant.separation:
+        h, c, k = expected["audio_input_proj.0.weight"]
+        expected["audio_input_proj.0.weight"] = (h, 2 * c, k)
+        extra = h * c * k
+    assert shapes == expected
     params = sum(t.numel() for t in net.state_dict().values())
     print(f"{name}: {params:,} parameters")
-    assert params == man["total_parameters"]
+    assert params == man["total_parameters"] + extra
     # Non-persistent buffers are rebuilt per duration; at 8 s they have the manifest's shapes.
     buffers = dict(net.named_buffers())
     for key, (shape, _) in man["non_persistent_buffers"].items():

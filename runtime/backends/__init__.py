@@ -62,14 +62,25 @@ class Parts(Protocol):
         latent_len: int,
         clip_len: int,
         text_mask: torch.Tensor | None = None,
+        sync_len: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """clip_features [P, Nc, C] or None (the learned empty CLIP feature, SELVA),
-        sync_features [P, 8S, D], text and negative text features [P, 77, W] -> conditions
+        sync_features [P, 8S, D] (None: the learned empty feature for `sync_len` rows, a
+        query without video), text and negative text features [P, 77, W] -> conditions
         clip_f [2P, Nc, H], sync_f [2P, N, H], text_f [2P, 77, H], clip_f_c and text_f_c [2P, H].
 
         Flowley (`variant.flowley`): CLIP image features [P, Nc, C], no sync or negative
         features, text_features the Flan-T5 states [P, L, W] with text_mask [P, L] bool ->
         its own conditions (see `flowley_parts`)."""
+
+    def mixture_encoder(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Separation only: mixture [1, S] float32 -> posterior mean, std [1, E, N]."""
+
+    def mixture_conditions(
+        self, x_cond: torch.Tensor, prompts: int, normalize: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Separation only: sampled mixture latent [1, N, E] -> extra `dit_step` conditions
+        with P rows, read by both CFG branches (e.g. mixture_bias [P, N, H])."""
 
     def dit_step(
         self, latent: torch.Tensor, t: torch.Tensor, conditions: dict[str, torch.Tensor], cfg: float
@@ -111,11 +122,13 @@ def load_parts(
     cuda_graphs: bool | None = None,
     engines: str | Path | None = None,
     quiet: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> Parts:
     """The parts of `variant` on one backend. torch: the networks from the weights folder
     (`reference` runs them the official way; `cuda_graphs`, default on in fast mode on CUDA,
     replays the Euler loop as one graph). onnxruntime / tensorrt: the files `selva-rt export`
-    built into `engines` (their precision is the build's)."""
+    built into `engines` (their precision is the build's). `checkpoint`: a generator file
+    to load instead of the variant's (torch backend)."""
     dev = resolve_device(device)
     if backend == "torch":
         from .. import weights
@@ -124,7 +137,8 @@ def load_parts(
         dtype = DTYPES[resolve_precision(precision, dev)]
         if cuda_graphs is None:
             cuda_graphs = dev.type == "cuda" and not reference
-        nets = build_networks(variant, weights.resolve(variant, quiet=quiet))
+        paths = weights.resolve(variant, quiet=quiet, checkpoint=checkpoint)
+        nets = build_networks(variant, paths)
         parts = torch_parts_class(variant)
         return parts(variant, nets, dev, dtype, reference=reference, cuda_graphs=cuda_graphs)
     if backend not in BACKENDS:
@@ -136,6 +150,8 @@ def load_parts(
         )
     if reference:
         raise UsageError("reference mode is a torch-backend mode; use --backend torch")
+    if variant.separation or checkpoint is not None:
+        raise UsageError("separation and --checkpoint run on --backend torch only (for now)")
     if engines is None:
         raise UsageError(f"the {backend} backend needs --engines DIR (see selva-rt export)")
     if backend == "onnxruntime":

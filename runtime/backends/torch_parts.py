@@ -18,6 +18,8 @@ from functools import partial
 import torch
 
 from ..models.generator import Conditions
+from ..models.mel import MelConverter
+from ..models.mixture import MixtureEncoder
 from ..models.networks import Networks, decode_latent
 from ..sampler import euler_loop
 from ..variants import Variant
@@ -32,6 +34,7 @@ from .cuda_graph import EulerGraphs
 # segments to bound the activations of long clips.
 TRUNK_CHUNK = {"cpu": 1, "cuda": 32}  # segments per MotionFormer call
 PROMPT_CHUNK = {"cpu": 1}  # prompts per [SUP] selection and per decoder call (else all)
+MIXTURE_KEYS = ("x_cond", "mixture_bias")  # separation entries of the conditions (P rows)
 
 
 def _by_chunks(fn, chunk: int, *tensors: torch.Tensor):
@@ -73,6 +76,9 @@ class TorchParts:
                 net.to(device, dtype).eval()
         nets.vae.to(dtype=self.decoder_dtype)
         nets.vocoder.to(dtype=self.decoder_dtype)
+        self.mixture = None
+        if variant.separation:  # the mel converter stays fp32 whatever the dtype
+            self.mixture = MixtureEncoder(MelConverter(variant.audio).to(device), nets.vae)
         if nets.t5 is not None:
             nets.t5.to(device, dtype)
 
@@ -129,34 +135,70 @@ class TorchParts:
     def dit_conditions(
         self,
         clip_features: torch.Tensor | None,
-        sync_features: torch.Tensor,
+        sync_features: torch.Tensor | None,
         text_features: torch.Tensor,
         negative_text_features: torch.Tensor,
         latent_len: int,
         clip_len: int,
         text_mask: torch.Tensor | None = None,  # Flowley's; MMAudio's CLIP text is unmasked
+        sync_len: int | None = None,
     ) -> dict[str, torch.Tensor]:
+        """As `Parts.dit_conditions`; sync_features None (a query without video) takes the
+        learned empty sync feature for `sync_len` rows."""
         g = self.nets.generator
-        prompts, sync_len = sync_features.shape[:2]
+        prompts = text_features.shape[0]
+        if sync_features is not None:
+            sync_len = sync_features.shape[1]
         lengths = (latent_len, clip_len, sync_len)
         # The official generate rebuilds the tables on every call; the fast path when they change.
         if self.reference or (g.latent_seq_len, g.clip_seq_len, g.sync_seq_len) != lengths:
             g.update_seq_lengths(*lengths)
         if clip_features is None:  # SELVA never uses CLIP video: the learned empty feature
             clip_features = g.empty_clip_feat[None].expand(prompts, clip_len, -1)
+        if sync_features is None:
+            sync_features = g.empty_sync_feat[None].expand(prompts, sync_len, -1)
         features = (clip_features, sync_features, text_features, negative_text_features)
         return g.cfg_conditions(*(f.to(self.dtype) for f in features))._asdict()
+
+    @torch.inference_mode()
+    def mixture_encoder(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Separation: mixture waveform [1, S] float32 -> posterior mean, std [1, E, N]."""
+        return self.mixture(waveform.to(self.device))
+
+    @torch.inference_mode()
+    def mixture_conditions(
+        self, x_cond: torch.Tensor, prompts: int, normalize: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Separation: the sampled mixture latent x_cond [1, N, E] -> entries for `dit_step`'s
+        conditions, shared by both CFG branches. Fast: its share of the input conv, once
+        (mixture_bias [P, N, H]); reference: x_cond [P, N, E], concatenated at every step as
+        the official code does. `normalize`: apply the generator's latent statistics first
+        (what MMAudioSep's training does; its inference does not)."""
+        g = self.nets.generator
+        x_cond = x_cond.to(self.device, self.dtype)
+        if normalize:
+            x_cond = g.normalize(x_cond)
+        if self.reference:
+            return {"x_cond": x_cond.expand(prompts, -1, -1)}
+        return {"mixture_bias": g.mixture_bias(x_cond).expand(prompts, -1, -1)}
 
     @torch.inference_mode()
     def dit_step(
         self, latent: torch.Tensor, t: torch.Tensor, conditions: dict[str, torch.Tensor], cfg: float
     ) -> torch.Tensor:
-        g, cond = self.nets.generator, Conditions(**conditions)
+        g = self.nets.generator
+        cond = Conditions(*(conditions[k] for k in Conditions._fields))
+        mixture = {k: conditions[k] for k in MIXTURE_KEYS if k in conditions}
         if not self.reference:
-            return g.cfg_velocity_batched(latent, t, cond, cfg)
+            return g.cfg_velocity_batched(latent, t, cond, cfg, **mixture)
         P = latent.shape[0]
         return g.cfg_velocity(
-            latent, t, Conditions(*(f[:P] for f in cond)), Conditions(*(f[P:] for f in cond)), cfg
+            latent,
+            t,
+            Conditions(*(f[:P] for f in cond)),
+            Conditions(*(f[P:] for f in cond)),
+            cfg,
+            **mixture,
         )
 
     @torch.inference_mode()

@@ -249,7 +249,9 @@ class Generator(nn.Module):
         # v2 adds a SiLU after the clip/text input Linear, which shifts the MLP's key index.
         proj_act = [nn.SiLU()] if c.v2 else []
         self.audio_input_proj = nn.Sequential(
-            ChannelLastConv1d(c.latent_dim, H, 7, padding=3), act(), ConvMLP(H, 4 * H, 7, 3)
+            ChannelLastConv1d(c.latent_dim + c.mixture_dim, H, 7, padding=3),
+            act(),
+            ConvMLP(H, 4 * H, 7, 3),
         )
         self.clip_input_proj = nn.Sequential(
             nn.Linear(c.clip_dim, H), *proj_act, ConvMLP(H, 4 * H, 3, 1)
@@ -413,6 +415,38 @@ class Generator(nn.Module):
 
     # -- flow ---------------------------------------------------------------------------------
 
+    def mixture_bias(self, x_cond: torch.Tensor) -> torch.Tensor:
+        """MMAudioSep: the mixture latent's share of the input convolution, x_cond [B, N, C] ->
+        [B, N, H] (no conv bias).
+
+        The convolution is linear, so conv(cat[x_t, x_cond]) = conv(x_t; W[:, :C]) + this. The
+        mixture is fixed for a request, so this runs once, not per Euler step and CFG branch.
+        """
+        conv, C = self.audio_input_proj[0], self.config.latent_dim
+        w = conv.weight[:, C:]
+        return F.conv1d(x_cond.transpose(1, 2), w, padding=w.shape[-1] // 2).transpose(1, 2)
+
+    def _audio_input(
+        self,
+        latent: torch.Tensor,
+        x_cond: torch.Tensor | None,
+        mixture_bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """audio_input_proj of latent [B, N, C] -> [B, N, H]; a separation generator also reads
+        the mixture: as the official concatenation (x_cond [B or 1, N, C], mixture second) or
+        as its precomputed `mixture_bias` [B or 1, N, H]."""
+        if not self.config.mixture_dim:
+            return self.audio_input_proj(latent)
+        if x_cond is not None:
+            x_cond = x_cond.expand(latent.shape[0], -1, -1)
+            return self.audio_input_proj(torch.cat([latent, x_cond], dim=-1))
+        if mixture_bias is None:
+            raise ValueError("a separation generator needs x_cond or mixture_bias")
+        conv, C = self.audio_input_proj[0], self.config.latent_dim
+        w = conv.weight[:, :C]
+        x = F.conv1d(latent.transpose(1, 2), w, conv.bias, padding=w.shape[-1] // 2)
+        return self.audio_input_proj[1:](x.transpose(1, 2) + mixture_bias)
+
     def predict_flow(
         self,
         latent: torch.Tensor,
@@ -420,11 +454,16 @@ class Generator(nn.Module):
         cond: Conditions,
         latent_rot: torch.Tensor | None = None,
         clip_rot: torch.Tensor | None = None,
+        *,
+        x_cond: torch.Tensor | None = None,
+        mixture_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """latent [B, N, latent_dim], t [B] (flow time in [0, 1]) -> velocity [B, N, latent_dim].
 
         latent_rot / clip_rot: fp32 RoPE tables of N and clip_len rows (`rope_table`), default
-        the module's own, for the lengths of `update_seq_lengths`.
+        the module's own, for the lengths of `update_seq_lengths`. Separation (MMAudioSep)
+        generators take the mixture as x_cond or mixture_bias (see `_audio_input`); both CFG
+        branches see the same mixture.
         """
         if latent_rot is None:
             self._check_len("latent", latent, self.latent_seq_len)
@@ -432,7 +471,7 @@ class Generator(nn.Module):
         if clip_rot is None:
             clip_rot = self.clip_rot
         clip_f, text_f = cond.clip_f, cond.text_f
-        x = self.audio_input_proj(latent)
+        x = self._audio_input(latent, x_cond, mixture_bias)
         global_c = (self.t_embed(t) + self.global_cond_mlp(cond.clip_f_c + cond.text_f_c))[:, None]
         extended_c = global_c + cond.sync_f
         for block in self.joint_blocks:
@@ -450,15 +489,17 @@ class Generator(nn.Module):
         cond: Conditions,
         uncond: Conditions,
         cfg_strength: float,
+        **mixture: torch.Tensor,
     ) -> torch.Tensor:
         """Classifier-free guided velocity with two network passes, as the reference.
 
         latent [B, N, C], t [B] in latent's dtype -> [B, N, C]. cfg_strength < 1: v_cond alone.
+        `mixture`: x_cond or mixture_bias for a separation generator, kept in both branches.
         """
-        v_cond = self.predict_flow(latent, t, cond)
+        v_cond = self.predict_flow(latent, t, cond, **mixture)
         if cfg_strength < 1:
             return v_cond
-        return cfg_combine(v_cond, self.predict_flow(latent, t, uncond), cfg_strength)
+        return cfg_combine(v_cond, self.predict_flow(latent, t, uncond, **mixture), cfg_strength)
 
     def cfg_velocity_batched(
         self,
@@ -468,18 +509,24 @@ class Generator(nn.Module):
         cfg_strength: float | torch.Tensor,
         latent_rot: torch.Tensor | None = None,
         clip_rot: torch.Tensor | None = None,
+        **mixture: torch.Tensor,
     ) -> torch.Tensor:
         """`cfg_velocity` as one pass over a doubled batch.
 
         cond_uncond = `cfg_conditions(...)` ([2B, ...]); equal to the two-pass result up to kernel
         rounding. cfg_strength: a float, or a 0-d tensor (an exported graph's input; both
-        branches are then always computed); RoPE tables as `predict_flow`.
+        branches are then always computed); RoPE tables as `predict_flow`; `mixture` tensors
+        (x_cond or mixture_bias) have B (or 1) rows and are repeated for both halves.
         """
         B = latent.shape[0]
         rot = (latent_rot, clip_rot)
         if not isinstance(cfg_strength, torch.Tensor) and cfg_strength < 1:
-            return self.predict_flow(latent, t, Conditions(*(f[:B] for f in cond_uncond)), *rot)
-        v = self.predict_flow(torch.cat([latent, latent]), torch.cat([t, t]), cond_uncond, *rot)
+            cond = Conditions(*(f[:B] for f in cond_uncond))
+            return self.predict_flow(latent, t, cond, *rot, **mixture)
+        mixture = {k: torch.cat([v, v]) if v.shape[0] > 1 else v for k, v in mixture.items()}
+        v = self.predict_flow(
+            torch.cat([latent, latent]), torch.cat([t, t]), cond_uncond, *rot, **mixture
+        )
         # Slices, not chunk(2): torch.export cannot prove 2B rows make exactly two chunks.
         return cfg_combine(v[:B], v[B:], cfg_strength)
 

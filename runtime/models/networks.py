@@ -73,7 +73,9 @@ def build_networks(variant: Variant, paths: dict[str, Path]) -> Networks:
             generator = Generator(variant.generator, seq.latent, seq.clip, seq.sync)
             video_encoder = VideoEncoder(variant.video_encoder)
             clip_text = ClipTextEncoder(variant.clip)
-        vae, vocoder = VAE(variant.vae), BigVGAN(variant.vocoder)
+        # Separation encodes the mixture: keep the VAE encoder that generation drops.
+        vae = VAE(variant.vae, with_encoder=variant.separation)
+        vocoder = BigVGAN(variant.vocoder)
         clip_image = ClipImageEncoder(variant.clip) if variant.uses_clip_video else None
     family = flowley_mod if variant.flowley else gen_mod
     load(
