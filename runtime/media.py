@@ -263,9 +263,16 @@ class _Window:
     """One window's tracks: sync frames at 25 fps and CLIP frames at 8 fps (kept only when
     needed, but always counted: the count sets the duration), timed from `start`."""
 
-    def __init__(self, start: float, duration: float, need_clip: bool, clip_size: int = CLIP_SIZE):
+    def __init__(
+        self,
+        start: float,
+        duration: float,
+        need_clip: bool,
+        clip_size: int = CLIP_SIZE,
+        sync_center_crop: bool = False,
+    ):
         self.start, self.duration = start, duration
-        self.sync = _Track(SYNC_FPS, SYNC_SIZE, int(SYNC_FPS * duration))
+        self.sync = _Track(SYNC_FPS, SYNC_SIZE, int(SYNC_FPS * duration), sync_center_crop)
         self.clip = _Track(CLIP_FPS, clip_size, int(CLIP_FPS * duration) if need_clip else 0)
         self.tracks = [self.sync, self.clip]
         self.need_clip = need_clip

@@ -247,7 +247,7 @@ class Variant:
     @property
     def separation(self) -> bool:
         """MMAudioSep: the generator also reads a mixture latent (`selva-rt separate`)."""
-        return self.generator.mixture_dim > 0
+        return not self.flowley and self.generator.mixture_dim > 0
 
     def file(self, role: str) -> WeightFile:
         for f in self.files:

@@ -31,6 +31,8 @@ def test_every_backend_offers_every_part_with_the_protocol_signature(backend):
         "video_trunk",
         "video_select",
         "dit_conditions",
+        "mixture_encoder",
+        "mixture_conditions",
         "dit_step",
         "sample",
         "decoder",

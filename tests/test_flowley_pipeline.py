@@ -11,7 +11,6 @@ from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.networks import build_networks
 from selva_rt.runtime.pipeline import Pipeline
 from selva_rt.runtime.variants import TINY_FLOWLEY
-from test_cli import SAMPLE
 
 torch.set_num_threads(1)
 CASE = "flowley_gen_small"
@@ -70,9 +69,9 @@ def test_fast_matches_reference(nets):
     assert out.audio.shape == (2, TINY_FLOWLEY.sequence_lengths(2.0).latent * 512)
 
 
-def test_negative_prompt_refused(capsys, tmp_path):
+def test_negative_prompt_refused(capsys, tmp_path, sample_clip):
     code = cli.main(
-        ["generate", str(SAMPLE), "rain", "--variant", "tiny-flowley", "--out", str(tmp_path),
+        ["generate", str(sample_clip), "rain", "--variant", "tiny-flowley", "--out", str(tmp_path),
          "--negative-prompt", "music"]
     )  # fmt: skip
     err = capsys.readouterr().err
@@ -80,9 +79,9 @@ def test_negative_prompt_refused(capsys, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_generate_writes_a_stem(tmp_path, capsys):
+def test_generate_writes_a_stem(tmp_path, capsys, sample_clip):
     code = cli.main(
-        ["generate", str(SAMPLE), "sheep bleating", "--variant", "tiny-flowley",
+        ["generate", str(sample_clip), "sheep bleating", "--variant", "tiny-flowley",
          "--out", str(tmp_path), "--duration", "1.0", "--no-video", "--quiet"]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err

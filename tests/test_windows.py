@@ -144,7 +144,7 @@ def test_long_clip_sampling_is_reproducible_from_the_seed(tiny):
     )
 
     def run(seed):
-        x0 = tiny._noise(2, layout.total, seed)
+        x0 = tiny._noise(2, layout.total, torch.Generator().manual_seed(seed))
         return windows.sample_windows(tiny.parts, x0, conditions, layout, 3, 4.5, rows=3)
 
     first = run(7)

@@ -284,7 +284,13 @@ class GraphParts:
         negative_text_features,
         latent_len: int,
         clip_len: int,
+        text_mask: torch.Tensor | None = None,
+        sync_len: int | None = None,
     ) -> dict[str, torch.Tensor]:
+        if text_mask is not None or sync_features is None:
+            raise UsageError(
+                "Flowley and queries without video run on --backend torch only (no graphs yet)"
+            )
         feeds = self.inputs.dit_conditions(
             clip_features,
             sync_features,
@@ -294,6 +300,14 @@ class GraphParts:
             clip_len,
         )
         return dict(zip(CONDITIONS, self._call("dit_conditions", feeds), strict=True))
+
+    def mixture_encoder(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise UsageError("separation runs on --backend torch only (no graphs of it yet)")
+
+    def mixture_conditions(
+        self, x_cond: torch.Tensor, prompts: int, normalize: bool = False
+    ) -> dict[str, torch.Tensor]:
+        raise UsageError("separation runs on --backend torch only (no graphs of it yet)")
 
     @torch.inference_mode()
     def dit_step(self, latent, t, conditions: dict[str, torch.Tensor], cfg: float):
