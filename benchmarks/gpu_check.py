@@ -267,8 +267,8 @@ def golden_networks(meta: dict):
     folder = golden_dir()
     cons = meta["constructors"]
     kwargs = cons["generator"]["kwargs"]
-    fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
-    gen_config = GeneratorConfig(**{k: kwargs[k] for k in fields})
+    fields = {f.name for f in dataclasses.fields(GeneratorConfig)} - {"mixture_dim"}
+    gen_config = GeneratorConfig(**{k: kwargs[k] for k in fields})  # MMAudio: no mixture input
     lengths = (kwargs["latent_seq_len"], kwargs["clip_seq_len"], kwargs["sync_seq_len"])
     venc, vit = cons["video_enc"]["kwargs"], cons["video_enc"]["motionformer_overrides"]
     venc_config = VideoEncoderConfig(

@@ -314,7 +314,7 @@ def prepare(entries: list[Entry], out_dir: Path, settings: Settings, results: Re
                 force=force or results.owns(e.id),
                 name=e.job.name,
             )
-        except OutputError as err:
+        except SelvaError as err:  # a clip that cannot be read, or outputs that cannot be written
             e.error = f"line {e.line}: {err}"
             continue
         clash = next((claimed[p] for p in e.plan.paths() if p in claimed), None)

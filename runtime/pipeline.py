@@ -430,7 +430,7 @@ class Pipeline:
         seed: int = DEFAULT_SEED,
         steps: int = DEFAULT_STEPS,
         cfg: float | None = None,
-        duration: float = DEFAULT_DURATION,
+        duration: float | None = None,
         start: float = 0.0,
         progress: bool = False,
         normalize_mixture_latent: bool = False,
@@ -438,12 +438,14 @@ class Pipeline:
         """Separation variants (MMAudioSep): one stem per prompt, each the prompt's sound pulled
         out of the mixture. `source` is a clip (its audio is the mixture, its picture the
         visual query; `video=False` drops the picture) or an audio file (a text-only query);
-        `mixture` takes the mixture from another file. See `separation.py`."""
+        `mixture` takes the mixture from another file. `duration` None: one trained window
+        (8 s; longer mixtures are not windowed yet). See `separation.py`."""
         from . import separation
 
         prompts = check_prompts(prompts)
         negative_prompt = check_negative_prompt(negative_prompt, self.variant)
         cfg = self.variant.cfg if cfg is None else cfg
+        duration = DEFAULT_DURATION if duration is None else duration
         check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
         return separation.separate(
             self,

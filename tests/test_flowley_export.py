@@ -30,9 +30,9 @@ def test_step_exports_and_matches_torch(tmp_path):
 
 
 def test_engine_build_refused_in_one_line(tmp_path, capsys):
-    from selva_rt.runtime import cli
+    from selva_rt.__main__ import main
 
-    code = cli.main(["export", "--variant", "tiny-flowley", "--out", str(tmp_path / "e")])
+    code = main(["export", "--variant", "tiny-flowley", "--out", str(tmp_path / "e")])
     err = capsys.readouterr().err
     assert code != 0 and "no engine backend" in err and err.count("\n") == 1
     assert not (tmp_path / "e").exists()
