@@ -4,9 +4,9 @@ job when the last one is done.
 
     python -m selva_rt.benchmarks.serve --variant tiny --clients 1,4,16
 
-The server runs in this process on a free loopback port (uvicorn in a thread), over one warm
-pipeline, exactly as `selva-rt serve` runs it; results go to benchmarks/results/ as JSON and
-markdown.
+The server is `selva-rt serve` in its own process on a free loopback port (so the clients do
+not share its interpreter), over one warm pipeline; clients poll a job's state every 0.2 s.
+Results go to benchmarks/results/ as JSON and markdown.
 """
 
 import argparse
@@ -37,38 +37,45 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    import signal
+    import subprocess
+    import sys
+
     import httpx
     import torch
-    import uvicorn
-
-    from ..runtime.pipeline import Pipeline
-    from ..runtime.server import Limits, create_app
 
     args = parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
-    pipe = Pipeline.from_pretrained(args.variant, device=args.device)
     sample = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "sample.mp4"
     work = Path(tempfile.mkdtemp(prefix="selva-serve-bench-"))
     (work / "clips").mkdir()
     clip = work / "clips" / "sample.mp4"
     clip.write_bytes(sample.read_bytes())
-    app = create_app(pipe, [work / "clips"], work / "out", limits=Limits(queue=10_000))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    argv = ["serve", "--variant", args.variant, "--device", args.device, "--port", str(port)]
+    argv += ["--root", str(work / "clips"), "--out", str(work / "out"), "--quiet"]
+    argv += ["--max-queue", "10000"]
+    code = "import sys; from selva_rt.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    server = subprocess.Popen([sys.executable, "-c", code, *argv])
     base = f"http://127.0.0.1:{port}"
-    while not server.started:
-        time.sleep(0.05)
+    with httpx.Client(base_url=base, timeout=5) as probe:
+        while True:
+            if server.poll() is not None:
+                raise SystemExit("the server exited before it came up")
+            try:
+                if probe.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
 
     def one_job(c: httpx.Client, seed: int) -> float:
         t0 = time.perf_counter()
         body = {"clip": str(clip), "prompts": ["dog barking"], "seed": seed, "steps": args.steps}
         job_id = c.post("/v1/jobs", json=body).json()["id"]
         while (state := c.get(f"/v1/jobs/{job_id}").json()["state"]) not in ("done", "failed"):
-            time.sleep(0.01)
+            time.sleep(0.2)
         if state != "done":
             raise RuntimeError(f"job {job_id} failed")
         return time.perf_counter() - t0
@@ -103,8 +110,8 @@ def main(argv=None) -> int:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    server.should_exit = True
-    thread.join()
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=120)
 
     now = datetime.datetime.now(datetime.timezone.utc)
     report = {

@@ -86,6 +86,9 @@ class Worker(threading.Thread):
             self.running = [r.id for r in group]
             try:
                 self.run_group(group)
+            except Exception as e:  # noqa: BLE001 - a job fails with one line; the worker lives on
+                for r in group:
+                    self.journal.finish(r.id, "failed", error=_internal(e))
             finally:
                 self.running = []
 
@@ -150,6 +153,9 @@ class Worker(threading.Thread):
         except SelvaError as e:
             self.journal.finish(record.id, "failed", error=str(e))
             return
+        except Exception as e:  # noqa: BLE001 - as above
+            self.journal.finish(record.id, "failed", error=_internal(e))
+            return
         outputs = [
             {"prompt": s.prompt, "audio": s.audio.name}
             | ({"video": s.video.name} if s.video is not None else {})
@@ -165,6 +171,11 @@ class Worker(threading.Thread):
         if self.is_alive():
             self.requeue.set()
             self.join()
+
+
+def _internal(e: Exception) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"internal error: {type(e).__name__}: {first}"
 
 
 def is_loopback(host: str) -> bool:

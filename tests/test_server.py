@@ -101,6 +101,29 @@ def test_upload_and_jobs_sharing_one_clip_share_one_call(tiny, roots, tmp_path, 
     assert len(calls) == 1  # one decode and one trunk for both jobs
 
 
+def test_an_unexpected_error_fails_the_job_and_the_worker_goes_on(
+    tiny, roots, tmp_path, monkeypatch
+):
+    import selva_rt.runtime.server as server
+
+    real, calls = server.write_outputs, []
+
+    def broken_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ModuleNotFoundError("No module named 'scipy'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server, "write_outputs", broken_once)
+    with TestClient(create_app(tiny, [roots], tmp_path / "out")) as client:
+        first = client.post("/v1/jobs", json=job(roots / "a.mp4", duration=1.0)).json()["id"]
+        record = wait(client, first)
+        assert record["state"] == "failed" and "internal error" in record["error"], record
+        second = client.post("/v1/jobs", json=job(roots / "a.mp4", duration=1.0)).json()["id"]
+        assert wait(client, second)["state"] == "done"
+        assert client.get("/healthz").json() == {"status": "ok"}
+
+
 def test_cancel_a_queued_job(tiny, roots, tmp_path):
     app = create_app(tiny, [roots], tmp_path / "out")
     client = TestClient(app)
