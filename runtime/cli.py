@@ -26,13 +26,11 @@ from .variants import (
 )
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from . import media
+def checked_request(args: argparse.Namespace, separation: bool) -> tuple[list[str], str, float]:
+    """(prompts, negative prompt, cfg) of a `generate`/`separate` command line, checked with
+    every option that needs no model, so a bad argument costs no loading."""
     from .device import resolve_device
-    from .pipeline import Pipeline
 
-    t_start = time.perf_counter()
-    # Every check that needs no model runs before the weights load.
     variant = get_variant(args.variant)
     prompts = check_prompts(args.prompts)
     negative = check_negative_prompt(args.negative_prompt, variant)
@@ -40,29 +38,50 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_options(
         steps=args.steps, cfg=cfg, seed=args.seed, duration=args.duration, start=args.start
     )
-    if variant.separation:
+    if variant.separation and not separation:
         raise UsageError(f"{args.variant} separates a mixture: use selva-rt separate")
+    if separation and not variant.separation:
+        raise UsageError(f"{args.variant} does not separate; use an mmaudiosep-* variant")
     resolve_device(args.device)
-    media.probe(args.clip)
-    plan = plan_outputs(
-        args.clip,
+    return prompts, negative, cfg
+
+
+def planned(args: argparse.Namespace, source: str, prompts: list[str], video: bool):
+    return plan_outputs(
+        source,
         prompts,
         args.out,
         fmt=args.format,
-        video=not args.no_video,
+        video=video,
         sample_rate=args.sample_rate,
         force=args.force,
         otio=args.otio,
         loudness=args.loudness,
     )
-    pipe = Pipeline.from_pretrained(
+
+
+def loaded(args: argparse.Namespace, **extra):
+    from .pipeline import Pipeline
+
+    return Pipeline.from_pretrained(
         args.variant,
         device=args.device,
         precision=args.precision,
         backend=args.backend,
         engines=args.engines,
         quiet=args.quiet,
+        **extra,
     )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from . import media
+
+    t_start = time.perf_counter()
+    prompts, negative, cfg = checked_request(args, separation=False)
+    media.probe(args.clip)
+    plan = planned(args, args.clip, prompts, video=not args.no_video)
+    pipe = loaded(args)
     result = pipe.generate(
         args.clip,
         prompts,
@@ -79,46 +98,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_separate(args: argparse.Namespace) -> int:
     from . import media
-    from .device import resolve_device
-    from .pipeline import Pipeline
     from .separation import has_video
 
     t_start = time.perf_counter()
-    variant = get_variant(args.variant)
-    prompts = check_prompts(args.prompts)
-    negative = check_negative_prompt(args.negative_prompt, variant)
-    cfg = variant.cfg if args.cfg is None else args.cfg
-    check_options(
-        steps=args.steps, cfg=cfg, seed=args.seed, duration=args.duration, start=args.start
-    )
-    if not variant.separation:
-        raise UsageError(f"{args.variant} does not separate; use an mmaudiosep-* variant")
-    resolve_device(args.device)
+    prompts, negative, cfg = checked_request(args, separation=True)
     # Check both inputs before any weights load: the picture if used, the mixture's audio track.
     video = not args.no_video and has_video(args.input)
     if video:
         media.probe(args.input)
     check_mixture(args.mixture or args.input)
-    plan = plan_outputs(
-        args.input,
-        prompts,
-        args.out,
-        fmt=args.format,
-        video=video,
-        sample_rate=args.sample_rate,
-        force=args.force,
-        otio=args.otio,
-        loudness=args.loudness,
-    )
-    pipe = Pipeline.from_pretrained(
-        args.variant,
-        device=args.device,
-        precision=args.precision,
-        backend=args.backend,
-        engines=args.engines,
-        quiet=args.quiet,
-        checkpoint=args.checkpoint,
-    )
+    plan = planned(args, args.input, prompts, video)
+    pipe = loaded(args, checkpoint=args.checkpoint)
     result = pipe.separate(
         args.input,
         prompts,
