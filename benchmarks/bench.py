@@ -285,6 +285,23 @@ def local_networks(variant_name: str) -> Networks:
     return build_networks(variant, weights.resolve(variant, quiet=True))
 
 
+def setup_record(args: argparse.Namespace, load_s: float, note: str) -> dict:
+    """The `setup` of a results JSON: what was run and how often."""
+    return {
+        "variant": args.variant,
+        "weights": weights_note(args),
+        "duration": args.duration,
+        "steps": args.steps,
+        "cfg": args.cfg,
+        "seed": args.seed,
+        "warmup": args.warmup,
+        "repeat": args.repeat,
+        "step_repeat": args.step_repeat,
+        "load_s": load_s,
+        "note": note,
+    }
+
+
 def weights_note(args: argparse.Namespace) -> str:
     if args.weights == "local":
         return "the downloaded official checkpoints"
@@ -753,19 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "schema": SCHEMA,
         "environment": env,
-        "setup": {
-            "variant": args.variant,
-            "weights": weights_note(args),
-            "duration": args.duration,
-            "steps": args.steps,
-            "cfg": args.cfg,
-            "seed": args.seed,
-            "warmup": args.warmup,
-            "repeat": args.repeat,
-            "step_repeat": args.step_repeat,
-            "load_s": load_s,
-            "note": args.note,
-        },
+        "setup": setup_record(args, load_s, args.note),
         "results": results,
     }
     if args.file_to_file:

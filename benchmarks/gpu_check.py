@@ -612,19 +612,7 @@ def section_latency(rec: Recorder, deadline: float) -> None:
     report = {
         "schema": bench.SCHEMA,
         "environment": env,
-        "setup": {
-            "variant": args.variant,
-            "weights": bench.weights_note(args),
-            "duration": args.duration,
-            "steps": args.steps,
-            "cfg": args.cfg,
-            "seed": args.seed,
-            "warmup": args.warmup,
-            "repeat": args.repeat,
-            "step_repeat": args.step_repeat,
-            "load_s": load_s,
-            "note": "benchmarks/gpu_check.py",
-        },
+        "setup": bench.setup_record(args, load_s, "benchmarks/gpu_check.py"),
         "results": results,
         "load_average_end": bench._loadavg(),
     }
