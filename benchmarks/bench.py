@@ -56,7 +56,7 @@ import torch
 
 from ..runtime import media
 from ..runtime.backends import torch_parts_class
-from ..runtime.device import DTYPES, resolve_device
+from ..runtime.device import DTYPES, cpu_has_native_bf16, resolve_device, resolve_precision
 from ..runtime.models.networks import Networks, build_networks
 from ..runtime.outputs import plan_outputs, write_outputs
 from ..runtime.pipeline import Pipeline, Tokenizers
@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--precisions",
         default="auto",
-        help="comma list of fp32, bf16, fp16, bf16+fp32dec (auto: fp32 on CPU, bf16 on CUDA)",
+        help="comma list of fp32, bf16, fp16, bf16+fp32dec (auto: what `generate` picks here)",
     )
     p.add_argument("--prompts", default="1,4", help="comma list of prompt counts over one clip")
     p.add_argument("--duration", type=float, default=8.0)
@@ -149,8 +149,8 @@ def configs_of(args: argparse.Namespace, device: torch.device) -> list[Config]:
             raise SystemExit(f"unknown mode {mode!r}; use {', '.join(MODES)}")
         if mode == "graphs" and not cuda:
             raise SystemExit("mode graphs needs a CUDA device")
-    precisions = ["bf16" if cuda else "fp32"] if args.precisions == "auto" else []
-    precisions += [] if args.precisions == "auto" else args.precisions.split(",")
+    auto = args.precisions == "auto"
+    precisions = [resolve_precision("auto", device)] if auto else args.precisions.split(",")
     for prec in precisions:
         if prec.split("+")[0] not in DTYPES or prec.split("+")[1:] not in ([], ["fp32dec"]):
             raise SystemExit(f"unknown precision {prec!r}; use fp32, bf16, fp16, bf16+fp32dec")
@@ -168,7 +168,13 @@ def environment(device: torch.device) -> dict:
         "commit": _git("rev-parse", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "device": {"type": device.type, "name": _device_name(device)},
-        "cpu": {"name": _cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads()},
+        "cpu": {
+            "name": _cpu_name(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "native_bf16": cpu_has_native_bf16(),
+        },
+        "auto_precision": resolve_precision("auto", device),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -535,7 +541,8 @@ def markdown(report: dict) -> str:
         "",
         f"{env['date']}, commit {(env['commit'] or 'unknown')[:10]}"
         f"{' (dirty)' if env['dirty'] else ''}, torch {env['versions']['torch']}, "
-        f"{env['cpu']['threads']} CPU threads; load average (1, 5, 15 min) "
+        f"{env['cpu']['threads']} CPU threads, `--precision auto` here: "
+        f"{env.get('auto_precision', '?')}; load average (1, 5, 15 min) "
         f"{env['load_average_start']} at the start, {report.get('load_average_end')} at the end "
         f"(1-min after each round: {[x[0] for x in report.get('load_average_rounds', []) if x]}).",
         f"Weights: {setup['weights']}. {setup['duration']} s clip, {setup['steps']} Euler "

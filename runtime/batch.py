@@ -456,7 +456,7 @@ def add_arguments(parser) -> None:
         "--precision",
         default="auto",
         choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: fp32 on CPU, bf16 on CUDA",
+        help="auto: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16, AMX), else fp32",
     )
     parser.add_argument("--backend", default="torch", choices=BACKENDS)
     parser.add_argument("--engines", default=None, help="folder built by `selva-rt export`")

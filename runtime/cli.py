@@ -334,7 +334,7 @@ def add_run_options(gen: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: fp32 on CPU, bf16 on CUDA",
+        help="auto: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16, AMX), else fp32",
     )
     gen.add_argument(
         "--backend",

@@ -1,5 +1,7 @@
 """Where and in what precision the networks run: the one home of precision names and dtypes."""
 
+from pathlib import Path
+
 import torch
 
 from .errors import UsageError
@@ -26,10 +28,25 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), as the oneDNN kernels
+    behind torch's bf16 matmuls and convolutions need to beat fp32 (elsewhere they emulate)."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    if all(hasattr(cpu, name) for name in checks):
+        return any(getattr(cpu, name)() for name in checks)
+    try:  # a torch without the probes: the kernel's own report of the flags
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """ "auto" -> bf16 on CUDA, fp32 on the CPU; an explicit name is checked."""
+    """ "auto" -> bf16 on CUDA and on CPUs with native bf16 (as the official demo, which runs
+    bf16 everywhere unless told otherwise), else fp32; an explicit name is checked."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
     if precision not in DTYPES:
         raise UsageError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
     return precision

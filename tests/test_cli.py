@@ -31,7 +31,7 @@ def video_packets(path: Path) -> list[tuple[bytes, int, int]]:
 
 @pytest.fixture(scope="module")
 def tiny() -> Pipeline:
-    return Pipeline.from_pretrained("tiny", device="cpu")
+    return Pipeline.from_pretrained("tiny", device="cpu", precision="fp32")
 
 
 def test_generate_subprocess_writes_stem_and_bit_identical_video(tmp_path, sample_clip):

@@ -46,7 +46,7 @@ def test_every_backend_offers_every_part_with_the_protocol_signature(backend):
 
 @pytest.fixture(scope="module")
 def tiny() -> Pipeline:
-    return Pipeline.from_pretrained("tiny", device="cpu")
+    return Pipeline.from_pretrained("tiny", device="cpu", precision="fp32")
 
 
 # (generate keyword arguments, CLI arguments, the message both give)

@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime", reason="the export extra is not installed")
 def test_mixture_encoder_onnx_matches_torch(tmp_path):
     from selva_rt.export.mixture_export import check_mixture_encoder, export_mixture_encoder
 
-    parts = load_parts(get_variant("tiny-sep"), "torch", device="cpu")
+    parts = load_parts(get_variant("tiny-sep"), "torch", device="cpu", precision="fp32")
     path = export_mixture_encoder(parts, tmp_path / "mixture_encoder.onnx")
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "STFT" not in ops and "DFT" not in ops and "Conv" in ops

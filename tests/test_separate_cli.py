@@ -25,7 +25,7 @@ RATE = 16000  # tiny-sep's
 
 @pytest.fixture(scope="module")
 def tiny_sep() -> Pipeline:
-    return Pipeline.from_pretrained("tiny-sep", device="cpu")
+    return Pipeline.from_pretrained("tiny-sep", device="cpu", precision="fp32")
 
 
 def assert_clean_failure(code, capsys, message, out: Path):

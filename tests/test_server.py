@@ -30,7 +30,7 @@ STEPS = 2  # structure, not sound: few Euler steps keep every test fast
 
 @pytest.fixture(scope="module")
 def tiny() -> Pipeline:
-    return Pipeline.from_pretrained("tiny", device="cpu")
+    return Pipeline.from_pretrained("tiny", device="cpu", precision="fp32")
 
 
 @pytest.fixture

@@ -130,7 +130,7 @@ def test_windows_that_disagree_join_without_a_seam():
 
 @pytest.fixture(scope="module")
 def tiny():
-    return Pipeline.from_pretrained("tiny", device="cpu")
+    return Pipeline.from_pretrained("tiny", device="cpu", precision="fp32")
 
 
 def test_long_clip_sampling_is_reproducible_from_the_seed(tiny):

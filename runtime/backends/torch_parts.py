@@ -32,7 +32,9 @@ from .cuda_graph import EulerGraphs
 # faster one segment at a time; the decoder of 4 prompts 35 s one by one against 87 s as one
 # batch). On CUDA a batch keeps the GPU busy: every prompt at once, and the trunk in chunks of 32
 # segments to bound the activations of long clips.
-TRUNK_CHUNK = {"cpu": 1, "cuda": 32}  # segments per MotionFormer call
+# The [SUP] selection takes the same chunks of segments (fp32 on the CPU, one thread: 0.25
+# CPU-s per segment in chunks of 1-2, 0.29 in chunks of 8, more as one 24-segment call).
+TRUNK_CHUNK = {"cpu": 1, "cuda": 32}  # segments per MotionFormer call and per selection call
 PROMPT_CHUNK = {"cpu": 1}  # prompts per [SUP] selection and per decoder call (else all)
 MIXTURE_KEYS = ("x_cond", "mixture_bias")  # separation entries of the conditions (P rows)
 
@@ -128,8 +130,13 @@ class TorchParts:
         if not enc.selective:
             return enc.pool(trunk_tokens, segments).expand(prompts, -1, -1)
         text, mask = enc.prepend_sup(t5_features.to(self.dtype), t5_mask)
+        rows = trunk_tokens.split(TRUNK_CHUNK.get(self.device.type, segments))
+
+        def select(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # segments stay per call
+            return torch.cat([enc.select(r, t, m, r.shape[0]) for r in rows], dim=1)
+
         chunk = PROMPT_CHUNK.get(self.device.type, prompts)
-        return _by_chunks(lambda t, m: enc.select(trunk_tokens, t, m, segments), chunk, text, mask)
+        return _by_chunks(select, chunk, text, mask)
 
     @torch.inference_mode()
     def dit_conditions(
