@@ -3,7 +3,6 @@ hardware computes bf16 natively, fp32 where it would only emulate it."""
 
 import pytest
 import torch
-
 from selva_rt.runtime import device
 from selva_rt.runtime.errors import UsageError
 
