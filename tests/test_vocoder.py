@@ -4,9 +4,11 @@ weight-norm folding, strict loading and the config.json reader."""
 import pytest
 import torch
 from golden import assert_close, case_path, load_case, manifest
+from selva_rt.runtime.backends.reference import official_upsampling
 from selva_rt.runtime.errors import CheckpointError
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.vocoder import (
+    Activation1d,
     BigVGAN,
     fold_weight_norm,
     kaiser_sinc_filter,
@@ -75,6 +77,9 @@ def test_golden_waveform(case):
         wav = vocoder(mel)
     assert wav.shape == (mel.shape[0], 1, mel.shape[2] * vocoder.hop)
     assert_close(f"{case}/wav", wav, tensors["out.wav"], rtol=5e-4, maxabs=5e-3)
+    with torch.inference_mode(), official_upsampling(vocoder):  # reference mode's form
+        official = vocoder(mel)
+    assert_close(f"{case}/wav[transposed]", official, tensors["out.wav"], rtol=5e-4, maxabs=5e-3)
 
     # Every layout folds to the same weights, so the outputs are identical too.
     folded = vocoder.state_dict()
@@ -95,6 +100,26 @@ def test_filters_are_official():
     _, tensors = load_case("bigvgan_16k")
     filters = [v for k, v in tensors.items() if k.endswith(".filter")]
     assert len(filters) == 218 and all(torch.equal(f, expected) for f in filters)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", [1, 6, 37, 1000])
+def test_polyphase_upsampling_is_the_transposed_convolution(dtype, length):
+    """The fast 2x upsampler (one depthwise conv1d per phase) against the official
+    2 * conv_transpose1d, cropped: the same products summed in another order."""
+    torch.manual_seed(length)
+    act = Activation1d(8).to(dtype)
+    x = torch.randn(2, 8, length, dtype=dtype)
+    fast = act.upsample2(x)
+    act.transposed = True
+    official = act.upsample2(x)
+    assert fast.shape == official.shape == (2, 8, 2 * length)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(fast.float(), official.float(), rtol=tol, atol=tol)
+    vocoder = torch.nn.Sequential(Activation1d(4), Activation1d(4))
+    with official_upsampling(vocoder):
+        assert all(a.transposed for a in vocoder)
+    assert not any(a.transposed for a in vocoder)  # reference mode leaves the fast form behind
 
 
 def test_fold_weight_norm():

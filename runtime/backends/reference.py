@@ -10,11 +10,15 @@ what the official TextSynch does at inference with the same weights (spec §3):
 - every segment item carries its own copy of its prompt: `text_proj` and the K/V projections
   run once per segment;
 - spatial pooling is a full `nn.TransformerEncoderLayer` over all 197 rows of each frame (the
-  fast path computes only the CLS row, the one that is read out).
+  fast path computes only the CLS row, the one that is read out);
+- the vocoder upsamples with the official transposed convolution (`official_upsampling`).
 
 The functions share the fast modules' weights; the results agree with the fast path to fp32
 rounding (tests/test_modes.py).
 """
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -28,6 +32,7 @@ from ..models.video_encoder import (
     VideoEncoder,
     segment,
 )
+from ..models.vocoder import Activation1d
 from ..variants import SPACE_TOKENS, TIME_TOKENS
 
 
@@ -135,3 +140,17 @@ def pool(enc: VideoEncoder, tokens: torch.Tensor, segments: int) -> torch.Tensor
     """Plain Synchformer (MMAudio): tokens [B*S, 1568, D] -> [B, S*8, D]."""
     pooled = spatial_pool(enc.vfeat_extractor.spatial_attn_agg, tokens)
     return pooled.reshape(-1, segments * TIME_TOKENS, tokens.shape[-1])
+
+
+@contextmanager
+def official_upsampling(vocoder: nn.Module) -> Iterator[None]:
+    """Within: `vocoder`'s alias-free activations upsample with the official transposed
+    convolution (the fast path's polyphase form sums the same products in another order)."""
+    acts = [m for m in vocoder.modules() if isinstance(m, Activation1d)]
+    for act in acts:
+        act.transposed = True
+    try:
+        yield
+    finally:
+        for act in acts:
+            act.transposed = False

@@ -4,9 +4,9 @@ networks.
 `reference=True` runs the parts the way the official code does, so speedups are measured against
 it with the same weights and inputs: the trunk in chunks of B segments for a batch of B (clip,
 prompt) items with einsum attention, the prompt's text projection and K/V recomputed for every
-segment, the full spatial pooling layer (see `reference.py`), the generator's tables rebuilt per
-call, CFG as two network passes per step. Reference `video_trunk` runs the clip once per prompt,
-as the official `generate` batch holds it.
+segment, the full spatial pooling layer, the vocoder's transposed-convolution upsampling (see
+`reference.py`), the generator's tables rebuilt per call, CFG as two network passes per step.
+Reference `video_trunk` runs the clip once per prompt, as the official `generate` batch holds it.
 
 Optional behaviour of the fast mode (not part of the contract above):
 - `decoder_dtype`: run the VAE and vocoder in another dtype (fp32 beside a bf16 generator);
@@ -215,7 +215,10 @@ class TorchParts:
         n = latent.shape[0]
         chunk = n if self.reference else PROMPT_CHUNK.get(self.device.type, n)
         decode = partial(decode_latent, nets.generator, nets.vae, nets.vocoder)
-        return _by_chunks(decode, chunk, latent)
+        if not self.reference:
+            return _by_chunks(decode, chunk, latent)
+        with official.official_upsampling(nets.vocoder):
+            return decode(latent)
 
     def sample(
         self,

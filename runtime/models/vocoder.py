@@ -86,22 +86,30 @@ class Activation1d(nn.Module):
         self.act = SnakeBeta(channels)
         self.upsample = FilterTaps()
         self.downsample = LowPassHolder()
+        self.transposed = False  # reference mode: the official transposed convolution
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def upsample2(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, L] -> [B, C, 2L]: the official 2 * conv_transpose1d(stride 2) of the
+        replicate-padded signal, cropped. Computed in its polyphase form: output sample 2j + r
+        is a 6-tap correlation with the taps of phase r, so one depthwise conv1d with two
+        outputs per channel, interleaved; the same sums in another order. The transposed
+        depthwise convolution has no fast CPU kernel (bf16, one second of audio: 1.2 of the
+        vocoder's 2.7 CPU-s; 1.7 CPU-s in all in this form)."""
         channels, length = self.channels, x.shape[-1]
-        # The official 2 * conv_transpose1d(stride 2) of the padded signal, cropped, computed
-        # in its polyphase form: output sample 2j + r is a 6-tap correlation with the taps of
-        # phase r, so one depthwise conv1d with two outputs per channel, interleaved. Same sums
-        # in another order; the transposed depthwise conv has no fast CPU kernel (bf16, one
-        # second of audio: 1.2 of 2.7 CPU-s of the whole vocoder).
-        phases = 2 * self.upsample.filter.view(FILTER_TAPS // 2, 2).T.flip(-1)  # [2, 6]
         x = F.pad(x, (UP_PAD, UP_PAD), mode="replicate")
+        if self.transposed:
+            up = self.upsample.filter.expand(channels, -1, -1)
+            return 2 * F.conv_transpose1d(x, up, stride=2, groups=channels)[..., UP_CROP:-UP_CROP]
+        phases = 2 * self.upsample.filter.view(FILTER_TAPS // 2, 2).T.flip(-1)  # [2, 6]
         x = F.conv1d(x, phases.repeat(channels, 1)[:, None], groups=channels)
         x = x.unflatten(1, (channels, 2)).transpose(-1, -2).flatten(-2)
-        x = self.act(x[..., UP_CROP - 2 * UP_PAD : UP_CROP - 2 * UP_PAD + 2 * length])
-        down = self.downsample.lowpass.filter.expand(channels, -1, -1)
+        return x[..., UP_CROP - 2 * UP_PAD : UP_CROP - 2 * UP_PAD + 2 * length]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.upsample2(x))
+        down = self.downsample.lowpass.filter.expand(self.channels, -1, -1)
         x = F.pad(x, DOWN_PAD, mode="replicate")
-        return F.conv1d(x, down, stride=2, groups=channels)
+        return F.conv1d(x, down, stride=2, groups=self.channels)
 
 
 class AMPBlock1(nn.Module):
