@@ -1,5 +1,6 @@
 """Where and in what precision the networks run: the one home of precision names and dtypes."""
 
+import os
 from pathlib import Path
 
 import torch
@@ -7,6 +8,8 @@ import torch
 from .errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SYS_CPU = Path("/sys/devices/system/cpu")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCH_NUM_THREADS")
 
 
 def precision_name(dtype: torch.dtype) -> str:
@@ -50,3 +53,31 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in DTYPES:
         raise UsageError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
     return precision
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: its affinity mask (a container's or a Ray
+    worker's share, not the whole machine) with SMT siblings counted once."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = SYS_CPU / f"cpu{cpu}" / "topology"
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            cores.add((package, (topology / "core_id").read_text().strip()))
+        except OSError:  # no sysfs topology: count the CPU itself
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
+
+
+def use_physical_cores() -> int:
+    """torch's CPU threads -> `physical_cores()`, unless the environment sets a thread count
+    (OMP_NUM_THREADS and the like win). GEMM-bound work gains nothing from an SMT sibling and
+    loses to its contention, and a thread per CPU outside the affinity mask oversubscribes the
+    ones inside it. Returns the thread count in use."""
+    if not any(os.environ.get(name) for name in THREAD_VARIABLES):
+        torch.set_num_threads(physical_cores())
+    return torch.get_num_threads()

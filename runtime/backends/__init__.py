@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from ..device import DTYPES, resolve_device, resolve_precision
+from ..device import DTYPES, resolve_device, resolve_precision, use_physical_cores
 from ..errors import UsageError
 from ..variants import Variant
 
@@ -135,6 +135,8 @@ def load_parts(
         from ..models.networks import build_networks
 
         dtype = DTYPES[resolve_precision(precision, dev)]
+        if dev.type == "cpu":
+            use_physical_cores()
         if cuda_graphs is None:
             cuda_graphs = dev.type == "cuda" and not reference
         paths = weights.resolve(variant, quiet=quiet, checkpoint=checkpoint)
