@@ -62,6 +62,7 @@ from ..runtime.outputs import plan_outputs, write_outputs
 from ..runtime.pipeline import Pipeline, Tokenizers
 from ..runtime.variants import DEFAULT_SEED, DEFAULT_STEPS, SYNC_SIZE, get_variant
 from ..runtime.windows import plan_windows
+from . import limits
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -129,6 +130,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--long-clip-size", default="1280x720", help="picture size of that clip (WxH, 25 fps)"
+    )
+    p.add_argument(
+        "--no-limits",
+        dest="limits",
+        action="store_false",
+        help="skip counting each part's FLOPs against this machine's matmul throughput",
     )
     p.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON and MD")
     p.add_argument("--name", default=None, help="file stem (default: bench-<device>-<date>)")
@@ -444,6 +451,22 @@ def time_dit_step(pipe: Pipeline, run: dict, args) -> list[float]:
     return times
 
 
+def machine_limits(pipes, configs, frames, last, results, args) -> list[dict]:
+    """`limits.limits` of every configuration: FLOPs counted once per (mode, prompts) (they do
+    not depend on the precision), matmul throughput once per precision."""
+    flops, peaks = {}, {}
+    for c in configs:
+        pipe = pipes[c]
+        if (c.mode, c.prompts) not in flops:
+            text = last[c.name]["text"]
+            flops[c.mode, c.prompts] = limits.part_flops(
+                pipe, frames, text, args.duration, args.steps, args.cfg
+            )
+        if c.precision not in peaks:
+            peaks[c.precision] = limits.gemm_peak(c.precision, pipe.device)
+    return limits.limits(results, flops, peaks)
+
+
 # -- statistics and the report ---------------------------------------------------------------
 
 
@@ -603,6 +626,7 @@ def markdown(report: dict) -> str:
                 f"| {e['sync_features']:.2e} | {e['latent']:.2e} | {e['mel']:.2e} "
                 f"| {e['audio']:.2e} |"
             )
+    lines += limits.markdown(report)
     f2f = report.get("file_to_file")
     if f2f:
         lines += [
@@ -780,6 +804,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "setup": setup_record(args, load_s, args.note),
         "results": results,
     }
+    if device.type == "cpu":
+        report["targets"] = limits.targets(results)
+    variant = get_variant(args.variant)
+    if args.limits and variant.video_encoder is not None and not variant.separation:
+        report["limits"] = machine_limits(pipes, configs, frames, last, results, args)
     if args.file_to_file:
         fast = next((c for c in configs if c.mode != "reference" and c.prompts == 1), configs[0])
         with tempfile.TemporaryDirectory() as tmp:

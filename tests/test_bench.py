@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from clips import make_clip
-from selva_rt.benchmarks import bench
+from selva_rt.benchmarks import bench, limits
 
 torch.set_num_threads(1)
 
@@ -79,6 +79,51 @@ def test_markdown_and_file_to_file(report):
     } <= set(f2f["timings_s"])
 
 
+def test_limits_count_the_same_arithmetic(report):
+    """FLOPs per part: the fast trunk does the reference's arithmetic once per clip, the
+    reference's once per prompt; the sampler's and decoder's work grows with the prompts."""
+    r, md = report
+    rows = {x["name"]: x for x in r["limits"]}
+    assert set(rows) == {x["name"] for x in r["results"]}
+    gflop = {name: {p: v["gflop"] for p, v in x["parts"].items()} for name, x in rows.items()}
+    ref1, ref2 = gflop["reference/fp32/p1"], gflop["reference/fp32/p2"]
+    fast1, fast2 = gflop["fast/fp32/p1"], gflop["fast/fp32/p2"]
+    assert fast1["video_trunk"] == pytest.approx(ref1["video_trunk"], rel=1e-3)
+    assert fast2["video_trunk"] == pytest.approx(fast1["video_trunk"], rel=1e-6)
+    assert ref2["video_trunk"] == pytest.approx(2 * ref1["video_trunk"], rel=1e-6)
+    for part in ("sampling", "decoder"):
+        assert fast2[part] == pytest.approx(2 * fast1[part], rel=1e-6)
+        assert fast1[part] == pytest.approx(ref1[part], rel=1e-3)  # CFG batched: ~the same
+    for x in rows.values():
+        floor = sum(p["gflop"] for p in x["parts"].values()) / x["gemm_peak_gflops"]
+        assert x["floor_s"] == pytest.approx(floor) and x["gemm_peak_gflops"] > 0
+    assert "Against this machine's limits" in md and "Targets:" in md
+
+
+def test_targets():
+    def result(mode, precision, prompts, seconds, speedup=None, cost=None):
+        return {
+            "name": f"{mode}/{precision}/p{prompts}",
+            "mode": mode,
+            "precision": precision,
+            "prompts": prompts,
+            "speedup_vs_reference": speedup,
+            "cost_vs_one_prompt": cost,
+        }
+
+    results = [
+        result("fast", "bf16", 1, 10, speedup=2.1),
+        result("fast", "fp32", 1, 10, speedup=1.2),
+        result("fast", "bf16", 4, 10, cost=2.5),
+    ]
+    got = {t["what"]: (t["measured"], t["met"]) for t in limits.targets(results)}
+    assert got == {
+        "fast/bf16/p1 over reference/bf16/p1": (2.1, True),
+        "fast/fp32/p1 over reference/fp32/p1": (1.2, False),
+        "fast/bf16/p4 against fast/bf16/p1": (2.5, False),
+    }
+
+
 def test_bad_arguments_exit_with_a_message():
     with pytest.raises(SystemExit, match="graphs needs a CUDA device"):
         bench.main([*QUICK, "--device", "cpu", "--modes", "graphs"])
@@ -104,7 +149,16 @@ def test_tiny_flowley(tmp_path):
 @pytest.mark.slow
 def test_long_clip_row(tmp_path):
     argv = [*QUICK, "--device", "cpu", "--prompts", "1", "--step-repeat", "1"]
-    argv += ["--long-clip", "12", "--long-clip-size", "160x90", "--output", str(tmp_path)]
+    argv += [
+        "--precisions",
+        "fp32",
+        "--long-clip",
+        "12",
+        "--long-clip-size",
+        "160x90",
+        "--output",
+        str(tmp_path),
+    ]
     assert bench.main([*argv, "--name", "long"]) == 0
     long = json.loads((tmp_path / "long.json").read_text())["long_clip"]
     assert long["seconds"] == 12
@@ -123,8 +177,8 @@ def test_separation_rows_on_tiny_sep(tmp_path):
     run separating the clip's own audio track."""
     clip = bench.synthetic_clip(tmp_path / "clip.mp4", seconds=1.2, size=(64, 48), fps=25)
     argv = [*QUICK[2:], "--variant", "tiny-sep", "--prompts", "1,4", "--step-repeat", "1"]
-    argv += ["--device", "cpu", "--file-to-file", str(clip), "--output", str(tmp_path)]
-    assert bench.main([*argv, "--name", "sep"]) == 0
+    argv += ["--device", "cpu", "--precisions", "fp32", "--file-to-file", str(clip)]
+    assert bench.main([*argv, "--output", str(tmp_path), "--name", "sep"]) == 0
     r = json.loads((tmp_path / "sep.json").read_text())
     names = [x["name"] for x in r["results"]]
     assert names == [f"{m}/fp32/p{p}" for p in (1, 4) for m in ("reference", "fast")]
