@@ -30,10 +30,11 @@ from .cuda_graph import EulerGraphs
 # Items per network call in fast mode. On the CPU one at a time: one item's activations stay in
 # cache, where a batch sends every elementwise op to DRAM (2 cores, 8 s clip: the trunk ~15 %
 # faster one segment at a time; the decoder of 4 prompts 35 s one by one against 87 s as one
-# batch). On CUDA a batch keeps the GPU busy: every prompt at once, and the trunk in chunks of 32
-# segments to bound the activations of long clips.
-# The [SUP] selection takes the same chunks of segments (fp32 on the CPU, one thread: 0.25
-# CPU-s per segment in chunks of 1-2, 0.29 in chunks of 8, more as one 24-segment call).
+# batch). Per precision, one thread, CPU-s per trunk segment in chunks of 1 / 2 / 4: fp32 4.13 /
+# 4.24 / 4.68, bf16 2.25 / 2.20 / 2.27 (one segment serves both). The [SUP] selection takes the
+# same chunks (fp32: 0.25 CPU-s per segment in chunks of 1-2, 0.29 in chunks of 8, more as one
+# 24-segment call). On CUDA a batch keeps the GPU busy: every prompt at once, and the trunk in
+# chunks of 32 segments to bound the activations of long clips.
 TRUNK_CHUNK = {"cpu": 1, "cuda": 32}  # segments per MotionFormer call and per selection call
 PROMPT_CHUNK = {"cpu": 1}  # prompts per [SUP] selection and per decoder call (else all)
 MIXTURE_KEYS = ("x_cond", "mixture_bias")  # separation entries of the conditions (P rows)
