@@ -8,6 +8,7 @@ graph against the operators TensorRT's ONNX parser documents.
 
 from dataclasses import dataclass
 
+from ..runtime.backends.graphs import io_precision
 from ..runtime.variants import (
     CLIP_SIZE,
     MIN_DURATION,
@@ -28,7 +29,7 @@ PARTS = (
     "dit_step",
     "decoder",
 )
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_MAX_DURATION = 10.0
 DEFAULT_MAX_BATCH = 4
 DEFAULT_OPT_DURATION = 8.0  # the trained duration
@@ -54,11 +55,26 @@ def part_names(variant: Variant) -> tuple[str, ...]:
 FP16_KEEP_FP32 = {"t5": "Flan-T5 activations overflow fp16", "decoder": "vocoder overflow"}
 
 
+# int8 (ONNX Runtime, CPU): dynamic quantisation of the linear layers, the MatMul/Gemm nodes
+# whose weight is a constant: weights int8 (symmetric, per output channel), activations uint8
+# per tensor, scaled at every call; everything else, inputs and outputs included, stays fp32.
+# Chosen per part by measurement on full-size selva-small-16k weights (benchmarks/results/
+# ort-int8-cpu.md): quantised where ONNX Runtime int8 is faster than fp32 at a small error.
+# The decoder is convolutions (ConvInteger is slower than fp32 on the CPU); the T5 and CLIP
+# text encoders run once per prompt.
+INT8_PARTS = ("video_trunk", "video_select", "dit_conditions", "dit_step")
+INT8_OPS = ("MatMul", "Gemm")
+INT8_PER_CHANNEL = True
+
+
 def graph_precision(part: str, precision: str) -> str:
-    """The dtype part `part`'s graph is exported (and its TensorRT engine typed) in."""
+    """The precision part `part`'s graph is exported (and its TensorRT engine typed) in: "int8"
+    for a quantised part of an int8 build (its float tensors are fp32: `io_precision`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
     if precision == "fp16" and part in FP16_KEEP_FP32:
+        return "fp32"
+    if precision == "int8" and part not in INT8_PARTS:
         return "fp32"
     return precision
 
@@ -225,9 +241,9 @@ def _flowley_io(part: str, variant: Variant, d: dict):
 
 
 def resolve_dtype(spec: TensorSpec, precision: str) -> str:
-    """The concrete dtype name of a TensorSpec in a graph of `precision` (fp32/fp16/bf16)."""
+    """The concrete dtype name of a TensorSpec in a graph of `precision` (fp32/fp16/bf16/int8)."""
     if spec.dtype == "float":
-        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
+        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[io_precision(precision)]
     return spec.dtype
 
 

@@ -104,7 +104,8 @@ class Pipeline:
         self.parts = parts
         self.tokenizers = tokenizers or Tokenizers.load(variant)
         self.device, self.dtype = parts.device, parts.dtype
-        self.precision = precision_name(parts.dtype)
+        # A graph build names its own precision (int8 computes in int8 behind fp32 tensors).
+        self.precision = getattr(parts, "precision", None) or precision_name(parts.dtype)
 
     @classmethod
     def from_pretrained(

@@ -51,6 +51,11 @@ class OrtParts(GraphParts):
                 "ONNX Runtime's CPU execution provider has no bfloat16 kernels; run these bf16 "
                 "graphs with --device cuda, or export with --precision fp32 or fp16 for the CPU"
             )
+        if manifest.precision == "int8" and device.type != "cpu":
+            raise UsageError(
+                "int8 graphs are dynamically quantised for ONNX Runtime's CPU execution "
+                "provider; run them with --device cpu"
+            )
         if providers is None:
             have = ort.get_available_providers()
             providers = [p for p in _PROVIDERS[device.type] if p in have]
