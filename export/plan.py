@@ -56,15 +56,18 @@ FP16_KEEP_FP32 = {"t5": "Flan-T5 activations overflow fp16", "decoder": "vocoder
 
 
 # int8 (ONNX Runtime, CPU): dynamic quantisation of the linear layers, the MatMul/Gemm nodes
-# whose weight is a constant: weights int8 (symmetric, per output channel), activations uint8
-# per tensor, scaled at every call; everything else, inputs and outputs included, stays fp32.
-# Chosen per part by measurement on full-size selva-small-16k weights (benchmarks/results/
-# ort-int8-cpu.md): quantised where ONNX Runtime int8 is faster than fp32 at a small error.
-# The decoder is convolutions (ConvInteger is slower than fp32 on the CPU); the T5 and CLIP
-# text encoders run once per prompt.
-INT8_PARTS = ("video_trunk", "video_select", "dit_conditions", "dit_step")
+# whose weight is a constant: weights int8 (symmetric, per tensor), activations uint8 per tensor,
+# scaled at every call; everything else, inputs and outputs included, stays fp32. Chosen by
+# measurement on full-size selva-small-16k weights, 2 threads (benchmarks/results/
+# cpu-parts-selva-small-16k.md): the video trunk runs 1.96x faster than ONNX Runtime fp32 and
+# the [SUP] selection 1.9x, the DiT step 1.13x. Per channel measured a lower error (trunk 2.5e-2
+# against 3.3e-2) but the trunk ran 1.7x slower than per tensor. Not quantised: the decoder
+# (convolutions; it has no linear layer, and ConvInteger cannot take its computed conv weights),
+# T5 and CLIP text (once per prompt, tens of ms, rel L2 4-6e-2 that every step then reads) and
+# dit_conditions (once per generation).
+INT8_PARTS = ("video_trunk", "video_select", "dit_step")
 INT8_OPS = ("MatMul", "Gemm")
-INT8_PER_CHANNEL = True
+INT8_PER_CHANNEL = False
 
 
 def graph_precision(part: str, precision: str) -> str:
