@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
+    env = bench.environment(device)
     bench_args = bench.parse_args(
         [
             "--variant",
@@ -144,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     variant = get_variant(args.variant)
     seq = variant.sequence_lengths(DURATION)
     report = {
-        "environment": bench.environment(device),
+        "environment": env,
+        "load_average_end": bench._loadavg(),
         "setup": {
             "variant": args.variant,
             "weights": bench.weights_note(bench_args),
@@ -188,7 +190,8 @@ def markdown(report: dict) -> str:
         "",
         f"{env['date']}, commit {(env['commit'] or 'unknown')[:10]}, torch "
         f"{env['versions']['torch']}, {env['cpu']['threads']} threads; load average at the "
-        f"start {env['load_average_start']}. Weights: {setup['weights']}. Median of "
+        f"start {env['load_average_start']}, at the end {report['load_average_end']}. "
+        f"Weights: {setup['weights']}. Median of "
         f"{setup['repeat']} calls per part, round-robin over engines.",
         "",
         "Sizes: " + "; ".join(f"{k}: {v}" for k, v in setup["sizes"].items()) + ".",
