@@ -9,6 +9,7 @@ so what one part returns the next takes, whichever backend runs it. Both backend
 in the same dtype (an fp32 torch backend with an fp32 or int8 build).
 """
 
+from ..device import precision_name
 from ..errors import UsageError
 from .graphs import GraphParts
 
@@ -48,7 +49,9 @@ class MixedParts:
             )
         self.base, self.graphs, self.graph_parts = base, graphs, names
         self.device, self.dtype = base.device, base.dtype
-        self.precision = graphs.precision  # fp32, or int8 when its quantised parts are used
+        # int8 when one of the parts taken is quantised, else the dtype both compute in.
+        used = {graphs.manifest.parts[n].precision for n in names}
+        self.precision = "int8" if "int8" in used else precision_name(base.dtype)
 
     def __getattr__(self, name: str):
         # Only reached for what __init__ did not set: the parts' methods.
