@@ -58,10 +58,10 @@ FP16_KEEP_FP32 = {"t5": "Flan-T5 activations overflow fp16", "decoder": "vocoder
 # int8 (ONNX Runtime, CPU): dynamic quantisation of the linear layers, the MatMul/Gemm nodes
 # whose weight is a constant: weights int8 (symmetric, per tensor), activations uint8 per tensor,
 # scaled at every call; everything else, inputs and outputs included, stays fp32. Chosen by
-# measurement on full-size selva-small-16k weights, 2 threads (benchmarks/results/
-# cpu-parts-selva-small-16k.md), against ONNX Runtime fp32 on identical inputs:
-#   video_trunk   1.96x faster, rel L2 3.3e-2   quantised (the clip-length part)
-#   video_select  1.9x faster,  rel L2 2.9e-2   quantised
+# measurement on full-size selva-small-16k weights, 2 threads, against ONNX Runtime fp32 on
+# identical inputs (benchmarks/results/cpu-parts-selva-small-16k.md):
+#   video_trunk   2.2x faster, rel L2 3.3e-2   quantised (the clip-length part, 8.9 TFLOP / 8 s)
+#   video_select  1.5x faster, rel L2 2.9e-2   quantised
 #   dit_step      1.13x faster, rel L2 4.7e-2 (1.0e-1 on the check's random conditions), read
 #                 25 times per generation: kept fp32
 #   t5, clip_text 2.3x, 3.0x faster (tens of ms, once per prompt), rel L2 5.6e-2, 3.9e-2: fp32
