@@ -29,7 +29,7 @@ from selva_rt.runtime.variants import MIN_DURATION, T5_MAX_TOKENS, VARIANTS, get
 # Worst relative L2 error per output the ONNX Runtime check accepts, against the fp32 torch
 # backend. fp32: kernel rounding only (measured ~1e-6 on the tiny variant). fp16/bf16 graphs are
 # held to the reduced-precision tolerances of the golden README. int8 (plan.INT8_PARTS):
-# measured worst 3.7e-2 full size (video_select; trunk 3.4e-2), 2.4e-2 tiny; 0.1 leaves room for
+# measured worst 3.7e-2 full size (video_select; trunk 3.4e-2), 2.5e-2 tiny; 0.1 leaves room for
 # other weights while a broken quantisation (a wrong scale, a lost bias) errs by O(1).
 CHECK_RTOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2, "int8": 1e-1}
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "tensorrt", "selva-rt")
