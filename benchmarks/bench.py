@@ -24,6 +24,16 @@ the same parts plus the mixture encoder (mel + VAE encoder), on a noise mixture;
 mixture enters the DiT as a bias computed once, in reference mode as the official concatenation
 at every step.
 
+`--backends torch,onnxruntime` adds ONNX Runtime configurations, `onnxruntime/fp32/pN` and
+`onnxruntime/int8/pN` (`--ort-precisions`; int8: the linear layers dynamically quantised, see
+export/plan.py): graphs exported once per run from the same networks into a temporary folder
+(or `--engines DIR`, reused while the weights match), run round-robin beside the torch ones on
+the same inputs, compared with reference/fp32 (speed) and the torch fp32 output (distance).
+
+Every configuration that is not torch fp32 also gets a single-pass error per part: each part
+fed the fp32 configuration's inputs of that part (not its own upstream outputs), its output
+against the fp32 part's (relative L2; dit_step: one step at mid-trajectory).
+
 Weights default to random full-size ones (`--weights random`): the FLOPs and the code paths are
 the real ones, the audio is noise. `--weights local` loads the downloaded checkpoints.
 `--file-to-file [CLIP]` also times decode -> generate -> write -> remux on a clip (default: a
@@ -95,7 +105,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--variant", default="selva-small-16k")
     p.add_argument("--weights", choices=("random", "local"), default="random")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--backend", choices=("torch",), default="torch")
+    p.add_argument(
+        "--backends",
+        default="torch",
+        help="comma list of torch,onnxruntime (onnxruntime: the --ort-precisions graphs)",
+    )
+    p.add_argument("--ort-precisions", default="fp32,int8", help="comma list of fp32,int8")
+    p.add_argument(
+        "--engines",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="ONNX builds in DIR/<precision>, reused while the weights match (default: a "
+        "temporary folder, exported every run)",
+    )
     p.add_argument(
         "--modes", default="auto", help="comma list of reference,fast,graphs (auto: all usable)"
     )
@@ -163,6 +186,28 @@ def configs_of(args: argparse.Namespace, device: torch.device) -> list[Config]:
             raise SystemExit(f"unknown precision {prec!r}; use fp32, bf16, fp16, bf16+fp32dec")
     prompts = [int(n) for n in args.prompts.split(",")]
     return [Config(m, pr, n) for pr in precisions for n in prompts for m in modes]
+
+
+GRAPH_BACKENDS = ("onnxruntime",)
+GRAPH_PRECISIONS = ("fp32", "int8")
+
+
+def graph_configs(args: argparse.Namespace, device: torch.device) -> list[Config]:
+    """The ONNX Runtime configurations: mode "onnxruntime", one per ORT precision and prompts."""
+    backends = args.backends.split(",")
+    for b in backends:
+        if b not in ("torch", *GRAPH_BACKENDS):
+            raise SystemExit(f"unknown backend {b!r}; use torch, {', '.join(GRAPH_BACKENDS)}")
+    if "onnxruntime" not in backends:
+        return []
+    if device.type != "cpu":
+        raise SystemExit("the onnxruntime configurations run on the CPU; pass --device cpu")
+    precisions = args.ort_precisions.split(",")
+    for prec in precisions:
+        if prec not in GRAPH_PRECISIONS:
+            raise SystemExit(f"unknown ONNX Runtime precision {prec!r}; use fp32, int8")
+    prompts = [int(n) for n in args.prompts.split(",")]
+    return [Config("onnxruntime", pr, n) for pr in precisions for n in prompts]
 
 
 # -- the environment -------------------------------------------------------------------------
@@ -355,6 +400,53 @@ def make_pipelines(
     return pipes
 
 
+def make_graph_pipelines(
+    args: argparse.Namespace,
+    nets: Networks,
+    configs: list[Config],
+    device: torch.device,
+    folder: Path,
+) -> dict[Config, Pipeline]:
+    """One Pipeline per ONNX Runtime configuration, over graphs exported from `nets` (the
+    networks the torch configurations run) once per precision into `folder`/<precision>; an
+    --engines build there is reused while its variant, precision, weights and parts match."""
+    from ..export import build_engines
+    from ..export.onnx_export import model_hash
+    from ..runtime.backends.ort_parts import OrtParts
+
+    variant = get_variant(args.variant)
+    random_weights = args.weights == "random" or variant.random_weights
+    tokenizers = Tokenizers.load(dataclasses.replace(variant, random_weights=random_weights))
+    digest = model_hash(nets) if args.engines else None
+    loaded, pipes = {}, {}
+    for c in configs:
+        if c.precision not in loaded:
+            out = folder / c.precision
+            if not _reusable(out, variant, c.precision, digest):
+                print(f"  exporting the {c.precision} graphs to {out}", flush=True)
+                argv = ["--variant", variant.name, "--out", str(out), "--precision", c.precision]
+                argv += ["--onnx-only", "--force", "--quiet", "--threads", str(args.threads or 0)]
+                build_engines.build(build_engines.build_parser().parse_args(argv), nets)
+            loaded[c.precision] = OrtParts.load(out, variant, device, threads=args.threads or 0)
+        pipes[c] = Pipeline(variant, loaded[c.precision], tokenizers)
+    return pipes
+
+
+def _reusable(out: Path, variant, precision: str, digest: str | None) -> bool:
+    from ..export import plan
+    from ..runtime.backends.graphs import Manifest
+    from ..runtime.errors import SelvaError
+
+    if digest is None or not out.is_dir():
+        return False
+    try:
+        m = Manifest.read(out, variant.name)
+    except SelvaError:
+        return False
+    have = set(m.parts) >= set(plan.part_names(variant))
+    return have and (m.precision, m.model_hash) == (precision, digest)
+
+
 def synthetic_frames(duration: float, seed: int) -> torch.Tensor:
     """[1, int(25 * duration), 3, 224, 224] float32 in [-1, 1], deterministic."""
     frames = int(25 * duration)
@@ -455,7 +547,8 @@ def machine_limits(pipes, configs, frames, last, results, args) -> list[dict]:
     """`limits.limits` of every configuration: FLOPs counted once per (mode, prompts) (they do
     not depend on the precision), matmul throughput once per precision."""
     flops, peaks = {}, {}
-    for c in sorted(configs, key=lambda c: c.dtype != torch.bfloat16):  # the quicker count first
+    torch_configs = [c for c in configs if c.mode in MODES]  # graphs' FLOPs are not countable
+    for c in sorted(torch_configs, key=lambda c: c.dtype != torch.bfloat16):  # quicker first
         pipe = pipes[c]
         if (c.mode, c.prompts) not in flops:
             text = last[c.name]["text"]
@@ -498,7 +591,7 @@ def summarise(c: Config, runs: list[dict], step_times: list[float], args) -> dic
     return {
         "name": c.name,
         "mode": c.mode,
-        "backend": args.backend,
+        "backend": "onnxruntime" if c.mode == "onnxruntime" else "torch",
         "precision": c.precision,
         "prompts": c.prompts,
         "clips": 1,
@@ -555,6 +648,115 @@ def add_comparisons(results: list[dict], outputs: dict[str, object]) -> None:
             r["cost_vs_one_prompt"] = (
                 r["frames_to_waveform_s"]["median"] / one["frames_to_waveform_s"]["median"]
             )
+
+
+def add_backend_comparisons(results: list[dict], outputs: dict[str, object]) -> None:
+    """For the ONNX Runtime rows: speedup over reference/fp32 with the same prompts (whole and
+    per part) and the outputs' distance from torch fp32 (fast mode, else reference)."""
+    by_key = {(r["mode"], r["precision"], r["prompts"]): r for r in results}
+    for r in results:
+        if r["mode"] not in GRAPH_BACKENDS:
+            continue
+        ref32 = by_key.get(("reference", "fp32", r["prompts"]))
+        torch32 = by_key.get(("fast", "fp32", r["prompts"])) or ref32
+        if ref32 is not None:
+            r["speedup_vs_reference_fp32"] = (
+                ref32["frames_to_waveform_s"]["median"] / r["frames_to_waveform_s"]["median"]
+            )
+            r["parts_speedup_vs_reference_fp32"] = {
+                p: ref32["parts_s"][p]["median"] / v["median"]
+                for p, v in r["parts_s"].items()
+                if v["median"] > 0 and p in ref32["parts_s"]
+            }
+        if torch32 is not None:
+            r["torch_fp32"] = torch32["name"]
+            r["rel_l2_vs_torch_fp32"] = compare_outputs(
+                outputs[r["name"]], outputs[torch32["name"]]
+            )
+
+
+# -- single-pass error per part --------------------------------------------------------------
+
+SINGLE_PASS_PARTS = ("t5", "clip_text", "video_trunk", "video_select", "dit_step", "decoder")
+MID_TRAJECTORY = 0.5  # the dit_step's t: halfway between noise and the fp32 result
+
+
+def single_pass_errors(
+    pipes: dict[Config, Pipeline], last: dict[str, dict], frames: torch.Tensor, args
+) -> dict | None:
+    """Each part of each configuration that is not torch fp32, run once on the inputs the torch
+    fp32 configuration gives that part (one prompt), against the fp32 part's output: relative
+    L2 per part (decoder: the waveform; its mel as decoder_mel). Rounding of one part, not its
+    accumulation through the pipeline. None for Flowley and separation variants, and without
+    a torch fp32 configuration."""
+    variant = next(iter(pipes.values())).variant
+    torch32 = [c for c in pipes if c.mode in MODES and c.precision == "fp32"]
+    if variant.flowley or variant.separation or not torch32:
+        return None
+    base = min(torch32, key=lambda c: (c.mode != "fast", c.prompts))
+    inputs = part_inputs(pipes[base], last[base.name], frames, args)
+    expected = {name: _part_outputs(pipes[base].parts, name, a) for name, a in inputs.items()}
+    rows, seen = [], set()
+    for c, pipe in pipes.items():
+        key = (c.mode, c.precision)
+        if key in seen or (c.mode in MODES and c.precision == "fp32"):
+            continue
+        seen.add(key)
+        errors = {}
+        for name, a in inputs.items():
+            got = _part_outputs(pipe.parts, name, _cast(a, pipe.parts.dtype))
+            errors[name] = rel_l2(got[-1], expected[name][-1])  # the decoder's: waveform
+            if name == "decoder":
+                errors["decoder_mel"] = rel_l2(got[0], expected[name][0])
+        rows.append({"config": f"{c.mode}/{c.precision}", "rel_l2": errors})
+    return {
+        "against": f"{base.mode}/{base.precision} (torch)",
+        "prompts": 1,
+        "dit_step_t": MID_TRAJECTORY,
+        "rows": rows,
+    }
+
+
+@torch.inference_mode()
+def part_inputs(pipe: Pipeline, run: dict, frames: torch.Tensor, args) -> dict[str, tuple]:
+    """The arguments of each of SINGLE_PASS_PARTS the variant has, for the first prompt, as
+    the fp32 `pipe` computes them (its last benchmark `run` gives the noise and the result)."""
+    parts, prompt = pipe.parts, list(PROMPTS[:1])
+    inputs: dict[str, tuple] = {}
+    text = pipe.encode_text(prompt)
+    if pipe.variant.t5 is not None:
+        ids, mask = pipe.tokenizers.t5(prompt)
+        inputs["t5"] = (ids, mask.long())
+    inputs["clip_text"] = (pipe.tokenizers.clip([*prompt, ""]),)
+    frames = frames.to(pipe.device)
+    inputs["video_trunk"] = (frames, 1)
+    trunk = parts.video_trunk(frames, 1)
+    inputs["video_select"] = (trunk, text.t5, text.t5_mask, 1)
+    sync = parts.video_select(trunk, text.t5, text.t5_mask, 1)
+    conditions = pipe.dit_conditions(text, None, sync, args.duration)
+    out = run["out"]
+    t = MID_TRAJECTORY
+    x = (1 - t) * out.noise[:1] + t * out.latent[:1]
+    inputs["dit_step"] = (x, torch.full((1,), t, device=x.device), conditions, args.cfg)
+    inputs["decoder"] = (out.latent[:1],)
+    return {k: v for k, v in inputs.items() if k in SINGLE_PASS_PARTS}
+
+
+def _part_outputs(parts, name: str, args: tuple) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        out = getattr(parts, name)(*args)
+    return [o.float() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def _cast(args, dtype: torch.dtype):
+    """Floating-point tensors (also inside dicts) to `dtype`; the rest unchanged."""
+    if isinstance(args, tuple):
+        return tuple(_cast(a, dtype) for a in args)
+    if isinstance(args, dict):
+        return {k: _cast(v, dtype) for k, v in args.items()}
+    if isinstance(args, torch.Tensor) and args.is_floating_point():
+        return args.to(dtype)
+    return args
 
 
 def markdown(report: dict) -> str:
@@ -626,6 +828,7 @@ def markdown(report: dict) -> str:
                 f"| {e['sync_features']:.2e} | {e['latent']:.2e} | {e['mel']:.2e} "
                 f"| {e['audio']:.2e} |"
             )
+    lines += backend_markdown(report)
     lines += limits.markdown(report)
     f2f = report.get("file_to_file")
     if f2f:
@@ -655,6 +858,48 @@ def markdown(report: dict) -> str:
                 f"| {'—' if r['peak_memory_mb'] is None else r['peak_memory_mb']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def backend_markdown(report: dict) -> list[str]:
+    """The ONNX Runtime table and the single-pass error table (empty when neither was run)."""
+    lines = []
+    rows = [r for r in report["results"] if r["mode"] in GRAPH_BACKENDS]
+    if rows:
+        parts = [p for p in rows[0]["parts_s"] if p != "text"]
+        lines += [
+            "",
+            "Other backends: speedup over reference/fp32 with the same prompts (frames→waveform "
+            "and per part), and the audio's distance from torch fp32 (relative L2, same inputs "
+            "and seed):",
+            "",
+            "| configuration | frames→waveform | " + " | ".join(parts) + " | audio rel L2 |",
+            "|---|---|" + "---|" * len(parts) + "---|",
+        ]
+        for r in rows:
+            ps = r.get("parts_speedup_vs_reference_fp32", {})
+            speed = r.get("speedup_vs_reference_fp32")
+            err = r.get("rel_l2_vs_torch_fp32", {}).get("audio")
+            cells = [f"{ps[p]:.2f}×" if p in ps else "—" for p in parts]
+            lines.append(
+                f"| {r['name']} | {'—' if speed is None else f'{speed:.2f}×'} | "
+                + " | ".join(cells)
+                + f" | {'—' if err is None else f'{err:.2e}'} |"
+            )
+    single = report.get("single_pass_rel_l2")
+    if single and single["rows"]:
+        names = list(single["rows"][0]["rel_l2"])
+        lines += [
+            "",
+            f"Single pass per part: relative L2 against the {single['against']} part on its "
+            f"inputs (one prompt; dit_step one step at t = {single['dit_step_t']}):",
+            "",
+            "| configuration | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for row in single["rows"]:
+            cells = [f"{row['rel_l2'][n]:.2e}" for n in names]
+            lines.append(f"| {row['config']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _fmt(seconds: float) -> str:
@@ -761,15 +1006,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    configs = configs_of(args, device)
+    configs = configs_of(args, device) if "torch" in args.backends.split(",") else []
+    graph = graph_configs(args, device)
     env = environment(device)
-    print(f"selva-rt bench: {len(configs)} configurations on {env['device']['name']}", flush=True)
+    n = len(configs) + len(graph)
+    print(f"selva-rt bench: {n} configurations on {env['device']['name']}", flush=True)
 
     t0 = time.perf_counter()
     nets = (
         random_networks(args.variant) if args.weights == "random" else local_networks(args.variant)
     )
-    pipes = make_pipelines(args.variant, nets, configs, device, args.weights == "random")
+    with tempfile.TemporaryDirectory() as tmp:  # the sessions hold the graphs once loaded
+        # Exported before the torch pipelines take the networks (fp32 shares them in place).
+        pipes = make_graph_pipelines(args, nets, graph, device, args.engines or Path(tmp))
+    pipes = {
+        **make_pipelines(args.variant, nets, configs, device, args.weights == "random"),
+        **pipes,
+    }
+    configs += graph
     load_s = time.perf_counter() - t0
     frames = synthetic_frames(args.duration, args.seed)
     extras = synthetic_extras(get_variant(args.variant), args.duration, args.seed)
@@ -797,12 +1051,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         step_times = time_dit_step(pipes[c], last[c.name], args)
         results.append(summarise(c, runs[c] or [last[c.name]], step_times, args))
     add_comparisons(results, {name: run["out"] for name, run in last.items()})
+    add_backend_comparisons(results, {name: run["out"] for name, run in last.items()})
 
     report = {
         "schema": SCHEMA,
         "environment": env,
         "setup": setup_record(args, load_s, args.note),
         "results": results,
+        "single_pass_rel_l2": single_pass_errors(pipes, last, frames, args),
     }
     if device.type == "cpu":
         report["targets"] = limits.targets(results)

@@ -23,6 +23,8 @@ the runtimes' rounding. The traps those methods avoid:
   plain convolution weights; SnakeBeta is elementwise Exp/Sin/Mul with the alias-free filters as
   constant depthwise convolutions.
 * fp16 overflow: `plan.graph_precision` keeps Flan-T5 and the decoder in fp32 in fp16 builds.
+* int8: the fp32 graph is traced, then its linear layers are quantised by ONNX Runtime's
+  dynamic quantiser (`quantize_int8`, parts and settings in `plan`).
 * the joint attention output of the MM-DiT is cut by slicing, not `split` with dynamic sizes
   (exported as SplitToSequence/SequenceAt, which TensorRT's parser lacks).
 * HF T5's SDPA attention decomposes into a view torch.export cannot prove valid for a dynamic
@@ -43,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..runtime.backends.graphs import GraphInputs
+from ..runtime.backends.graphs import GraphInputs, io_precision
 from ..runtime.backends.ort_parts import OrtParts
 from ..runtime.backends.torch_parts import TorchParts
 from ..runtime.device import DTYPES
@@ -250,14 +252,17 @@ class Exported:
     path: Path
     sha256: str
     seconds: float
+    quantized: dict
 
 
 def export_part(
     name: str, variant: Variant, nets: Networks, path: Path, precision: str
 ) -> Exported:
     """Trace part `name` in `plan.graph_precision(name, precision)` to `path` (weights in the
-    file, or beside it as external data past protobuf's 2 GiB limit)."""
-    dtype = DTYPES[plan.graph_precision(name, precision)]
+    file, or beside it as external data past protobuf's 2 GiB limit); an int8 part is traced in
+    fp32 and then quantised."""
+    graph_precision = plan.graph_precision(name, precision)
+    dtype = DTYPES[io_precision(graph_precision)]
     module = part_module(name, nets)
     if dtype != torch.float32:  # a cast copy: the fp32 networks stay the checks' reference
         module = copy.deepcopy(module).to(dtype)
@@ -289,13 +294,53 @@ def export_part(
     _check_dynamic(program.model, inputs)
     path.unlink(missing_ok=True)
     program.save(str(path), external_data=big)
-    return Exported(path, sha256_file(path), time.perf_counter() - t0)
+    quantized = quantize_int8(path, big) if graph_precision == "int8" else {}
+    return Exported(path, sha256_file(path), time.perf_counter() - t0, quantized)
+
+
+def quantize_int8(path: Path, external_data: bool = False) -> dict:
+    """Quantise the linear layers of the fp32 graph at `path` in place (`plan.INT8_OPS` nodes
+    with a constant weight: int8 weights, uint8 activations scaled per call); what changed, for
+    the manifest. ONNX Runtime fuses each quantise + integer MatMul + rescale into one kernel
+    when it loads the graph."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = onnx.load(str(path))  # external data included; the quantised graph replaces it
+    before = _count_ops(fp32, plan.INT8_OPS)
+    logger = logging.getLogger()  # the quantiser warns about pre-processing on the root logger
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(
+            fp32,
+            path,
+            op_types_to_quantize=list(plan.INT8_OPS),
+            per_channel=plan.INT8_PER_CHANNEL,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=external_data,
+        )
+    finally:
+        logger.setLevel(level)
+    after = onnx.load(str(path), load_external_data=False)
+    left = _count_ops(after, plan.INT8_OPS)
+    return {
+        "ops": list(plan.INT8_OPS),
+        "weights": "int8, symmetric, " + ("per channel" if plan.INT8_PER_CHANNEL else "per tensor"),
+        "activations": "uint8, per tensor, scaled at every call",
+        "quantized_nodes": before - left,
+        "float_nodes": left,  # MatMuls of two activations (attention), kept fp32
+    }
+
+
+def _count_ops(model, ops: tuple[str, ...]) -> int:
+    return sum(n.op_type in ops for n in model.graph.node)
 
 
 def io_entries(name: str, variant: Variant, precision: str) -> dict[str, list[dict]]:
     """The manifest's description of part `name`'s graph inputs and outputs: name, dtype (as in
     the graph) and shape (ints and dim names)."""
-    gp = plan.graph_precision(name, precision)
+    gp = io_precision(plan.graph_precision(name, precision))
     inputs, outputs = plan.part_io(name, variant)
     return {
         key: [

@@ -8,6 +8,7 @@ graph against the operators TensorRT's ONNX parser documents.
 
 from dataclasses import dataclass
 
+from ..runtime.backends.graphs import io_precision
 from ..runtime.variants import (
     CLIP_SIZE,
     MIN_DURATION,
@@ -28,7 +29,7 @@ PARTS = (
     "dit_step",
     "decoder",
 )
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_MAX_DURATION = 10.0
 DEFAULT_MAX_BATCH = 4
 DEFAULT_OPT_DURATION = 8.0  # the trained duration
@@ -54,11 +55,32 @@ def part_names(variant: Variant) -> tuple[str, ...]:
 FP16_KEEP_FP32 = {"t5": "Flan-T5 activations overflow fp16", "decoder": "vocoder overflow"}
 
 
+# int8 (ONNX Runtime, CPU): dynamic quantisation of the linear layers, the MatMul/Gemm nodes
+# whose weight is a constant: weights int8 (symmetric, per tensor), activations uint8 per tensor,
+# scaled at every call; everything else, inputs and outputs included, stays fp32. Chosen by
+# measurement on full-size selva-small-16k weights, 2 threads, against ONNX Runtime fp32 on
+# identical inputs (benchmarks/results/cpu-parts-selva-small-16k.md):
+#   video_trunk   2.2x faster, rel L2 3.3e-2   quantised (the clip-length part, 8.9 TFLOP / 8 s)
+#   video_select  1.5x faster, rel L2 2.9e-2   quantised
+#   dit_step      1.13x faster, rel L2 4.7e-2 (1.0e-1 on the check's random conditions), read
+#                 25 times per generation: kept fp32
+#   t5, clip_text 2.3x, 3.0x faster (tens of ms, once per prompt), rel L2 5.6e-2, 3.9e-2: fp32
+#   decoder       convolutions, no linear layer (ConvInteger cannot take its computed weights)
+#   dit_conditions once per generation: fp32
+# Per channel measured a lower error (trunk 2.5e-2) but ran the trunk 1.7x slower.
+INT8_PARTS = ("video_trunk", "video_select")
+INT8_OPS = ("MatMul", "Gemm")
+INT8_PER_CHANNEL = False
+
+
 def graph_precision(part: str, precision: str) -> str:
-    """The dtype part `part`'s graph is exported (and its TensorRT engine typed) in."""
+    """The precision part `part`'s graph is exported (and its TensorRT engine typed) in: "int8"
+    for a quantised part of an int8 build (its float tensors are fp32: `io_precision`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
     if precision == "fp16" and part in FP16_KEEP_FP32:
+        return "fp32"
+    if precision == "int8" and part not in INT8_PARTS:
         return "fp32"
     return precision
 
@@ -225,9 +247,9 @@ def _flowley_io(part: str, variant: Variant, d: dict):
 
 
 def resolve_dtype(spec: TensorSpec, precision: str) -> str:
-    """The concrete dtype name of a TensorSpec in a graph of `precision` (fp32/fp16/bf16)."""
+    """The concrete dtype name of a TensorSpec in a graph of `precision` (fp32/fp16/bf16/int8)."""
     if spec.dtype == "float":
-        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
+        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[io_precision(precision)]
     return spec.dtype
 
 

@@ -69,6 +69,7 @@ def loaded(args: argparse.Namespace, **extra):
         precision=args.precision,
         backend=args.backend,
         engines=args.engines,
+        graph_parts=args.graph_parts,
         quiet=args.quiet,
         **extra,
     )
@@ -343,6 +344,13 @@ def add_run_options(gen: argparse.ArgumentParser) -> None:
         help="what runs the parts (onnxruntime/tensorrt need --engines)",
     )
     gen.add_argument("--engines", default=None, help="folder built by `selva-rt export`")
+    gen.add_argument(
+        "--graph-parts",
+        default=None,
+        metavar="PART,...",
+        help="with --backend torch: run these parts (e.g. video_select,dit_step) from the "
+        "ONNX Runtime graphs in --engines, the rest on torch",
+    )
     gen.add_argument("--out", default="selva_out", help="output directory (default selva_out)")
     gen.add_argument("--format", default="wav", choices=AUDIO_FORMATS)
     gen.add_argument(

@@ -104,7 +104,8 @@ class Pipeline:
         self.parts = parts
         self.tokenizers = tokenizers or Tokenizers.load(variant)
         self.device, self.dtype = parts.device, parts.dtype
-        self.precision = precision_name(parts.dtype)
+        # A graph build names its own precision (int8 computes in int8 behind fp32 tensors).
+        self.precision = getattr(parts, "precision", None) or precision_name(parts.dtype)
 
     @classmethod
     def from_pretrained(
@@ -119,12 +120,14 @@ class Pipeline:
         cuda_graphs: bool | None = None,
         quiet: bool = True,
         checkpoint: str | Path | None = None,
+        graph_parts: str | tuple[str, ...] | None = None,
     ) -> "Pipeline":
         """Load `variant` from the local weights folder ($SELVA_RT_HOME; `selva-rt weights
         download VARIANT` fetches the files; `tiny` needs none), on `backend` (see
         `backends.load_parts`: torch, or onnxruntime/tensorrt from the `engines` folder that
         `selva-rt export` built). `checkpoint`: a generator file instead of the variant's (how
-        an MMAudioSep checkpoint, which no hub publishes yet, can be used from anywhere)."""
+        an MMAudioSep checkpoint, which no hub publishes yet, can be used from anywhere).
+        `graph_parts`: parts the torch backend takes from the `engines` graphs instead."""
         v = get_variant(variant)
         parts = load_parts(
             v,
@@ -136,6 +139,7 @@ class Pipeline:
             engines=engines,
             quiet=quiet,
             checkpoint=checkpoint,
+            graph_parts=graph_parts,
         )
         return cls(v, parts)
 

@@ -57,8 +57,11 @@ def test_precision_choices():
         assert plan.graph_precision(part, "bf16") == "bf16"
     kept = {p for p in plan.PARTS if plan.graph_precision(p, "fp16") == "fp32"}
     assert kept == {"t5", "decoder"}
+    quantised = {p for p in plan.PARTS if plan.graph_precision(p, "int8") == "int8"}
+    assert quantised == set(plan.INT8_PARTS) == {"video_trunk", "video_select"}
+    assert {plan.graph_precision(p, "int8") for p in plan.PARTS} == {"int8", "fp32"}
     with pytest.raises(ValueError):
-        plan.graph_precision("dit_step", "int8")
+        plan.graph_precision("dit_step", "int4")
 
 
 def io_types(part: str, precision: str, prompts: int, tokens: int, duration: float) -> dict:

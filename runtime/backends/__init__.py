@@ -123,13 +123,18 @@ def load_parts(
     engines: str | Path | None = None,
     quiet: bool = True,
     checkpoint: str | Path | None = None,
+    graph_parts: str | tuple[str, ...] | None = None,
 ) -> Parts:
     """The parts of `variant` on one backend. torch: the networks from the weights folder
     (`reference` runs them the official way; `cuda_graphs`, default on in fast mode on CUDA,
     replays the Euler loop as one graph). onnxruntime / tensorrt: the files `selva-rt export`
     built into `engines` (their precision is the build's). `checkpoint`: a generator file
-    to load instead of the variant's (torch backend)."""
+    to load instead of the variant's (torch backend). `graph_parts` ("video_select,dit_step"):
+    on the torch backend, these parts run from the ONNX Runtime graphs in `engines` instead
+    (`mixed.MixedParts`)."""
     dev = resolve_device(device)
+    if graph_parts:
+        return _mixed_parts(variant, backend, dev, precision, reference, engines, graph_parts)
     if backend == "torch":
         from .. import weights
         from ..models.networks import build_networks
@@ -163,3 +168,18 @@ def load_parts(
     from .trt_parts import TrtParts
 
     return TrtParts.load(engines, variant, dev)
+
+
+def _mixed_parts(variant, backend, device, precision, reference, engines, graph_parts) -> Parts:
+    from .mixed import MixedParts, check_graph_parts, part_list
+    from .ort_parts import OrtParts
+
+    names = part_list(graph_parts)
+    check_graph_parts(names)
+    if backend != "torch" or reference:
+        raise UsageError("--graph-parts mixes graphs into the torch backend's fast mode only")
+    if engines is None:
+        raise UsageError("--graph-parts needs --engines DIR (see selva-rt export)")
+    graphs = OrtParts.load(engines, variant, device, parts=names)
+    base = load_parts(variant, "torch", device=device, precision=precision)
+    return MixedParts(base, graphs, names)

@@ -36,6 +36,12 @@ GRAPH_DTYPES = {
 CONDITIONS = ("clip_f", "sync_f", "text_f", "clip_f_c", "text_f_c")
 
 
+def io_precision(precision: str) -> str:
+    """The precision of a build's float inputs and outputs: an int8 build quantises weights
+    (and activations inside the graph) only, so its graphs take and return fp32."""
+    return "fp32" if precision == "int8" else precision
+
+
 # -- manifest -----------------------------------------------------------------------------------
 
 
@@ -43,7 +49,8 @@ CONDITIONS = ("clip_f", "sync_f", "text_f", "clip_f_c", "text_f_c")
 class PartEntry:
     """One exported part: its graph file, hash, precision, graph inputs/outputs ({name, dtype,
     shape}), why TensorRT's parser would reject it (empty: ready), the ONNX Runtime check against
-    torch, and TensorRT engines by engine folder."""
+    torch, TensorRT engines by engine folder, and what int8 quantisation changed (empty when
+    none: `onnx_export.quantize_int8`)."""
 
     onnx: str
     sha256: str
@@ -54,6 +61,7 @@ class PartEntry:
     trt_problems: list[str] = field(default_factory=list)
     check: dict = field(default_factory=dict)
     tensorrt: dict[str, dict] = field(default_factory=dict)
+    quantized: dict = field(default_factory=dict)
 
     def input_dtypes(self) -> dict[str, torch.dtype]:
         return {i["name"]: GRAPH_DTYPES[i["dtype"]] for i in self.inputs}
@@ -237,7 +245,9 @@ class GraphParts:
         device: torch.device,
     ):
         self.variant, self.manifest = variant, manifest
-        self.device, self.dtype = torch.device(device), PRECISION_DTYPES[manifest.precision]
+        self.device = torch.device(device)
+        self.dtype = PRECISION_DTYPES[io_precision(manifest.precision)]
+        self.precision = manifest.precision
         self.inputs = GraphInputs(variant, empty_clip_feat, self.device)
         self.graph_dtypes = {part: e.input_dtypes() for part, e in manifest.parts.items()}
 

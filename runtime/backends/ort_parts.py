@@ -51,6 +51,11 @@ class OrtParts(GraphParts):
                 "ONNX Runtime's CPU execution provider has no bfloat16 kernels; run these bf16 "
                 "graphs with --device cuda, or export with --precision fp32 or fp16 for the CPU"
             )
+        if manifest.precision == "int8" and device.type != "cpu":
+            raise UsageError(
+                "int8 graphs are dynamically quantised for ONNX Runtime's CPU execution "
+                "provider; run them with --device cpu"
+            )
         if providers is None:
             have = ort.get_available_providers()
             providers = [p for p in _PROVIDERS[device.type] if p in have]
@@ -80,10 +85,18 @@ class OrtParts(GraphParts):
         device: str | torch.device = "cpu",
         providers: list[str] | None = None,
         threads: int = 0,
+        parts: tuple[str, ...] | None = None,
     ) -> "OrtParts":
-        """The parts of `variant` from the ONNX files and manifest in `engines_dir`."""
+        """The parts of `variant` from the ONNX files and manifest in `engines_dir` (only
+        `parts`, when given)."""
         manifest, empty_clip_feat = read_engines(engines_dir, variant)
-        graphs = {part: manifest.graph(Path(engines_dir), part) for part in manifest.parts}
+        for part in parts or ():
+            if part not in manifest.parts:
+                raise UsageError(
+                    f"{engines_dir} has no {part!r} graph; export it: selva-rt export "
+                    f"--variant {variant.name} --out {engines_dir} --parts {part} --force"
+                )
+        graphs = {p: manifest.graph(Path(engines_dir), p) for p in parts or manifest.parts}
         return cls(variant, manifest, graphs, empty_clip_feat, device, providers, threads)
 
     def _run(self, part: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:

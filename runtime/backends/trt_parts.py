@@ -65,6 +65,11 @@ class TrtParts(GraphParts):
         v = variant
         engines_dir = Path(engines_dir)
         manifest, empty_clip_feat = read_engines(engines_dir, v)
+        if manifest.precision == "int8":
+            raise UsageError(
+                f"{engines_dir} is an int8 build, for ONNX Runtime on the CPU only; use "
+                "--backend onnxruntime --device cpu"
+            )
         with torch.cuda.device(device):
             gpu, sm = torch.cuda.get_device_name(), torch.cuda.get_device_capability()
         folder = engine_dir_name(gpu, sm, trt.__version__)
