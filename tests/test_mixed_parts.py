@@ -34,7 +34,7 @@ def test_chosen_parts_run_from_the_graphs(tiny_engines, sample_clip):
         assert isinstance(getattr(parts, name).__self__, TorchParts), name
 
     tokenizers = Tokenizers.load(TINY)
-    torch_parts = load_parts(TINY, "torch", device="cpu")
+    torch_parts = load_parts(TINY, "torch", device="cpu", precision="fp32")  # the graphs' dtype
     kwargs = dict(steps=3, duration=1.2, seed=7)
     a = Pipeline(TINY, parts, tokenizers).generate(sample_clip, ["dog barking"], **kwargs)
     b = Pipeline(TINY, torch_parts, tokenizers).generate(sample_clip, ["dog barking"], **kwargs)
@@ -46,7 +46,7 @@ def test_cli_generate_with_graph_parts(tiny_engines, sample_clip, tmp_path):
         out = tmp_path / ("mixed" if extra else "torch")
         cmd = [sys.executable, "-m", "selva_rt.runtime.cli", "generate", str(sample_clip)]
         cmd += ["dog barking", "--variant", "tiny", "--out", str(out), "--no-video", "--json"]
-        cmd += ["--quiet", "--steps", "3", "--duration", "1.2", *extra]
+        cmd += ["--quiet", "--steps", "3", "--duration", "1.2", "--precision", "fp32", *extra]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)

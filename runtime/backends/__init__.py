@@ -13,7 +13,13 @@ from typing import Protocol
 
 import torch
 
-from ..device import DTYPES, resolve_device, resolve_precision, use_physical_cores
+from ..device import (
+    DTYPES,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+    use_physical_cores,
+)
 from ..errors import UsageError
 from ..variants import Variant
 
@@ -181,5 +187,7 @@ def _mixed_parts(variant, backend, device, precision, reference, engines, graph_
     if engines is None:
         raise UsageError("--graph-parts needs --engines DIR (see selva-rt export)")
     graphs = OrtParts.load(engines, variant, device, parts=names)
+    if precision == "auto":  # the torch parts compute in the graphs' dtype
+        precision = precision_name(graphs.dtype)
     base = load_parts(variant, "torch", device=device, precision=precision)
     return MixedParts(base, graphs, names)
