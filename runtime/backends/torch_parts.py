@@ -32,11 +32,13 @@ from .cuda_graph import EulerGraphs
 # faster one segment at a time; the decoder of 4 prompts 35 s one by one against 87 s as one
 # batch). Per precision, one thread, CPU-s per trunk segment in chunks of 1 / 2 / 4: fp32 4.13 /
 # 4.24 / 4.68, bf16 2.25 / 2.20 / 2.27 (one segment serves both). The [SUP] selection takes the
-# same chunks (fp32: 0.25 CPU-s per segment in chunks of 1-2, 0.29 in chunks of 8, more as one
-# 24-segment call). On CUDA a batch keeps the GPU busy: every prompt at once, and the trunk in
-# chunks of 32 segments to bound the activations of long clips.
+# same chunks of segments with every prompt in each call (fp32: 0.25 CPU-s per segment in chunks
+# of 1-2, 0.29 in chunks of 8, more as one 24-segment call; 4 prompts over 24 segments, 2
+# threads: bf16 5.7 s all prompts per call against 6.4 s one by one, fp32 12.8 vs 13.0 s). On
+# CUDA a batch keeps the GPU busy: every prompt at once, and the trunk in chunks of 32 segments
+# to bound the activations of long clips.
 TRUNK_CHUNK = {"cpu": 1, "cuda": 32}  # segments per MotionFormer call and per selection call
-PROMPT_CHUNK = {"cpu": 1}  # prompts per [SUP] selection and per decoder call (else all)
+PROMPT_CHUNK = {"cpu": 1}  # prompts per decoder call (else all)
 MIXTURE_KEYS = ("x_cond", "mixture_bias")  # separation entries of the conditions (P rows)
 
 
@@ -132,12 +134,7 @@ class TorchParts:
             return enc.pool(trunk_tokens, segments).expand(prompts, -1, -1)
         text, mask = enc.prepend_sup(t5_features.to(self.dtype), t5_mask)
         rows = trunk_tokens.split(TRUNK_CHUNK.get(self.device.type, segments))
-
-        def select(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # segments stay per call
-            return torch.cat([enc.select(r, t, m, r.shape[0]) for r in rows], dim=1)
-
-        chunk = PROMPT_CHUNK.get(self.device.type, prompts)
-        return _by_chunks(select, chunk, text, mask)
+        return torch.cat([enc.select(r, text, mask, r.shape[0]) for r in rows], dim=1)
 
     @torch.inference_mode()
     def dit_conditions(
