@@ -45,9 +45,15 @@ def gemm_peak(precision: str, device: torch.device, repeat: int = 5) -> float:
 
 
 def _flops(fn) -> float:
-    # SDPA's math form, so its products reach the counter (a fused kernel may not be counted).
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        fn()
+    # SDPA's math form and no fused nn.TransformerEncoderLayer (the reference's pooling layer),
+    # so every product reaches the counter (a fused kernel's are not counted).
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return float(counter.get_total_flops())
 
 
