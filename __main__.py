@@ -5,6 +5,7 @@ knows all three, so runtime/ imports nothing from export/ or benchmarks/."""
 import sys
 
 from .runtime import cli
+from .runtime.device import use_physical_cores
 
 # Subcommands with parsers of their own (`selva-rt X --help` shows theirs): name -> help.
 DELEGATED = {
@@ -15,6 +16,9 @@ DELEGATED = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # The console command owns its process, so it sets the CPU threads; the library leaves a
+    # host application's own torch.set_num_threads alone.
+    use_physical_cores()
     if argv[:1] == ["export"]:
         from .export import build_engines
 

@@ -75,9 +75,10 @@ def physical_cores() -> int:
 
 def use_physical_cores() -> int:
     """torch's CPU threads -> `physical_cores()`, unless the environment sets a thread count
-    (OMP_NUM_THREADS and the like win). GEMM-bound work gains nothing from an SMT sibling and
-    loses to its contention, and a thread per CPU outside the affinity mask oversubscribes the
-    ones inside it. Returns the thread count in use."""
+    (OMP_NUM_THREADS and the like win). Called by the `selva-rt` command, not by the library.
+    GEMM-bound work gains nothing from an SMT sibling and loses to its contention, and a thread
+    per CPU outside the affinity mask oversubscribes the ones inside it. Returns the thread
+    count in use."""
     if not any(os.environ.get(name) for name in THREAD_VARIABLES):
         torch.set_num_threads(physical_cores())
     return torch.get_num_threads()

@@ -114,6 +114,8 @@ def test_cli_generate_with_onnxruntime_backend(tiny_engines, sample_clip, tmp_pa
                 "3",
                 "--duration",
                 "1.2",
+                "--precision",
+                "fp32",  # the graphs' precision, for the torch run too
                 *extra,
             ],
             capture_output=True,

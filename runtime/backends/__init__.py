@@ -18,7 +18,6 @@ from ..device import (
     precision_name,
     resolve_device,
     resolve_precision,
-    use_physical_cores,
 )
 from ..errors import UsageError
 from ..variants import Variant
@@ -146,8 +145,6 @@ def load_parts(
         from ..models.networks import build_networks
 
         dtype = DTYPES[resolve_precision(precision, dev)]
-        if dev.type == "cpu":
-            use_physical_cores()
         if cuda_graphs is None:
             cuda_graphs = dev.type == "cuda" and not reference
         paths = weights.resolve(variant, quiet=quiet, checkpoint=checkpoint)
