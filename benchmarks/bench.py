@@ -135,7 +135,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds")
     p.add_argument("--step-repeat", type=int, default=10, help="timed calls of one dit_step")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: physical cores)"
+    )
     p.add_argument(
         "--file-to-file",
         nargs="?",

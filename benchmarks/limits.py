@@ -44,17 +44,18 @@ def gemm_peak(precision: str, device: torch.device, repeat: int = 5) -> float:
     return 2 * m * k * n / best / 1e9
 
 
-def _flops(fn) -> float:
+def _flops(fn) -> tuple[float, object]:
+    """fn's FLOPs and its result."""
     # SDPA's math form and no fused nn.TransformerEncoderLayer (the reference's pooling layer),
     # so every product reaches the counter (a fused kernel's are not counted).
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            fn()
+            out = fn()
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()), out
 
 
 @torch.inference_mode()
@@ -65,21 +66,23 @@ def part_flops(pipe, frames: torch.Tensor, text, duration: float, steps: int, cf
     parts, prompts = pipe.parts, text.prompts
     segments = num_segments(frames.shape[1])
     one = frames[:, :SYNC_SEGMENT].to(pipe.device)
-    flops = {"video_trunk": segments * _flops(lambda: parts.video_trunk(one, prompts))}
+    trunk, tokens = _flops(lambda: parts.video_trunk(one, prompts))
     # Per prompt (reference) or once (fast) the one segment's tokens, repeated for every segment.
-    tokens = parts.video_trunk(one, prompts).repeat_interleave(segments, 0)
-    flops["video_select"] = _flops(
-        lambda: parts.video_select(tokens, text.t5, text.t5_mask, prompts)
-    )
-    sync_f = parts.video_select(tokens, text.t5, text.t5_mask, prompts)
+    tokens = tokens.repeat_interleave(segments, 0)
+    select, sync_f = _flops(lambda: parts.video_select(tokens, text.t5, text.t5_mask, prompts))
     conditions = pipe.dit_conditions(text, None, sync_f, duration)
     seq = pipe.variant.sequence_lengths(duration)
     x = torch.randn(prompts, seq.latent, pipe.variant.generator.latent_dim, device=pipe.device)
     x = x.to(pipe.dtype)
     t = torch.full((prompts,), 0.5, dtype=x.dtype, device=x.device)
-    flops["sampling"] = steps * _flops(lambda: parts.dit_step(x, t, conditions, cfg))
-    flops["decoder"] = _flops(lambda: parts.decoder(x))
-    return flops
+    step, _ = _flops(lambda: parts.dit_step(x, t, conditions, cfg))
+    decoder, _ = _flops(lambda: parts.decoder(x))
+    return {
+        "video_trunk": segments * trunk,
+        "video_select": select,
+        "sampling": steps * step,
+        "decoder": decoder,
+    }
 
 
 def limits(results: list[dict], flops: dict[tuple[str, int], dict], peaks: dict) -> list[dict]:

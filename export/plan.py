@@ -8,7 +8,7 @@ graph against the operators TensorRT's ONNX parser documents.
 
 from dataclasses import dataclass
 
-from ..runtime.backends.graphs import io_precision
+from ..runtime.backends.graphs import PARTS, io_precision
 from ..runtime.variants import (
     CLIP_SIZE,
     MIN_DURATION,
@@ -19,16 +19,6 @@ from ..runtime.variants import (
     sequence_lengths,
 )
 
-PARTS = (
-    "t5",
-    "clip_text",
-    "clip_image",
-    "video_trunk",
-    "video_select",
-    "dit_conditions",
-    "dit_step",
-    "decoder",
-)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_MAX_DURATION = 10.0
 DEFAULT_MAX_BATCH = 4

@@ -6,14 +6,12 @@ ONNX Runtime rows and the single-pass error per part."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
-import soundfile
 import torch
+from cligenerate import cli_generate
 from selva_rt.benchmarks import bench
 from selva_rt.export import build_engines, plan
 from selva_rt.runtime.backends.ort_parts import OrtParts
@@ -65,36 +63,7 @@ def test_linear_layers_of_the_chosen_parts_are_int8(int8_engines):
 def test_generate_with_the_int8_build(int8_engines, sample_clip, tmp_path):
     def generate(*extra: str) -> tuple[np.ndarray, dict]:
         out = tmp_path / (extra[1] if extra else "torch")
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "selva_rt.runtime.cli",
-                "generate",
-                str(sample_clip),
-                "dog barking",
-                "--variant",
-                "tiny",
-                "--out",
-                str(out),
-                "--no-video",
-                "--json",
-                "--quiet",
-                "--steps",
-                "3",
-                "--duration",
-                "1.2",
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**os.environ, "OMP_NUM_THREADS": "2"},
-        )
-        assert result.returncode == 0, result.stderr
-        report = json.loads(result.stdout)
-        (entry,) = report["outputs"]
-        return soundfile.read(entry["audio"], dtype="float32")[0], report
+        return cli_generate(sample_clip, out, *extra, env={**os.environ, "OMP_NUM_THREADS": "2"})
 
     ours, report = generate("--backend", "onnxruntime", "--engines", str(int8_engines))
     theirs, _ = generate()

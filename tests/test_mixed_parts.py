@@ -2,14 +2,10 @@
 (tiny variant, fp32 build): the chosen parts and only they run from the graphs, and generation
 matches the torch backend within the fp32 export tolerance."""
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-import soundfile
 import torch
+from cligenerate import cli_generate
 from selva_rt.runtime.backends import load_parts
 from selva_rt.runtime.backends.mixed import MixedParts
 from selva_rt.runtime.backends.ort_parts import OrtParts
@@ -43,14 +39,7 @@ def test_chosen_parts_run_from_the_graphs(tiny_engines, sample_clip):
 
 def test_cli_generate_with_graph_parts(tiny_engines, sample_clip, tmp_path):
     def generate(*extra: str) -> tuple[np.ndarray, dict]:
-        out = tmp_path / ("mixed" if extra else "torch")
-        cmd = [sys.executable, "-m", "selva_rt.runtime.cli", "generate", str(sample_clip)]
-        cmd += ["dog barking", "--variant", "tiny", "--out", str(out), "--no-video", "--json"]
-        cmd += ["--quiet", "--steps", "3", "--duration", "1.2", "--precision", "fp32", *extra]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr
-        report = json.loads(result.stdout)
-        return soundfile.read(report["outputs"][0]["audio"], dtype="float32")[0], report
+        return cli_generate(sample_clip, tmp_path / ("mixed" if extra else "torch"), *extra)
 
     ours, report = generate("--engines", str(tiny_engines), "--graph-parts", "video_trunk,dit_step")
     theirs, _ = generate()

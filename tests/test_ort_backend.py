@@ -1,16 +1,13 @@
 """The onnxruntime backend is a drop-in for the torch backend: the same parts, arguments and
 results (within fp32 kernel rounding), part by part and end to end through the Pipeline."""
 
-import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime
 import pytest
-import soundfile
 import torch
+from cligenerate import cli_generate
 from selva_rt.export import onnx_export, plan
 from selva_rt.runtime.backends.ort_parts import OrtParts
 from selva_rt.runtime.backends.torch_parts import TorchParts
@@ -94,37 +91,7 @@ def test_generate_matches_torch_end_to_end(tiny_engines, tiny_nets, sample_clip)
 
 def test_cli_generate_with_onnxruntime_backend(tiny_engines, sample_clip, tmp_path):
     def generate(*extra: str) -> np.ndarray:
-        out = tmp_path / (extra[1] if extra else "torch")
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "selva_rt.runtime.cli",
-                "generate",
-                str(sample_clip),
-                "dog barking",
-                "--variant",
-                "tiny",
-                "--out",
-                str(out),
-                "--no-video",
-                "--json",
-                "--quiet",
-                "--steps",
-                "3",
-                "--duration",
-                "1.2",
-                "--precision",
-                "fp32",  # the graphs' precision, for the torch run too
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stderr
-        (entry,) = json.loads(result.stdout)["outputs"]
-        return soundfile.read(entry["audio"], dtype="float32")[0]
+        return cli_generate(sample_clip, tmp_path / (extra[1] if extra else "torch"), *extra)[0]
 
     ours = generate("--backend", "onnxruntime", "--engines", str(tiny_engines))
     theirs = generate()

@@ -23,6 +23,18 @@ from ..sampler import euler_loop
 from ..variants import Variant
 from . import Progress
 
+# The parts a build may hold, in build order: `selva-rt export --parts`, `--graph-parts`.
+PARTS = (
+    "t5",
+    "clip_text",
+    "clip_image",
+    "video_trunk",
+    "video_select",
+    "dit_conditions",
+    "dit_step",
+    "decoder",
+)
+
 MANIFEST = "manifest.json"
 CONSTANTS = "constants.safetensors"
 MANIFEST_FORMAT = 1

@@ -11,26 +11,14 @@ in the same dtype (an fp32 torch backend with an fp32 or int8 build).
 
 from ..device import precision_name
 from ..errors import UsageError
-from .graphs import GraphParts
-
-# The parts `graph_parts` may name (the `Parts` methods that run a network).
-PART_NAMES = (
-    "t5",
-    "clip_text",
-    "clip_image",
-    "video_trunk",
-    "video_select",
-    "dit_conditions",
-    "dit_step",
-    "decoder",
-)
+from .graphs import PARTS, GraphParts
 
 
 def check_graph_parts(names: tuple[str, ...]) -> None:
     """One-line errors for unknown names and for conditions without their step."""
     for name in names:
-        if name not in PART_NAMES:
-            raise UsageError(f"unknown part {name!r} in --graph-parts; use {', '.join(PART_NAMES)}")
+        if name not in PARTS:
+            raise UsageError(f"unknown part {name!r} in --graph-parts; use {', '.join(PARTS)}")
     # The torch step reads the sequence lengths its own dit_conditions set.
     if "dit_conditions" in names and "dit_step" not in names:
         raise UsageError("--graph-parts dit_conditions needs dit_step from the graphs too")
