@@ -1,6 +1,7 @@
 """Fixtures shared by several test modules: the sample clip, the tiny variant's networks and its
 ONNX build, the golden `e2e_tiny` case and a Pipeline over its golden-weight networks."""
 
+import selva_rt  # noqa: F401, I001  (first: it takes the checkout's folders off sys.path)
 import json
 import os
 import re
