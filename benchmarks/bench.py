@@ -13,7 +13,7 @@ A configuration is (mode, precision, number of prompts over one clip). Modes:
 
 Every configuration runs on the same weights and inputs in the same process, round-robin (one
 run of each configuration per round), so a change in machine load hits all of them alike. Each
-run is `Pipeline.encode_text` + `Pipeline.synthesize` (frames to waveform) with per-part times
+run is `family.encode_text` + `Pipeline.synthesize` (frames to waveform) with per-part times
 (CUDA synchronised around each part, CUDA events end to end). Reported: median and p90 over the
 timed rounds, real-time factor (latency / audio seconds), peak memory, the speedup against the
 reference configuration of the same precision and prompts, and how far the outputs are from it
@@ -66,10 +66,12 @@ import torch
 
 from ..runtime import media
 from ..runtime.backends import torch_parts_class
+from ..runtime.delivery.outputs import plan_outputs, write_outputs
 from ..runtime.device import DTYPES, cpu_has_native_bf16, resolve_device, resolve_precision
+from ..runtime.families import family_of
+from ..runtime.families.flow import Tokenizers
 from ..runtime.models.networks import Networks, build_networks
-from ..runtime.outputs import plan_outputs, write_outputs
-from ..runtime.pipeline import Pipeline, Tokenizers
+from ..runtime.pipeline import Pipeline
 from ..runtime.variants import DEFAULT_SEED, DEFAULT_STEPS, SYNC_SIZE, get_variant
 from ..runtime.windows import plan_windows
 from . import limits
@@ -398,7 +400,7 @@ def make_pipelines(
             decoder_dtype=c.decoder_dtype,
             cuda_graphs=c.mode == "graphs",
         )
-        pipes[c] = Pipeline(variant, parts, tokenizers)
+        pipes[c] = Pipeline(family_of(variant, parts, tokenizers))
     return pipes
 
 
@@ -430,7 +432,7 @@ def make_graph_pipelines(
                 argv += ["--onnx-only", "--force", "--quiet", "--threads", str(args.threads or 0)]
                 build_engines.build(build_engines.build_parser().parse_args(argv), nets)
             loaded[c.precision] = OrtParts.load(out, variant, device, threads=args.threads or 0)
-        pipes[c] = Pipeline(variant, loaded[c.precision], tokenizers)
+        pipes[c] = Pipeline(family_of(variant, loaded[c.precision], tokenizers))
     return pipes
 
 
@@ -466,7 +468,7 @@ def synthetic_extras(variant, duration: float, seed: int) -> dict[str, torch.Ten
     seq = variant.sequence_lengths(duration)
     extras, size = {}, variant.clip.frame_size
     if variant.uses_clip_video:
-        extras["clip_frames"] = torch.rand(seq.clip, 3, size, size, generator=g)
+        extras["clip"] = torch.rand(seq.clip, 3, size, size, generator=g)
     if variant.separation:
         extras["mixture"] = 0.3 * torch.randn(1, seq.audio_samples, generator=g)
     return extras
@@ -485,7 +487,7 @@ def run_once(
     with PeakMemory(dev) as mem:
         _sync(dev)
         t0 = time.perf_counter()
-        text = pipe.encode_text(prompts)
+        text = pipe.family.encode_text(prompts)
         _sync(dev)
         timings["text"] = time.perf_counter() - t0
         if cuda:
@@ -493,14 +495,13 @@ def run_once(
             start.record()
         t1, cpu1 = time.perf_counter(), time.process_time()
         out = pipe.synthesize(
-            frames,
+            [{"sync": frames, **extras}],
             text,
-            duration=args.duration,
+            plan_windows(args.duration, pipe.variant.audio),
             seed=args.seed,
             steps=args.steps,
             cfg=args.cfg,
             timings=timings,
-            **extras,
         )
         if cuda:
             end.record()
@@ -523,15 +524,7 @@ def _sync(device: torch.device) -> None:
 def time_dit_step(pipe: Pipeline, run: dict, args) -> list[float]:
     """Seconds of single `dit_step` calls (CFG included) at mid-trajectory, P prompts."""
     parts, text, out = pipe.parts, run["text"], run["out"]
-    prompts = text.prompts
-    clip_f = None
-    extras = synthetic_extras(pipe.variant, args.duration, args.seed)
-    if "clip_frames" in extras:  # not timed here: only the step is
-        frames = extras["clip_frames"].to(pipe.device)
-        clip_f = parts.clip_image(frames)[None].expand(prompts, -1, -1)
-    conditions = pipe.dit_conditions(text, clip_f, out.sync_features, args.duration)
-    if pipe.variant.separation:  # the mixture's bias (fast) or latent (reference)
-        conditions.update(parts.mixture_conditions(out.mixture_latent, prompts))
+    prompts, conditions = text.prompts, out.conditions
     x = out.noise
     t = torch.full((prompts,), 0.48, dtype=x.dtype, device=x.device)
     times = []
@@ -725,17 +718,18 @@ def part_inputs(pipe: Pipeline, run: dict, frames: torch.Tensor, args) -> dict[s
     the fp32 `pipe` computes them (its last benchmark `run` gives the noise and the result)."""
     parts, prompt = pipe.parts, list(PROMPTS[:1])
     inputs: dict[str, tuple] = {}
-    text = pipe.encode_text(prompt)
+    text = pipe.family.encode_text(prompt)
     if pipe.variant.t5 is not None:
-        ids, mask = pipe.tokenizers.t5(prompt)
+        ids, mask = pipe.family.tokenizers.t5(prompt)
         inputs["t5"] = (ids, mask.long())
-    inputs["clip_text"] = (pipe.tokenizers.clip([*prompt, ""]),)
+    inputs["clip_text"] = (pipe.family.tokenizers.clip([*prompt, ""]),)
     frames = frames.to(pipe.device)
     inputs["video_trunk"] = (frames, 1)
     trunk = parts.video_trunk(frames, 1)
     inputs["video_select"] = (trunk, text.t5, text.t5_mask, 1)
     sync = parts.video_select(trunk, text.t5, text.t5_mask, 1)
-    conditions = pipe.dit_conditions(text, None, sync, args.duration)
+    seq = pipe.variant.sequence_lengths(args.duration)
+    conditions = parts.dit_conditions(None, sync, text.clip, text.negative, seq.latent, seq.clip)
     out = run["out"]
     t = MID_TRAJECTORY
     x = (1 - t) * out.noise[:1] + t * out.latent[:1]

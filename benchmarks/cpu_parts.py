@@ -55,12 +55,12 @@ def part_inputs(pipe, seed: int) -> dict[str, tuple]:
     """fp32 arguments of each part (one prompt), computed by the torch fp32 `pipe`."""
     variant, parts = pipe.variant, pipe.parts
     prompt = list(bench.PROMPTS[:1])
-    text = pipe.encode_text(prompt)
+    text = pipe.family.encode_text(prompt)
     inputs: dict[str, tuple] = {}
     if variant.t5 is not None:
-        ids, mask = pipe.tokenizers.t5(prompt)
+        ids, mask = pipe.family.tokenizers.t5(prompt)
         inputs["t5"] = (ids, mask.long())
-    inputs["clip_text"] = (pipe.tokenizers.clip([*prompt, ""]),)
+    inputs["clip_text"] = (pipe.family.tokenizers.clip([*prompt, ""]),)
     frames = bench.synthetic_frames(SEGMENT_FRAMES / 25, seed)
     inputs["video_trunk"] = (frames, 1)
     trunk = parts.video_trunk(frames, 1)
@@ -68,7 +68,7 @@ def part_inputs(pipe, seed: int) -> dict[str, tuple]:
     sync = parts.video_select(trunk, text.t5, text.t5_mask, 1)  # [1, 8, D]: one segment
     seq = variant.sequence_lengths(DURATION)
     sync = sync.repeat(1, math.ceil(seq.sync / sync.shape[1]), 1)[:, : seq.sync]
-    conditions = pipe.dit_conditions(text, None, sync, DURATION)
+    conditions = parts.dit_conditions(None, sync, text.clip, text.negative, seq.latent, seq.clip)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(1, seq.latent, variant.generator.latent_dim, generator=g)
     t = bench.MID_TRAJECTORY

@@ -230,13 +230,14 @@ def tiny_inputs(prompts: int, seed: int = 0):
 def tiny_pipeline(device, dtype, nets=None, **options):
     import torch
     from selva_rt.runtime.backends.torch_parts import TorchParts
+    from selva_rt.runtime.families import family_of
     from selva_rt.runtime.models.networks import build_networks
     from selva_rt.runtime.pipeline import Pipeline
     from selva_rt.runtime.variants import TINY
 
     nets = nets if nets is not None else build_networks(TINY, {})
     parts = TorchParts(TINY, nets, torch.device(device), dtype, **options)
-    return Pipeline(TINY, parts)
+    return Pipeline(family_of(TINY, parts))
 
 
 def golden_case():
@@ -303,7 +304,7 @@ def golden_networks(meta: dict):
 
 
 def golden_text(tensors: dict):
-    from selva_rt.runtime.pipeline import TextFeatures
+    from selva_rt.runtime.families.flow import TextFeatures
 
     return TextFeatures(
         clip=tensors["in.text_clip_f"],
@@ -314,7 +315,7 @@ def golden_text(tensors: dict):
 
 
 def text_to(text, device):
-    from selva_rt.runtime.pipeline import TextFeatures
+    from selva_rt.runtime.families.flow import TextFeatures
 
     return TextFeatures(*(None if t is None else t.to(device) for t in dataclasses.astuple(text)))
 
@@ -406,7 +407,7 @@ def check_cuda_graphs(rec: Recorder) -> None:
             frames, x0 = tiny_inputs(2)
             seq = eager.variant.sequence_lengths(TINY_DURATION)
             for call, prompts in enumerate((PROMPTS[:2], PROMPTS[2:4])):
-                text = eager.encode_text(list(prompts))
+                text = eager.family.encode_text(list(prompts))
                 with torch.inference_mode():
                     trunk = eager.parts.video_trunk(frames, 2)
                     sync_f = eager.parts.video_select(trunk, text.t5, text.t5_mask, 2)
@@ -435,14 +436,15 @@ def check_tiny_pipeline(rec: Recorder) -> None:
     import torch
     from selva_rt.runtime.models.networks import build_networks
     from selva_rt.runtime.variants import TINY
+    from selva_rt.runtime.windows import plan_windows
 
     nets = build_networks(TINY, {})
     cpu = tiny_pipeline("cpu", torch.float32, copy.deepcopy(nets))
     cuda = tiny_pipeline(DEVICE, torch.float32, nets)
     frames, x0 = tiny_inputs(1)
     with rec.check(f"tiny text encoders, {DEVICE} fp32 vs CPU") as r:
-        text_cpu = cpu.encode_text(list(PROMPTS[:2]))
-        text_cuda = cuda.encode_text(list(PROMPTS[:2]))
+        text_cpu = cpu.family.encode_text(list(PROMPTS[:2]))
+        text_cuda = cuda.family.encode_text(list(PROMPTS[:2]))
         compare(
             r,
             {k: getattr(text_cuda, k) for k in ("clip", "negative", "t5")},
@@ -450,15 +452,14 @@ def check_tiny_pipeline(rec: Recorder) -> None:
             1e-4,
         )
     with rec.check(f"tiny frames -> waveform, {DEVICE} fp32 vs CPU") as r:
-        one = cpu.encode_text([PROMPTS[0]])  # one prompt: the CPU side is the slow one
+        one = cpu.family.encode_text([PROMPTS[0]])  # one prompt: the CPU side is the slow one
         expected = run_parts(cpu, frames, one, TINY_DURATION, x0, 25, 4.5)
         actual = run_parts(cuda, frames, text_to(one, DEVICE), TINY_DURATION, x0, 25, 4.5)
         compare(r, actual, expected, GOLDEN_TOL)
     with rec.check(f"tiny Pipeline.synthesize on {DEVICE} as users run it, same seed twice") as r:
         graphs = tiny_pipeline(DEVICE, torch.float32, nets, cuda_graphs=DEVICE == "cuda")
-        runs = [
-            graphs.synthesize(frames, text_cuda, duration=TINY_DURATION, seed=7) for _ in range(2)
-        ]
+        layout = plan_windows(TINY_DURATION, graphs.variant.audio)
+        runs = [graphs.synthesize([{"sync": frames}], text_cuda, layout, seed=7) for _ in range(2)]
         r["finite"] = bool(torch.isfinite(runs[0].audio).all())
         r["rel_l2"] = rel_l2(runs[1].audio, runs[0].audio)
         r["bound"] = 1e-6
@@ -470,6 +471,7 @@ def check_golden(rec: Recorder) -> None:
     golden noise, in every torch mode."""
     import torch
     from selva_rt.runtime.backends.torch_parts import TorchParts
+    from selva_rt.runtime.families import family_of
     from selva_rt.runtime.pipeline import Pipeline
     from selva_rt.runtime.variants import TINY
 
@@ -490,7 +492,7 @@ def check_golden(rec: Recorder) -> None:
         with rec.check(f"golden e2e_tiny on {DEVICE} fp32, {mode}") as r:
             nets = golden_networks(meta)
             parts = TorchParts(TINY, nets, torch.device(DEVICE), torch.float32, **options)
-            pipe = Pipeline(TINY, parts)
+            pipe = Pipeline(family_of(TINY, parts))
             out = run_parts(
                 pipe,
                 frames,
@@ -508,6 +510,7 @@ def check_bf16(rec: Recorder) -> None:
     inputs, then the whole chain."""
     import torch
     from selva_rt.runtime.backends.torch_parts import TorchParts
+    from selva_rt.runtime.families import family_of
     from selva_rt.runtime.pipeline import Pipeline
     from selva_rt.runtime.variants import TINY
 
@@ -516,8 +519,10 @@ def check_bf16(rec: Recorder) -> None:
     text = text_to(golden_text(tensors), DEVICE)
     pipes = {
         name: Pipeline(
-            TINY,
-            TorchParts(TINY, golden_networks(meta), torch.device(DEVICE), dtype),
+            family_of(
+                TINY,
+                TorchParts(TINY, golden_networks(meta), torch.device(DEVICE), dtype),
+            )
         )
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
@@ -672,6 +677,7 @@ def section_engines(rec: Recorder) -> None:
 
     import torch
     from selva_rt.runtime.backends import load_parts
+    from selva_rt.runtime.families import family_of
     from selva_rt.runtime.pipeline import Pipeline
     from selva_rt.runtime.variants import TINY
 
@@ -691,7 +697,7 @@ def section_engines(rec: Recorder) -> None:
 
     torch_pipe = tiny_pipeline(DEVICE, torch.float32)
     frames, x0 = tiny_inputs(1)
-    text = torch_pipe.encode_text([PROMPTS[0]])
+    text = torch_pipe.family.encode_text([PROMPTS[0]])
     expected = run_parts(torch_pipe, frames, text, TINY_DURATION, x0, 25, 4.5)
     with tempfile.TemporaryDirectory() as tmp:
         engines = Path(tmp) / "tiny"
@@ -703,7 +709,7 @@ def section_engines(rec: Recorder) -> None:
             with rec.check(f"{backend} on CUDA vs torch CUDA fp32, tiny frames -> waveform") as r:
                 parts = load_parts(TINY, backend, device=DEVICE, engines=engines)
                 r["providers"] = str(getattr(parts, "providers", ""))
-                pipe = Pipeline(TINY, parts)
+                pipe = Pipeline(family_of(TINY, parts))
                 out = run_parts(pipe, frames, text, TINY_DURATION, x0, 25, 4.5)
                 compare(r, out, expected, GOLDEN_TOL)
 

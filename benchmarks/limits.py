@@ -70,8 +70,9 @@ def part_flops(pipe, frames: torch.Tensor, text, duration: float, steps: int, cf
     # Per prompt (reference) or once (fast) the one segment's tokens, repeated for every segment.
     tokens = tokens.repeat_interleave(segments, 0)
     select, sync_f = _flops(lambda: parts.video_select(tokens, text.t5, text.t5_mask, prompts))
-    conditions = pipe.dit_conditions(text, None, sync_f, duration)
     seq = pipe.variant.sequence_lengths(duration)
+    negative = text.negative.expand(prompts, -1, -1)
+    conditions = parts.dit_conditions(None, sync_f, text.clip, negative, seq.latent, seq.clip)
     x = torch.randn(prompts, seq.latent, pipe.variant.generator.latent_dim, device=pipe.device)
     x = x.to(pipe.dtype)
     t = torch.full((prompts,), 0.5, dtype=x.dtype, device=x.device)

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ..runtime import windows
+from ..runtime.families.family import Run
 from ..runtime.pipeline import Pipeline
 from ..runtime.sampler import time_grid
 from ..runtime.variants import AUDIO_16K
@@ -159,7 +160,7 @@ def overlap_level_db(mel: torch.Tensor, overlaps: list[tuple[int, int]]) -> floa
 def network_case(pipe: Pipeline, layout: Layout, steps: int) -> dict:
     """Both methods on the tiny network with random video features for every window."""
     variant, parts = pipe.variant, pipe.parts
-    text = pipe.encode_text(["rain on a tin roof"])
+    text = pipe.family.encode_text(["rain on a tin roof"])
     seq = variant.sequence_lengths(layout.window)
     gen = torch.Generator().manual_seed(0)
     sync = torch.randn(len(layout), seq.sync, variant.video_encoder.embed_dim, generator=gen)
@@ -167,7 +168,7 @@ def network_case(pipe: Pipeline, layout: Layout, steps: int) -> dict:
     cond = parts.dit_conditions(
         None, sync, text.clip.repeat(w, 1, 1), text.negative.expand(w, -1, -1), seq.latent, seq.clip
     )
-    x0 = pipe._noise(1, layout.total, 42)
+    x0 = pipe.family.noise(1, layout, Run(pipe.device, torch.Generator().manual_seed(42)))
     t0 = time.perf_counter()
     lock = windows.sample_windows(parts, x0, cond, layout, steps, 4.5)
     t1 = time.perf_counter()

@@ -21,7 +21,7 @@ from ..runtime.models.flowley import Flowley, FlowleyConditions, attention, laye
 from ..runtime.models.generator import modulate, rope_table
 from ..runtime.variants import Variant
 from . import plan
-from .onnx_export import OPSET, Sizes, _clean, _export_dims, errors, sha256_file
+from .onnx_export import OPSET, Sizes, clean_graph, errors, export_dims, sha256_file
 
 EXPORT_SIZES = Sizes(prompts=2, tokens=77, duration=2.0)
 CHECK_SIZES = (Sizes(prompts=1, tokens=77, duration=3.0), Sizes(prompts=3, tokens=77, duration=1.6))
@@ -117,7 +117,7 @@ def export_step(variant: Variant, net: Flowley, path: Path) -> tuple[str, float]
     """Trace the fp32 step to `path`; (sha256, seconds)."""
     inputs, outputs = plan.part_io("dit_step", variant)
     feeds = step_inputs(net, *sample_args(variant, EXPORT_SIZES, seed=0))
-    dims = _export_dims()
+    dims = export_dims()
     dynamic = {
         s.name: {i: dims[n] for i, n in enumerate(s.shape) if isinstance(n, str)} or None
         for s in inputs
@@ -136,7 +136,7 @@ def export_step(variant: Variant, net: Flowley, path: Path) -> tuple[str, float]
             optimize=False,
             verbose=False,
         )
-    _clean(program.model)
+    clean_graph(program.model)
     path.unlink(missing_ok=True)
     program.save(str(path))
     return sha256_file(path), time.perf_counter() - t0

@@ -269,7 +269,7 @@ def export_part(
     inputs, _ = plan.part_io(name, variant)
     feeds = graph_inputs(name, variant, nets, sample_args(name, variant, EXPORT_SIZES, seed=0))
     feeds = {s.name: _cast(feeds[s.name], s.dtype, dtype) for s in inputs}
-    dims = _export_dims()
+    dims = export_dims()
     dynamic = {
         s.name: {i: dims[n] for i, n in enumerate(s.shape) if isinstance(n, str)} or None
         for s in inputs
@@ -289,7 +289,7 @@ def export_part(
             optimize=False,
             verbose=False,
         )
-    _clean(program.model)
+    clean_graph(program.model)
     big = sum(t.numel() * t.element_size() for t in module.state_dict().values()) > 1.8 * 2**30
     _check_dynamic(program.model, inputs)
     path.unlink(missing_ok=True)
@@ -365,7 +365,7 @@ def _check_dynamic(model, inputs: list[plan.TensorSpec]) -> None:
                 )
 
 
-def _clean(model) -> None:
+def clean_graph(model) -> None:
     """Fold constants (e.g. the vocoder's filter taps and exp(alpha)), drop dead nodes, share
     equal initializers and subexpressions, and make every constant an initializer (TensorRT
     wants reduce/squeeze axes as initializers). The exporter's own optimize also runs pattern
@@ -384,7 +384,7 @@ def _cast(t: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype) if kind == "float" else t
 
 
-def _export_dims() -> dict[str, torch.export.Dim]:
+def export_dims() -> dict[str, torch.export.Dim]:
     # Lower bounds of 2: torch.export would specialise a size seen as 1 or 0 (the graphs still
     # hold for 1, which the checks run).
     prompts = torch.export.Dim("prompts", min=2, max=1024)

@@ -44,7 +44,7 @@ def check_negative_prompt(prompt: object, variant=None) -> str:
     unconditional branch is zero features."""
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         return ""
-    if variant is not None and variant.flowley:
+    if variant is not None and not variant.takes_negative_prompt:
         raise UsageError(
             f"{variant.name} takes no negative prompt (its unconditional branch is zero features)"
         )

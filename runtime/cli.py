@@ -13,8 +13,15 @@ from pathlib import Path
 
 from .backends import BACKENDS
 from .checks import check_negative_prompt, check_options, check_prompts
+from .delivery.outputs import (
+    AUDIO_FORMATS,
+    OUT_RATES,
+    describe,
+    plan_outputs,
+    report,
+    write_outputs,
+)
 from .errors import SelvaError, UsageError
-from .outputs import AUDIO_FORMATS, OUT_RATES, describe, plan_outputs, report, write_outputs
 from .variants import (
     DEFAULT_CFG,
     DEFAULT_DURATION,
@@ -99,12 +106,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_separate(args: argparse.Namespace) -> int:
     from . import media
-    from .separation import has_video
 
     t_start = time.perf_counter()
     prompts, negative, cfg = checked_request(args, separation=True)
     # Check both inputs before any weights load: the picture if used, the mixture's audio track.
-    video = not args.no_video and has_video(args.input)
+    video = not args.no_video and media.has_video(args.input)
     if video:
         media.probe(args.input)
     check_mixture(args.mixture or args.input)
@@ -129,9 +135,9 @@ def cmd_separate(args: argparse.Namespace) -> int:
 
 def check_mixture(path: str) -> None:
     """A readable audio track, or the one-line MediaError, before any model loads."""
-    from .separation import read_mixture
+    from . import media
 
-    read_mixture(path, 16000, 0.0, 0.1)
+    media.read_audio(path, 16000, 0.0, 0.1)
 
 
 def finish(args, plan, result, pipe, t_start: float) -> int:
@@ -160,7 +166,7 @@ def finish(args, plan, result, pipe, t_start: float) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
-    from .server import Limits, is_loopback, serve
+    from .service.server import Limits, is_loopback, serve
 
     token = args.token or os.environ.get("SELVA_RT_TOKEN") or None
     if not is_loopback(args.host) and token is None:
@@ -299,7 +305,7 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=cmd_weights)
 
-    from . import batch
+    from .service import batch
 
     b = sub.add_parser(
         "batch", parents=[common], help="many clips from a JSONL job list or a folder, resumable"

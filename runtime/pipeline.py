@@ -4,83 +4,45 @@
     result = pipe.generate("clip.mp4", ["dog barking", "car horn"], seed=42)
     result.audio  # [P, samples] float32, one stem per prompt, at result.sample_rate
 
-The work follows the parts of DESIGN.md: per clip the video is decoded and the MotionFormer
-trunk runs once; per prompt the text is encoded and the [SUP] selection picks that prompt's
-sound; then conditions, the Euler loop and the decoder run for all prompts as one batch.
-
-A clip longer than the trained 8 s is generated in overlapping windows of its own frames,
-denoised in lockstep as one batch of rows (runtime/windows.py); up to 8 s it is one window, as
-the official code runs it.
+The pipeline reads the request's input window by window and hands it to the variant's model
+family (runtime/families), which owns text, conditions, sampler and decoder; so this file knows
+neither the model nor the backend. A clip longer than the trained 8 s becomes overlapping
+windows of its own frames (runtime/windows.py); up to 8 s it is one window, as the official
+code runs it. Separation reads the mixture over the same windows.
 """
 
+import itertools
 import sys
-import time
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .backends import Parts, Progress, load_parts
+from . import media
+from .backends import Progress
 from .checks import check_negative_prompt, check_options, check_prompts
-from .device import precision_name
-from .errors import UsageError
-from .models.clip_tokenizer import ClipTokenizer
-from .models.mixture import sample_mixture
-from .models.t5 import load_tokenizer
-from .variants import (
-    DEFAULT_DURATION,
-    DEFAULT_SEED,
-    DEFAULT_STEPS,
-    Variant,
-    get_variant,
-)
-from .windows import decode_windows, plan_windows, sample_windows
-
-if TYPE_CHECKING:
-    from .media import Video
-
-
-@dataclass
-class TextFeatures:
-    """Encoded prompts: clip [P, 77, W] and negative [1, 77, W] CLIP text features (None for
-    Flowley, whose generator reads Flan-T5); for SELVA and Flowley also t5 [P, L, W5] with
-    t5_mask [P, L] bool (True = token)."""
-
-    clip: torch.Tensor | None
-    negative: torch.Tensor | None
-    t5: torch.Tensor | None = None
-    t5_mask: torch.Tensor | None = None
-
-    @property
-    def prompts(self) -> int:
-        return (self.clip if self.clip is not None else self.t5).shape[0]
-
-    def repeat(self, windows: int) -> "TextFeatures":
-        """The prompts' rows once per window, window-major (row j * P + p)."""
-
-        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.repeat(windows, *(1,) * (t.dim() - 1))
-
-        return TextFeatures(rows(self.clip), self.negative, rows(self.t5), rows(self.t5_mask))
+from .errors import MediaError
+from .families import Family, load_family, needs
+from .families.family import Run
+from .variants import DEFAULT_DURATION, DEFAULT_SEED, DEFAULT_STEPS, Variant, get_variant
+from .windows import Layout, plan_windows
 
 
 @dataclass
 class Synthesis:
-    """What one generation computed: sync_features [P, 8S, D] (None without video or without a
-    video encoder: Flowley), noise x0 and latent x1 [P, N, E] (normalised), mel [P, M, 2N],
-    audio [P, samples]; separation: the sampled mixture latent [1, N, E]."""
+    """What one request computed: noise x0 and sampler output x1 (a flow family's normalised
+    latent [P, total, E]), audio [P, samples] (not yet cut to the picture), the family's
+    named intermediate results (`trace`: sync_features, mel, mixture_latent, ...) and the
+    sampler's conditions (a benchmark times single steps on them)."""
 
-    sync_features: torch.Tensor | None
     noise: torch.Tensor
     latent: torch.Tensor
-    mel: torch.Tensor
     audio: torch.Tensor
-    mixture_latent: torch.Tensor | None = None
+    trace: dict[str, torch.Tensor]
+    conditions: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -97,15 +59,13 @@ class GenerationResult:
 
 
 class Pipeline:
-    """A loaded variant on one device and precision, kept warm; `generate` is the one call."""
+    """A loaded variant on one device and precision, kept warm; `generate` (or, for separation
+    variants, `separate`) is the one call."""
 
-    def __init__(self, variant: Variant, parts: Parts, tokenizers: "Tokenizers | None" = None):
-        self.variant = variant
-        self.parts = parts
-        self.tokenizers = tokenizers or Tokenizers.load(variant)
-        self.device, self.dtype = parts.device, parts.dtype
-        # A graph build names its own precision (int8 computes in int8 behind fp32 tensors).
-        self.precision = getattr(parts, "precision", None) or precision_name(parts.dtype)
+    def __init__(self, family: Family):
+        self.family = family
+        self.variant, self.parts = family.variant, family.parts
+        self.device, self.dtype, self.precision = family.device, family.dtype, family.precision
 
     @classmethod
     def from_pretrained(
@@ -123,14 +83,13 @@ class Pipeline:
         graph_parts: str | tuple[str, ...] | None = None,
     ) -> "Pipeline":
         """Load `variant` from the local weights folder ($SELVA_RT_HOME; `selva-rt weights
-        download VARIANT` fetches the files; `tiny` needs none), on `backend` (see
-        `backends.load_parts`: torch, or onnxruntime/tensorrt from the `engines` folder that
-        `selva-rt export` built). `checkpoint`: a generator file instead of the variant's (how
-        an MMAudioSep checkpoint, which no hub publishes yet, can be used from anywhere).
+        download VARIANT` fetches the files; random-weight variants need none), on `backend`
+        (see `backends.load_parts`: torch, or onnxruntime/tensorrt from the `engines` folder
+        that `selva-rt export` built). `checkpoint`: a generator file instead of the variant's
+        (how an MMAudioSep checkpoint, which no hub publishes yet, can be used from anywhere).
         `graph_parts`: parts the torch backend takes from the `engines` graphs instead."""
-        v = get_variant(variant)
-        parts = load_parts(
-            v,
+        family = load_family(
+            get_variant(variant),
             backend,
             device=device,
             precision=precision,
@@ -141,136 +100,11 @@ class Pipeline:
             checkpoint=checkpoint,
             graph_parts=graph_parts,
         )
-        return cls(v, parts)
-
-    @torch.inference_mode()
-    def encode_text(self, prompts: Sequence[str], negative_prompt: str = "") -> TextFeatures:
-        """CLIP text features of the prompts and the negative prompt; Flan-T5 for SELVA; only
-        Flan-T5 for Flowley (no negative prompt: its unconditional branch is zero features)."""
-        if self.variant.flowley:
-            check_negative_prompt(negative_prompt, self.variant)
-            feats = TextFeatures(clip=None, negative=None)
-        else:
-            clip = self.parts.clip_text(self.tokenizers.clip([*prompts, negative_prompt]))
-            feats = TextFeatures(clip=clip[:-1], negative=clip[-1:])
-        if self.variant.t5 is not None:
-            ids, mask = self.tokenizers.t5(list(prompts))
-            feats.t5, feats.t5_mask = self.parts.t5(ids, mask.long()), mask.to(self.device)
-        return feats
-
-    @torch.inference_mode()
-    def synthesize(
-        self,
-        sync_frames: torch.Tensor | None,
-        text: TextFeatures,
-        *,
-        duration: float,
-        clip_frames: torch.Tensor | None = None,
-        seed: int = DEFAULT_SEED,
-        steps: int = DEFAULT_STEPS,
-        cfg: float | None = None,
-        progress: "bool | Progress" = False,
-        timings: dict[str, float] | None = None,
-        mixture: torch.Tensor | None = None,
-        normalize_mixture_latent: bool = False,
-    ) -> Synthesis:
-        """Audio for one clip and P prompts.
-
-        sync_frames: [1, T, 3, 224, 224] in [-1, 1]; clip_frames: [T_clip, 3, S, S] in [0, 1]
-        (plain MMAudio, MMAudioSep and Flowley variants only; S = variant.clip.frame_size). Each
-        prompt gets the noise a single-prompt call with the same seed gets, so a stem does not
-        depend on which prompts share the call.
-
-        Separation variants (MMAudioSep) also take `mixture` [1, S] float32 at the variant's
-        rate, S = `seq.audio_samples`; sync_frames None is a query without video (empty clip
-        and sync features). The mixture is encoded once for all prompts; its posterior sample
-        draws eps from the seeded generator before x0, as the official `separate`.
-        `normalize_mixture_latent`: see `TorchParts.mixture_conditions`.
-        """
-        timings = {} if timings is None else timings
-        cfg = self.variant.cfg if cfg is None else cfg
-        parts, dev = self.parts, self.device
-        seq = self.variant.sequence_lengths(duration)
-        sync_f, clip_f = self._features(sync_frames, clip_frames, text, timings)
-        with _timed(timings, "dit_conditions", dev):
-            conditions = self.dit_conditions(text, clip_f, sync_f, duration)
-        # Every prompt gets the draws of its own single-prompt call: the same ones.
-        rng = torch.Generator(dev).manual_seed(seed)
-        x_cond = None
-        if self.variant.separation:
-            if mixture is None:
-                raise UsageError(f"{self.variant.name} separates a mixture; pass one")
-            with _timed(timings, "mixture_encoder", dev):
-                mean, std = parts.mixture_encoder(mixture)
-                x_cond, _ = sample_mixture(mean, std, rng)
-                conditions.update(
-                    parts.mixture_conditions(x_cond, text.prompts, normalize_mixture_latent)
-                )
-        x0 = self._noise(text.prompts, seq.latent, rng)
-        with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
-            x1 = parts.sample(x0, conditions, steps, cfg, bar.update)
-        with _timed(timings, "decoder", dev):
-            mel, audio = parts.decoder(x1)
-        return Synthesis(
-            sync_features=sync_f, noise=x0, latent=x1, mel=mel, audio=audio, mixture_latent=x_cond
-        )
-
-    def _features(
-        self,
-        sync_frames: torch.Tensor,
-        clip_frames: torch.Tensor | None,
-        text: TextFeatures,
-        timings: dict[str, float],
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One window's video features per prompt: sync [P, 8S, D] (None without a video
-        encoder: Flowley) and, for plain MMAudio and Flowley, CLIP [P, Nc, C] (else None)."""
-        parts, dev, prompts = self.parts, self.device, text.prompts
-        sync_f = clip_f = None
-        if self.variant.video_encoder is not None and sync_frames is not None:
-            with _timed(timings, "video_trunk", dev):
-                trunk = parts.video_trunk(sync_frames, prompts)
-            with _timed(timings, "video_select", dev):
-                sync_f = parts.video_select(trunk, text.t5, text.t5_mask, prompts)
-        if self.variant.uses_clip_video and clip_frames is not None:
-            with _timed(timings, "dit_conditions", dev):
-                clip_f = parts.clip_image(clip_frames)[None].expand(prompts, -1, -1)
-        return sync_f, clip_f
-
-    def _noise(self, prompts: int, length: int, rng: torch.Generator) -> torch.Tensor:
-        """x0 [P, length, E]: the generator's next draw, the same for every prompt (so a stem
-        does not depend on which prompts share the call). A long clip's noise is one seeded draw
-        for its whole latent, each window's noise its slice."""
-        shape = (1, length, self.variant.generator.latent_dim)
-        x0 = torch.randn(shape, dtype=self.dtype, device=self.device, generator=rng)
-        return x0.repeat(prompts, 1, 1)
-
-    def dit_conditions(
-        self,
-        text: TextFeatures,
-        clip_features: torch.Tensor | None,
-        sync_features: torch.Tensor | None,
-        duration: float,
-    ) -> dict[str, torch.Tensor]:
-        """The generator's conditions ([cond; uncond] rows) for P prompts: clip_features
-        [P, Nc, C] or None, sync_features [P, 8S, D] or None (Flowley)."""
-        seq = self.variant.sequence_lengths(duration)
-        if self.variant.flowley:  # Flan-T5 text with its mask; zero unconditional features
-            return self.parts.dit_conditions(
-                clip_features, None, text.t5, None, seq.latent, seq.clip, text_mask=text.t5_mask
-            )
-        return self.parts.dit_conditions(
-            clip_features,
-            sync_features,
-            text.clip,
-            text.negative.expand(text.prompts, -1, -1),
-            seq.latent,
-            seq.clip,
-            sync_len=seq.sync,  # for a query without video (sync_features None)
-        )
+        return cls(family)
 
     def generate(
         self,
-        clip: "str | Path | Video",
+        clip: "str | Path | media.Video",
         prompts: str | Sequence[str],
         *,
         negative_prompt: str = "",
@@ -283,145 +117,24 @@ class Pipeline:
     ) -> GenerationResult:
         """One stem per prompt for `clip`, from `start` for `duration` seconds (None: to the
         clip's end; beyond the trained 8 s in overlapping windows denoised in lockstep) with
-        guidance `cfg` (None: the variant's). `clip` may also be a Video that
-        `media.decode_video` made ahead (a batch decodes the next clips while this one
-        generates); its duration and start are then the Video's own. Bad values raise a
-        SelvaError with the one-line message the CLI prints. `progress`: True for progress bars
-        on a terminal, or a function told of every finished Euler step (it may raise to stop
-        the generation)."""
-        if self.variant.separation:
-            raise UsageError(f"{self.variant.name} separates a mixture: use separate()")
-        prompts = check_prompts(prompts)
-        negative_prompt = check_negative_prompt(negative_prompt, self.variant)
-        cfg = self.variant.cfg if cfg is None else cfg
-        check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
-        from . import media  # PyAV only where media is touched
-
+        guidance `cfg` (None: the variant's). `clip` may also be the Video of its first window
+        that `media.decode_video` made ahead (a batch decodes the next clips while this one
+        generates); its start is then the Video's own. Bad values raise a SelvaError with the
+        one-line message the CLI prints. `progress`: True for progress bars on a terminal, or a
+        function told of every finished sampling step (it may raise to stop the generation)."""
+        prompts, negative_prompt, cfg = self._checked(
+            prompts, negative_prompt, seed, steps, cfg, duration, start, mixture=False
+        )
         timings: dict[str, float] = {}
-        video = clip
-        if not isinstance(video, media.Video) and (duration is None or duration > DEFAULT_DURATION):
-            with _timed(timings, "decode", self.device):
-                available = media.clip_duration(clip, start)
-            length = available if duration is None else min(duration, available)
-            if length > DEFAULT_DURATION:
-                return self._generate_windows(
-                    clip,
-                    prompts,
-                    negative_prompt,
-                    seed,
-                    steps,
-                    cfg,
-                    length,
-                    start,
-                    progress,
-                    timings,
-                )
-        if not isinstance(video, media.Video):
-            with _timed(timings, "decode", self.device):
-                video = media.decode_video(
-                    clip,
-                    duration=DEFAULT_DURATION if duration is None else duration,
-                    start=start,
-                    need_clip=self.variant.uses_clip_video,
-                    progress=progress is True,
-                    clip_size=self.variant.clip.frame_size,
-                )
-        with _timed(timings, "text", self.device):
-            text = self.encode_text(prompts, negative_prompt)
-        clip_frames = None if video.clip_frames is None else video.clip_frames.float() / 255
-        out = self.synthesize(
-            media.to_model_input(video.sync_frames)[None],
-            text,
-            duration=video.duration,
-            clip_frames=clip_frames,
-            seed=seed,
-            steps=steps,
-            cfg=cfg,
-            progress=progress,
-            timings=timings,
-        )
-        # The model's audio overruns the picture by up to one latent frame (spec §1.4); a stem
-        # for an editor's timeline ends with the picture.
-        samples = round(video.duration * self.variant.audio.sample_rate)
-        return GenerationResult(
-            audio=out.audio[:, :samples].float().cpu().numpy(),
-            sample_rate=self.variant.audio.sample_rate,
-            prompts=prompts,
-            duration=video.duration,
-            start=video.start,
-            seed=seed,
-            steps=steps,
-            cfg=cfg,
-            timings=timings,
-        )
-
-    def _generate_windows(
-        self,
-        clip: str | Path,
-        prompts: list[str],
-        negative_prompt: str,
-        seed: int,
-        steps: int,
-        cfg: float,
-        duration: float,
-        start: float,
-        progress: "bool | Progress",
-        timings: dict[str, float],
-    ) -> GenerationResult:
-        """`generate` for more than DEFAULT_DURATION seconds: windows of the clip's own frames
-        (decoded one after another, features kept, frames dropped), denoised in lockstep."""
-        from . import media
-
-        parts, dev = self.parts, self.device
-        layout = plan_windows(duration, self.variant.audio)
-        with _timed(timings, "text", dev):
-            text = self.encode_text(prompts, negative_prompt)
-        videos = media.decode_windows(
-            clip,
-            [start + s for s in layout.starts],
-            layout.window,
-            need_clip=self.variant.uses_clip_video,
-            progress=progress is True,
-            clip_size=self.variant.clip.frame_size,
-        )
-        sync_f, clip_f = [], []  # per window [P, ...]
-        while True:
-            with _timed(timings, "decode", dev):
-                video = next(videos, None)
-            if video is None:
-                break
-            frames = None if video.clip_frames is None else video.clip_frames.float() / 255
-            s, c = self._features(
-                media.to_model_input(video.sync_frames)[None], frames, text, timings
-            )
-            sync_f.append(s)
-            clip_f.append(c)
-        windows, prompts_n = len(layout), len(prompts)
-        with _timed(timings, "dit_conditions", dev):
-            conditions = self.dit_conditions(  # rows window-major: j * P + p
-                text.repeat(windows),
-                None if clip_f[0] is None else torch.cat(clip_f),
-                None if sync_f[0] is None else torch.cat(sync_f),
-                layout.window,
-            )
-        del sync_f, clip_f
-        x0 = self._noise(prompts_n, layout.total, torch.Generator(dev).manual_seed(seed))
-        with _timed(timings, "sampling", dev), _progress(steps, "sampling", progress) as bar:
-            x1 = sample_windows(parts, x0, conditions, layout, steps, cfg, bar.update)
-        with _timed(timings, "decoder", dev):
-            audio = decode_windows(parts, x1, layout)
-        samples = round(duration * self.variant.audio.sample_rate)
-        return GenerationResult(
-            audio=audio[:, :samples].numpy(),
-            sample_rate=self.variant.audio.sample_rate,
-            prompts=prompts,
-            duration=duration,
-            start=start,
-            seed=seed,
-            steps=steps,
-            cfg=cfg,
-            timings=timings,
-        )
+        run = Run(self.device, torch.Generator(self.device).manual_seed(seed), timings)
+        with run.timed("decode"):
+            video = clip
+            if not isinstance(video, media.Video):
+                video = self._first_window(clip, start, duration, progress is True)
+            layout, windows = self._picture(video, duration, progress is True)
+        inputs = (w.model_inputs() for w in windows)
+        out = self._synthesize(inputs, prompts, negative_prompt, layout, steps, cfg, progress, run)
+        return self._result(out.audio, layout.duration, video.start, prompts, seed, steps, cfg, run)
 
     def separate(
         self,
@@ -440,55 +153,166 @@ class Pipeline:
         normalize_mixture_latent: bool = False,
     ) -> GenerationResult:
         """Separation variants (MMAudioSep): one stem per prompt, each the prompt's sound pulled
-        out of the mixture. `source` is a clip (its audio is the mixture, its picture the
-        visual query; `video=False` drops the picture) or an audio file (a text-only query);
-        `mixture` takes the mixture from another file. `duration` None: one trained window
-        (8 s; longer mixtures are not windowed yet). See `separation.py`."""
-        from . import separation
+        out of the mixture. `source` is a clip (its audio is the mixture, its picture the visual
+        query; `video=False` drops the picture) or an audio file (a query by text alone);
+        `mixture` takes the mixture from another file. The whole input from `start` (or
+        `duration` seconds of it) is separated, in windows beyond 8 s like `generate`.
 
+        The mixture is downmixed to mono and resampled to the variant's rate (`media.read_audio`),
+        zero-padded where shorter than the picture (the official demo asserts instead) and the
+        stems cut back to it. `normalize_mixture_latent`: see `TorchParts.mixture_conditions`."""
+        prompts, negative_prompt, cfg = self._checked(
+            prompts, negative_prompt, seed, steps, cfg, duration, start, mixture=True
+        )
+        timings: dict[str, float] = {}
+        options = {"normalize_mixture_latent": normalize_mixture_latent}
+        run = Run(self.device, torch.Generator(self.device).manual_seed(seed), timings, {}, options)
+        rate = self.variant.audio.sample_rate
+        with run.timed("decode"):
+            if video and media.has_video(source):
+                first = self._first_window(source, start, duration, progress)
+                layout, windows = self._picture(first, duration, progress)
+                start, length = first.start, layout.duration
+                wav = media.read_audio(mixture or source, rate, start, length)
+            else:
+                wav = media.read_audio(mixture or source, rate, start, duration or float("inf"))
+                length = wav.shape[0] / rate
+                if length <= 0:
+                    raise MediaError(f"{Path(mixture or source).name} has no audio after {start} s")
+                layout, windows = plan_windows(length, self.variant.audio), None
+        inputs = self._with_mixture(windows, wav, layout)
+        out = self._synthesize(inputs, prompts, negative_prompt, layout, steps, cfg, progress, run)
+        # The stem ends with the picture, or earlier with the mixture.
+        length = min(length, wav.shape[0] / rate)
+        return self._result(out.audio, length, start, prompts, seed, steps, cfg, run)
+
+    @torch.inference_mode()
+    def synthesize(
+        self,
+        inputs: Iterable[dict[str, torch.Tensor]],
+        text,
+        layout: Layout,
+        *,
+        seed: int = DEFAULT_SEED,
+        steps: int = DEFAULT_STEPS,
+        cfg: float | None = None,
+        progress: "bool | Progress" = False,
+        timings: dict[str, float] | None = None,
+        options: dict | None = None,
+    ) -> Synthesis:
+        """Audio for the windows of `layout` from each window's model inputs (see
+        `Family.features`: `sync`, `clip`, `mixture`) and encoded prompts `text`
+        (`family.encode_text`): tensors in, tensors out, no media. Each prompt gets the noise
+        a single-prompt call with the same seed gets, so a stem does not depend on which prompts
+        share the call."""
+        cfg = self.variant.cfg if cfg is None else cfg
+        gen = torch.Generator(self.device).manual_seed(seed)
+        run = Run(self.device, gen, {} if timings is None else timings, {}, options or {})
+        return self._sample(inputs, text, layout, steps, cfg, progress, run)
+
+    def _checked(self, prompts, negative_prompt, seed, steps, cfg, duration, start, mixture):
+        """Checked (prompts, negative prompt, cfg) of a request; the family refuses a request
+        of the wrong kind (a mixture to a generating model, or none to a separating one)."""
         prompts = check_prompts(prompts)
         negative_prompt = check_negative_prompt(negative_prompt, self.variant)
         cfg = self.variant.cfg if cfg is None else cfg
-        duration = DEFAULT_DURATION if duration is None else duration
         check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
-        return separation.separate(
-            self,
-            source,
-            prompts,
-            mixture=mixture,
-            video=video,
-            negative_prompt=negative_prompt,
+        self.family.check(mixture)
+        return prompts, negative_prompt, cfg
+
+    def _first_window(self, clip, start: float, duration: float | None, progress: bool):
+        return first_window(clip, self.variant, start, duration, progress)
+
+    def _picture(
+        self, first: "media.Video", duration: float | None, progress: bool
+    ) -> tuple[Layout, Iterator["media.Video"]]:
+        """The windows of the request's picture, from its decoded first window: that window
+        alone, or (a longer clip, a longer request) overlapping windows, the first cut from it
+        and the rest decoded in one pass as the model needs them."""
+        audio = self.variant.audio
+        if not first.more or (duration is not None and duration <= first.duration):
+            return plan_windows(first.duration, audio), iter([first])
+        available = media.clip_duration(first.source, first.start)  # packets only: no decode
+        length = available if duration is None else min(duration, available)
+        layout = plan_windows(length, audio)
+        rest = media.decode_windows(
+            first.source,
+            [first.start + s for s in layout.starts[1:]],
+            layout.window,
+            progress=progress,
+            **self.family.needs.picture,
+        )
+        return layout, itertools.chain([first.head(layout.window)], rest)
+
+    def _with_mixture(
+        self, windows: Iterator["media.Video"] | None, wav: np.ndarray, layout: Layout
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Each window's model inputs with its slice of the mixture [1, S], S the samples of
+        the window's latent (zero-padded past the mixture's end), on the latent grid."""
+        per_frame = 2 * self.variant.audio.hop
+        total = torch.zeros(layout.total * per_frame)
+        n = min(total.shape[0], wav.shape[0])
+        total[:n] = torch.from_numpy(wav[:n])
+        for offset in layout.offsets:
+            inputs = {} if windows is None else next(windows).model_inputs()
+            s = offset * per_frame
+            inputs["mixture"] = total[None, s : s + layout.latent * per_frame]
+            yield inputs
+
+    @torch.inference_mode()
+    def _synthesize(self, inputs, prompts, negative_prompt, layout, steps, cfg, progress, run):
+        with run.timed("text"):
+            text = self.family.encode_text(prompts, negative_prompt)
+        return self._sample(inputs, text, layout, steps, cfg, progress, run)
+
+    def _sample(self, inputs, text, layout, steps, cfg, progress, run) -> Synthesis:
+        family, prompts = self.family, text.prompts
+        features, inputs = [], iter(inputs)
+        while True:
+            with run.timed("decode"):  # the windows' pictures are read as they are needed
+                window = next(inputs, None)
+            if window is None:
+                break
+            features.append(family.features(window, prompts, run))
+        conditions = family.conditions(text, features, layout, run)
+        del features  # the windows' trunk tokens: the largest tensors of a long clip
+        x0 = family.noise(prompts, layout, run)
+        with run.timed("sampling"), _progress(steps, "sampling", progress) as bar:
+            x1 = family.sample(x0, conditions, layout, steps, cfg, bar.update, run)
+        with run.timed("decoder"):
+            audio = family.decode(x1, layout, run)
+        return Synthesis(x0, x1, audio, run.trace, conditions)
+
+    def _result(self, audio, duration, start, prompts, seed, steps, cfg, run) -> GenerationResult:
+        # The model's audio overruns the picture by up to one latent frame (spec §1.4); a stem
+        # for an editor's timeline ends with the picture.
+        rate = self.variant.audio.sample_rate
+        return GenerationResult(
+            audio=audio[:, : round(duration * rate)].float().cpu().numpy(),
+            sample_rate=rate,
+            prompts=prompts,
+            duration=duration,
+            start=start,
             seed=seed,
             steps=steps,
             cfg=cfg,
-            duration=duration,
-            start=start,
-            progress=progress,
-            normalize_mixture_latent=normalize_mixture_latent,
+            timings=run.timings,
         )
 
 
-class Tokenizers:
-    """Text to token ids, on the CPU, whatever backend runs the encoders."""
-
-    def __init__(self, clip: ClipTokenizer, t5=None):
-        self.clip = clip
-        self._t5 = t5  # a T5TextEncoder; only its tokenizer is used (it may hold no model)
-
-    @classmethod
-    def load(cls, variant: Variant) -> "Tokenizers":
-        """The variant's tokenizers: CLIP's (bundled) and, for SELVA, Flan-T5's (from the
-        weights folder; made locally for random-weight variants)."""
-        from . import weights
-
-        t5 = None
-        if variant.t5 is not None:
-            folder = None if variant.random_weights else weights.local_path(variant.file("t5"))
-            t5 = load_tokenizer(variant, None if folder is None else folder.parent)
-        return cls(ClipTokenizer(), t5)
-
-    def t5(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._t5.tokenize(prompts)
+def first_window(
+    clip: str | Path,
+    variant: Variant,
+    start: float = 0.0,
+    duration: float | None = None,
+    progress: bool = False,
+) -> "media.Video":
+    """A request's first window of `clip`, up to the trained length, decoded once, as
+    `variant`'s family needs its pictures; it tells whether the clip has more picture
+    (`Video.more`). What a batch decodes ahead of the model (`Pipeline.generate` takes it)."""
+    window = DEFAULT_DURATION if duration is None else min(duration, DEFAULT_DURATION)
+    picture = needs(variant).picture
+    return media.decode_video(clip, duration=window, start=start, progress=progress, **picture)
 
 
 def _progress(total: int, desc: str, progress: "bool | Progress"):
@@ -509,14 +333,3 @@ class _Told:
 
     def __exit__(self, *exc) -> None:
         return None
-
-
-@contextmanager
-def _timed(timings: dict[str, float], name: str, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0

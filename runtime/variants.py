@@ -249,6 +249,16 @@ class Variant:
         """MMAudioSep: the generator also reads a mixture latent (`selva-rt separate`)."""
         return not self.flowley and self.generator.mixture_dim > 0
 
+    @property
+    def family(self) -> str:
+        """The model family that runs the variant (runtime/families): mmaudio or flowley."""
+        return "flowley" if self.flowley else "mmaudio"
+
+    @property
+    def takes_negative_prompt(self) -> bool:
+        """Flowley's unconditional branch is zero features: it has no negative prompt."""
+        return not self.flowley
+
     def file(self, role: str) -> WeightFile:
         for f in self.files:
             if f.role == role:

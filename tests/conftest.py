@@ -27,6 +27,7 @@ from golden import (
 from selva_rt.export import build_engines
 from selva_rt.runtime import media
 from selva_rt.runtime.backends.torch_parts import TorchParts
+from selva_rt.runtime.families import family_of
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.generator import Generator
 from selva_rt.runtime.models.networks import Networks, build_networks
@@ -47,7 +48,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def sample_clip() -> Path:
     """The demo clip shipped with the package (runtime/assets/sample.mp4)."""
-    return Path(media.__file__).parent / "assets" / "sample.mp4"
+    return Path(media.__file__).parents[1] / "assets" / "sample.mp4"
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,6 @@ def golden_pipeline(e2e) -> Callable[[bool], Pipeline]:
                 state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
             net.load_official(state, case)
         parts = TorchParts(TINY, nets, torch.device("cpu"), torch.float32, reference=reference)
-        return Pipeline(TINY, parts, tokenizers=None)
+        return Pipeline(family_of(TINY, parts))
 
     return make

@@ -16,11 +16,11 @@ import torch
 from batchjobs import BAD, FAST, final, hidden_files, make_jobs, records, stems, visible_files
 from clips import make_clip
 from selva_rt.runtime import cli
-from selva_rt.runtime.batch import Results
+from selva_rt.runtime.delivery.outputs import plan_outputs, write_outputs
 from selva_rt.runtime.errors import JobError, OutputError
-from selva_rt.runtime.jobs import Job, parse_line
-from selva_rt.runtime.outputs import plan_outputs, write_outputs
 from selva_rt.runtime.pipeline import Pipeline
+from selva_rt.runtime.service.batch import Results
+from selva_rt.runtime.service.jobs import Job, parse_line
 
 torch.set_num_threads(1)
 
@@ -204,7 +204,7 @@ def test_missing_job_list_is_one_line(tmp_path, capsys):
 
 def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
-    monkeypatch.delitem(sys.modules, "selva_rt.runtime.batch_ray", raising=False)
+    monkeypatch.delitem(sys.modules, "selva_rt.runtime.service.batch_ray", raising=False)
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"clip": "a.mp4", "prompts": ["rain"]}\n')
     code = cli.main(["batch", str(jobs), "--out", str(tmp_path / "o"), *FAST, "--ray", "local"])

@@ -13,8 +13,8 @@ from selva_rt.runtime.backends.graphs import GraphParts
 from selva_rt.runtime.backends.ort_parts import OrtParts
 from selva_rt.runtime.backends.torch_parts import TorchParts
 from selva_rt.runtime.backends.trt_parts import TrtParts
+from selva_rt.runtime.delivery.outputs import plan_outputs, write_outputs
 from selva_rt.runtime.errors import OutputError, SelvaError
-from selva_rt.runtime.outputs import plan_outputs, write_outputs
 from selva_rt.runtime.pipeline import Pipeline
 
 PART_METHODS = [

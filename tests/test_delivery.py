@@ -21,10 +21,10 @@ import torch
 from clips import make_clip
 from selva_rt.runtime import cli
 from selva_rt.runtime.delivery import bwf, loudness
+from selva_rt.runtime.delivery.outputs import plan_outputs, report, write_outputs
 from selva_rt.runtime.delivery.timecode import Timecode, clip_timecode, timecode_rate
 from selva_rt.runtime.errors import MediaError, UsageError
 from selva_rt.runtime.media import resample
-from selva_rt.runtime.outputs import plan_outputs, report, write_outputs
 from selva_rt.runtime.pipeline import GenerationResult
 from wavinfo import WavInfoReader
 

@@ -7,10 +7,12 @@ import torch
 from golden import assert_close, case_path, load_case
 from selva_rt.runtime import cli
 from selva_rt.runtime.backends.flowley_parts import FlowleyTorchParts
+from selva_rt.runtime.families import family_of
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.networks import build_networks
 from selva_rt.runtime.pipeline import Pipeline
 from selva_rt.runtime.variants import TINY_FLOWLEY
+from synth import one_window, output
 
 torch.set_num_threads(1)
 CASE = "flowley_gen_small"
@@ -54,16 +56,15 @@ def test_fast_matches_reference(nets):
     nets.generator.load_official(
         read_state_dict(case_path(CASE), prefix="state."), CASE
     )  # golden weights: non-degenerate, so a difference between the modes shows
-    fast = Pipeline(TINY_FLOWLEY, parts(nets, False))
-    ref = Pipeline(TINY_FLOWLEY, parts(nets, True))
+    fast = Pipeline(family_of(TINY_FLOWLEY, parts(nets, False)))
+    ref = Pipeline(family_of(TINY_FLOWLEY, parts(nets, True)))
     g = torch.Generator().manual_seed(0)
     clip = torch.rand(16, 3, 224, 224, generator=g)
-    text = fast.encode_text(["sheep bleating", "a dog barks twice"])
+    text = fast.family.encode_text(["sheep bleating", "a dog barks twice"])
     assert text.clip is None and text.t5.shape[1] == 77  # padded to 77 as the released features
-    kwargs = dict(duration=2.0, clip_frames=clip, steps=10)
-    out = fast.synthesize(None, text, **kwargs)
-    expected = ref.synthesize(None, text, **kwargs)
-    assert out.sync_features is None
+    out = one_window(fast, text, 2.0, clip=clip, steps=10)
+    expected = one_window(ref, text, 2.0, clip=clip, steps=10)
+    assert output(out, "sync_features") is None
     assert_close("flowley modes:latent", out.latent, expected.latent, 5e-4, 5e-3)
     assert_close("flowley modes:audio", out.audio, expected.audio, 2e-3, 2e-2)
     assert out.audio.shape == (2, TINY_FLOWLEY.sequence_lengths(2.0).latent * 512)

@@ -17,8 +17,8 @@ import torch
 from clips import BAD_INPUTS, make_clip, vfr_pts_ms
 from golden import assert_close, golden_file, load_case, sync_frames_from_u8
 from selva_rt.runtime import media
+from selva_rt.runtime.delivery.outputs import plan_outputs, write_outputs
 from selva_rt.runtime.errors import MediaError, OutputError, UsageError
-from selva_rt.runtime.outputs import plan_outputs, write_outputs
 from selva_rt.runtime.pipeline import GenerationResult
 from selva_rt.runtime.variants import CLIP_FPS, SYNC_FPS
 

@@ -11,7 +11,9 @@ from selva_rt.runtime.backends.mixed import MixedParts
 from selva_rt.runtime.backends.ort_parts import OrtParts
 from selva_rt.runtime.backends.torch_parts import TorchParts
 from selva_rt.runtime.errors import UsageError
-from selva_rt.runtime.pipeline import Pipeline, Tokenizers
+from selva_rt.runtime.families import family_of
+from selva_rt.runtime.families.flow import Tokenizers
+from selva_rt.runtime.pipeline import Pipeline
 from selva_rt.runtime.variants import TINY
 
 torch.set_num_threads(2)
@@ -32,8 +34,12 @@ def test_chosen_parts_run_from_the_graphs(tiny_engines, sample_clip):
     tokenizers = Tokenizers.load(TINY)
     torch_parts = load_parts(TINY, "torch", device="cpu", precision="fp32")  # the graphs' dtype
     kwargs = dict(steps=3, duration=1.2, seed=7)
-    a = Pipeline(TINY, parts, tokenizers).generate(sample_clip, ["dog barking"], **kwargs)
-    b = Pipeline(TINY, torch_parts, tokenizers).generate(sample_clip, ["dog barking"], **kwargs)
+    a = Pipeline(family_of(TINY, parts, tokenizers)).generate(
+        sample_clip, ["dog barking"], **kwargs
+    )
+    b = Pipeline(family_of(TINY, torch_parts, tokenizers)).generate(
+        sample_clip, ["dog barking"], **kwargs
+    )
     assert np.linalg.norm(a.audio - b.audio) <= 1e-4 * np.linalg.norm(b.audio)
 
 

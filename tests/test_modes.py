@@ -8,9 +8,12 @@ import torch
 from golden import assert_close, sync_frames_from_u8
 from selva_rt.runtime.backends import reference as official
 from selva_rt.runtime.backends.torch_parts import TorchParts
+from selva_rt.runtime.families import family_of
+from selva_rt.runtime.families.flow import TextFeatures
 from selva_rt.runtime.models.networks import build_networks
-from selva_rt.runtime.pipeline import Pipeline, TextFeatures
+from selva_rt.runtime.pipeline import Pipeline, Synthesis
 from selva_rt.runtime.variants import TINY
+from synth import one_window, output
 
 torch.set_num_threads(1)
 
@@ -28,12 +31,12 @@ PROMPTS = ["dog barking", "car horn", "rain on a window"]
 
 def assert_same(name: str, out, expected) -> None:
     for field, (rtol, maxabs) in TOL.items():
-        assert_close(f"{name}:{field}", getattr(out, field), getattr(expected, field), rtol, maxabs)
+        assert_close(f"{name}:{field}", output(out, field), output(expected, field), rtol, maxabs)
 
 
 def tiny_pipeline(nets, reference: bool) -> Pipeline:
     parts = TorchParts(TINY, nets, torch.device("cpu"), torch.float32, reference=reference)
-    return Pipeline(TINY, parts)
+    return Pipeline(family_of(TINY, parts))
 
 
 def frames(seconds: float, seed: int = 0) -> torch.Tensor:
@@ -44,10 +47,10 @@ def frames(seconds: float, seed: int = 0) -> torch.Tensor:
 
 def test_tiny_fast_matches_reference(tiny_nets):
     fast, ref = tiny_pipeline(tiny_nets, False), tiny_pipeline(tiny_nets, True)
-    text = fast.encode_text(PROMPTS[:2])
+    text = fast.family.encode_text(PROMPTS[:2])
     x = frames(DURATION)
-    out = fast.synthesize(x, text, duration=DURATION, steps=STEPS)
-    expected = ref.synthesize(x, text, duration=DURATION, steps=STEPS)
+    out = one_window(fast, text, DURATION, sync=x, steps=STEPS)
+    expected = one_window(ref, text, DURATION, sync=x, steps=STEPS)
     assert out.audio.shape == (2, TINY.sequence_lengths(DURATION).latent * 512)
     assert_same("modes[tiny]", out, expected)
 
@@ -56,11 +59,15 @@ def test_tiny_fast_matches_reference(tiny_nets):
 def test_prompts_sharing_a_call_equal_separate_calls(tiny_nets, reference):
     pipe = tiny_pipeline(tiny_nets, reference)
     x = frames(1.0, seed=1)
-    together = pipe.synthesize(x, pipe.encode_text(PROMPTS), duration=1.0, steps=5)
+    together = one_window(pipe, pipe.family.encode_text(PROMPTS), 1.0, sync=x, steps=5)
     for i, prompt in enumerate(PROMPTS):
-        alone = pipe.synthesize(x, pipe.encode_text([prompt]), duration=1.0, steps=5)
-        rows = {f: getattr(together, f) for f in vars(alone)}
-        part = type(alone)(**{f: v if v is None else v[i : i + 1] for f, v in rows.items()})
+        alone = one_window(pipe, pipe.family.encode_text([prompt]), 1.0, sync=x, steps=5)
+        part = Synthesis(
+            together.noise[i : i + 1],
+            together.latent[i : i + 1],
+            together.audio[i : i + 1],
+            {k: v[i : i + 1] for k, v in together.trace.items()},
+        )
         assert_same(f"shared_call[{'reference' if reference else 'fast'}]", part, alone)
 
 
@@ -80,11 +87,9 @@ def test_golden_networks_fast_matches_reference(e2e, golden_pipeline):
         t5_mask=torch.cat([mask, other_mask]),
     )
     args = meta["args"]
-    kw = dict(
-        duration=duration, seed=args["seed"], steps=args["num_steps"], cfg=args["cfg_strength"]
-    )
-    out = golden_pipeline(reference=False).synthesize(x, text, **kw)
-    expected = golden_pipeline(reference=True).synthesize(x, text, **kw)
+    kw = dict(sync=x, seed=args["seed"], steps=args["num_steps"], cfg=args["cfg_strength"])
+    out = one_window(golden_pipeline(reference=False), text, duration, **kw)
+    expected = one_window(golden_pipeline(reference=True), text, duration, **kw)
     assert_same("modes[golden]", out, expected)
     # And prompt 0 is still the official output.
     assert_close("modes[golden]:audio_vs_official", out.audio[:1], T["out.audio"][:, 0], 2e-3, 2e-2)
@@ -137,12 +142,12 @@ def test_cuda_graphs_need_fast_mode_on_cuda(tiny_nets):
 def test_cuda_graph_loop_matches_eager(dtype):
     nets = build_networks(TINY, {})
     dev = torch.device("cuda")
-    eager = Pipeline(TINY, TorchParts(TINY, nets, dev, dtype))
-    graphed = Pipeline(TINY, TorchParts(TINY, nets, dev, dtype, cuda_graphs=True))
+    eager = Pipeline(family_of(TINY, TorchParts(TINY, nets, dev, dtype)))
+    graphed = Pipeline(family_of(TINY, TorchParts(TINY, nets, dev, dtype, cuda_graphs=True)))
     tol = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (2e-2, 1e-1)}[dtype]
     for seed, prompts in ((0, PROMPTS[:2]), (1, PROMPTS[1:])):  # the second call replays
-        x, text = frames(DURATION, seed).to(dev), eager.encode_text(prompts)
-        expected = eager.synthesize(x, text, duration=DURATION, seed=seed)
-        out = graphed.synthesize(x, text, duration=DURATION, seed=seed)
+        x, text = frames(DURATION, seed).to(dev), eager.family.encode_text(prompts)
+        expected = one_window(eager, text, DURATION, sync=x, seed=seed)
+        out = one_window(graphed, text, DURATION, sync=x, seed=seed)
         assert_close(f"cuda_graph[{dtype}]:latent", out.latent, expected.latent, *tol)
     assert len(graphed.parts.graphs.graphs) == 1

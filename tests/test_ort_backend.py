@@ -12,7 +12,9 @@ from selva_rt.export import onnx_export, plan
 from selva_rt.runtime.backends.ort_parts import OrtParts
 from selva_rt.runtime.backends.torch_parts import TorchParts
 from selva_rt.runtime.errors import CheckpointError, UsageError
-from selva_rt.runtime.pipeline import Pipeline, Tokenizers
+from selva_rt.runtime.families import family_of
+from selva_rt.runtime.families.flow import Tokenizers
+from selva_rt.runtime.pipeline import Pipeline
 from selva_rt.runtime.variants import get_variant
 
 torch.set_num_threads(2)
@@ -78,9 +80,9 @@ def test_generate_matches_torch_end_to_end(tiny_engines, tiny_nets, sample_clip)
     """Two stems over the sample clip: decode, text, trunk, selection, conditions, Euler steps
     with CFG, decoder, all through ONNX Runtime, against the torch backend."""
     tokenizers = Tokenizers.load(TINY)
-    ours = Pipeline(TINY, OrtParts.load(tiny_engines, TINY, threads=2), tokenizers)
+    ours = Pipeline(family_of(TINY, OrtParts.load(tiny_engines, TINY, threads=2), tokenizers))
     theirs = Pipeline(
-        TINY, TorchParts(TINY, tiny_nets, torch.device("cpu"), torch.float32), tokenizers
+        family_of(TINY, TorchParts(TINY, tiny_nets, torch.device("cpu"), torch.float32), tokenizers)
     )
     kwargs = dict(steps=3, duration=1.2, seed=7)
     a = ours.generate(sample_clip, ["dog barking", "rain on a tin roof"], **kwargs)

@@ -6,8 +6,11 @@ import pytest
 import torch
 from golden import assert_close, sync_frames_from_u8
 from selva_rt.runtime.backends.torch_parts import TorchParts
-from selva_rt.runtime.pipeline import Pipeline, TextFeatures
+from selva_rt.runtime.families import family_of
+from selva_rt.runtime.families.flow import TextFeatures
+from selva_rt.runtime.pipeline import Pipeline
 from selva_rt.runtime.variants import TINY
+from synth import one_window, output
 
 torch.set_num_threads(1)
 
@@ -34,23 +37,27 @@ def test_e2e_golden(e2e, golden_pipeline, reference):
         t5_mask=T["in.text_t5_mask"],
     )
     args = meta["args"]
-    out = pipe.synthesize(
-        frames,
+    out = one_window(
+        pipe,
         text,
-        duration=duration,
+        duration,
+        sync=frames,
         seed=args["seed"],
         steps=args["num_steps"],
         cfg=args["cfg_strength"],
     )
     name = f"e2e_tiny[{'reference' if reference else 'fast'}]"
     assert_close(
-        f"{name}:sync_features", out.sync_features, T["out.sync_features"], *TOL["sync_features"]
+        f"{name}:sync_features",
+        output(out, "sync_features"),
+        T["out.sync_features"],
+        *TOL["sync_features"],
     )
     assert torch.equal(out.noise, T["out.x0"]), "x0 must be the official seeded draw"
     assert_close(f"{name}:x1", out.latent, T["out.x1"], *TOL["x1"])
     unnorm = pipe.parts.nets.generator.unnormalize(out.latent)
     assert_close(f"{name}:x1_unnorm", unnorm, T["out.x1_unnorm"], *TOL["x1_unnorm"])
-    assert_close(f"{name}:mel", out.mel, T["out.mel"], *TOL["mel"])
+    assert_close(f"{name}:mel", output(out, "mel"), T["out.mel"], *TOL["mel"])
     assert_close(f"{name}:audio", out.audio, T["out.audio"][:, 0], *TOL["audio"])
 
 
@@ -82,7 +89,9 @@ def test_mmaudio_structure_runs_clip_video_and_plain_synchformer(sample_clip):
     )
     nets = build_networks(variant, {})
     assert nets.t5 is None and nets.clip_image is not None
-    pipe = Pipeline(variant, TorchParts(variant, nets, torch.device("cpu"), torch.float32))
+    pipe = Pipeline(
+        family_of(variant, TorchParts(variant, nets, torch.device("cpu"), torch.float32))
+    )
     result = pipe.generate(sample_clip, ["rain", "thunder"], duration=1.0)
     assert result.audio.shape == (2, 16000) and np.isfinite(result.audio).all()
     assert np.abs(result.audio[0] - result.audio[1]).max() > 1e-4

@@ -14,7 +14,6 @@ import torch
 from clips import make_clip
 from selva_rt.runtime import cli, media
 from selva_rt.runtime.pipeline import Pipeline
-from selva_rt.runtime.separation import fit_to_window, read_mixture
 
 torch.set_num_threads(1)
 
@@ -121,7 +120,7 @@ def write_odd(path: Path, kind: str) -> np.ndarray:
 def test_odd_mixtures_work(tiny_sep, tmp_path, kind):
     path = tmp_path / "mix.wav"
     expected = write_odd(path, kind)
-    wav = read_mixture(path, RATE, 0.0, 1.0)
+    wav = media.read_audio(path, RATE, 0.0, 1.0)
     assert wav.shape == (RATE,)
     # A resampled 440 Hz tone stays that tone (the filter's edges aside).
     np.testing.assert_allclose(wav[200:-200], expected[200:-200], atol=2e-3)
@@ -132,9 +131,24 @@ def test_odd_mixtures_work(tiny_sep, tmp_path, kind):
 def test_start_offsets_the_mixture(tmp_path):
     path = tmp_path / "ramp.wav"
     soundfile.write(path, np.arange(3 * RATE, dtype=np.float32) / (3 * RATE), RATE, "FLOAT")
-    wav = read_mixture(path, RATE, 1.5, 0.5)
+    wav = media.read_audio(path, RATE, 1.5, 0.5)
     np.testing.assert_allclose(wav, np.arange(24000, 32000) / (3 * RATE), atol=1e-6)
-    assert fit_to_window(wav, 9000).shape == (1, 9000)
+
+
+def test_long_mixture_gives_a_stem_as_long_as_it(tiny_sep, tmp_path):
+    """Separation covers the whole input, in windows like generation: a 20 s mixture (by text
+    alone) gives a 20 s stem, and so does a 20 s clip (picture and its own audio); the stem
+    follows the mixture across the windows (a tone that stops at 12 s)."""
+    mix = tmp_path / "long.wav"
+    x = tone(20.0, RATE)
+    x[12 * RATE :] = 0
+    soundfile.write(mix, x, RATE)
+    r = tiny_sep.separate(mix, ["rain"], steps=2)
+    assert r.audio.shape == (1, 20 * RATE) and r.duration == 20.0
+    assert np.isfinite(r.audio).all() and r.audio[0, -RATE:].std() > 0
+    clip = make_clip(tmp_path / "long.mp4", frames=500, fps=25, audio_rate=RATE)
+    r = tiny_sep.separate(clip, ["rain"], steps=2)
+    assert r.duration == pytest.approx(20.0) and r.audio.shape == (1, round(r.duration * RATE))
 
 
 def nan_wav(path: Path) -> Path:

@@ -11,6 +11,8 @@ import torch
 from golden import GOLDEN, assert_close, generator_config, load_case, sync_frames_from_u8
 from selva_rt.runtime import media
 from selva_rt.runtime.backends.torch_parts import TorchParts
+from selva_rt.runtime.families import family_of
+from selva_rt.runtime.families.flow import TextFeatures
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.clip import ClipImageEncoder
 from selva_rt.runtime.models.generator import Generator
@@ -18,8 +20,9 @@ from selva_rt.runtime.models.networks import Networks
 from selva_rt.runtime.models.vae import VAE
 from selva_rt.runtime.models.video_encoder import VideoEncoder
 from selva_rt.runtime.models.vocoder import BigVGAN, vocoder_config_from_hparams
-from selva_rt.runtime.pipeline import Pipeline, TextFeatures
+from selva_rt.runtime.pipeline import Pipeline
 from selva_rt.runtime.variants import ClipConfig, VAEConfig, VideoEncoderConfig, get_variant
+from synth import one_window, output
 
 torch.set_num_threads(1)
 
@@ -98,7 +101,7 @@ def golden_sep_pipeline(meta: dict, reference: bool = False) -> Pipeline:
         clip=clip_config,
     )
     parts = TorchParts(variant, nets, torch.device("cpu"), torch.float32, reference=reference)
-    return Pipeline(variant, parts, tokenizers=None)
+    return Pipeline(family_of(variant, parts))
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +129,12 @@ def run_case(case: str, clip_frames, reference: bool):
     text = TextFeatures(clip=T["in.text_clip_f"], negative=T["in.neg_text_clip_f"])
     args = meta["args"]
     assert args["batch"] == 1 and args["seed"] == int(T["in.rng_seed"])
-    out = pipe.synthesize(
-        sync,
+    out = one_window(
+        pipe,
         text,
-        duration=duration,
-        clip_frames=clip,
+        duration,
+        sync=sync,
+        clip=clip,
         seed=args["seed"],
         steps=args["num_steps"],
         cfg=args["cfg_strength"],
@@ -146,24 +150,24 @@ def test_sep_e2e_golden(case, reference, clip_frames):
     name = f"{case}[{'reference' if reference else 'fast'}]"
     g = pipe.parts.nets.generator
     if "out.sync_features" in T:
-        assert_close(f"{name}:sync_features", out.sync_features, T["out.sync_features"],
+        assert_close(f"{name}:sync_features", output(out, "sync_features"), T["out.sync_features"],
                      *TOL["sync_features"])  # fmt: skip
         clip_f = pipe.parts.clip_image(clip_frames.float() / 255)[None]
         assert_close(f"{name}:clip_features", clip_f, T["out.clip_features"],
                      *TOL["clip_features"])  # fmt: skip
     else:
-        assert out.sync_features is None
+        assert output(out, "sync_features") is None
     mean, std = pipe.parts.mixture_encoder(T["in.mixture"])
     assert_close(f"{name}:mix_mel", pipe.parts.mixture.mel(T["in.mixture"]), T["out.mix_mel"],
                  1e-5, 1e-4)  # fmt: skip
     assert_close(f"{name}:mix_mean", mean, T["out.mix_mean"], 1e-4, 1e-3)
     assert_close(f"{name}:mix_std", std, T["out.mix_std"], 1e-4, 1e-3)
-    assert_close(f"{name}:x_cond", out.mixture_latent, T["out.x_cond"], *TOL["x_cond"])
+    assert_close(f"{name}:x_cond", output(out, "mixture_latent"), T["out.x_cond"], *TOL["x_cond"])
     assert torch.equal(out.noise, T["out.x0"]), "x0 must be the official second draw"
     assert_close(f"{name}:x1", out.latent, T["out.x1"], *TOL["x1"])
     assert_close(f"{name}:x1_unnorm", g.unnormalize(out.latent), T["out.x1_unnorm"],
                  *TOL["x1_unnorm"])  # fmt: skip
-    assert_close(f"{name}:mel", out.mel, T["out.mel"], *TOL["mel"])
+    assert_close(f"{name}:mel", output(out, "mel"), T["out.mel"], *TOL["mel"])
     assert_close(f"{name}:audio", out.audio, T["out.audio"][:, 0], *TOL["audio"])
 
 
@@ -200,7 +204,9 @@ def test_zero_extended_mmaudio_separates_as_mmaudio_generates_through_the_pipeli
     w = state["audio_input_proj.0.weight"]
     wide = dict(state, **{"audio_input_proj.0.weight": torch.cat([w, torch.zeros_like(w)], 1)})
     nets.generator.load_official(wide, "zero-widened MMAudio")
-    pipe = Pipeline(variant, TorchParts(variant, nets, torch.device("cpu"), torch.float32))
+    pipe = Pipeline(
+        family_of(variant, TorchParts(variant, nets, torch.device("cpu"), torch.float32))
+    )
     seq = variant.sequence_lengths(1.0)
     g = torch.Generator().manual_seed(5)
     mixtures = [
@@ -209,15 +215,15 @@ def test_zero_extended_mmaudio_separates_as_mmaudio_generates_through_the_pipeli
         3 * torch.randn(1, seq.audio_samples, generator=g),
     ]
     sync = torch.rand(1, 25, 3, 224, 224, generator=g) * 2 - 1
-    text = pipe.encode_text(["dog barking", "rain"])
-    outs = [pipe.synthesize(sync, text, duration=1.0, steps=4, mixture=m, seed=3) for m in mixtures]
-    assert not torch.equal(outs[0].mixture_latent, outs[2].mixture_latent)
+    text = pipe.family.encode_text(["dog barking", "rain"])
+    outs = [one_window(pipe, text, 1.0, sync=sync, steps=4, mixture=m, seed=3) for m in mixtures]
+    assert not torch.equal(output(outs[0], "mixture_latent"), output(outs[2], "mixture_latent"))
     for out in outs[1:]:
         assert torch.equal(out.audio, outs[0].audio)
 
     mm = Generator(base, seq.latent, seq.clip, seq.sync).load_official(state, "MMAudio").eval()
     conditions = pipe.parts.dit_conditions(
-        None, outs[0].sync_features, text.clip, text.negative.expand(2, -1, -1),
+        None, output(outs[0], "sync_features"), text.clip, text.negative.expand(2, -1, -1),
         seq.latent, seq.clip,
     )  # fmt: skip
     both = Conditions(*(conditions[k] for k in Conditions._fields))

@@ -22,7 +22,7 @@ from selva_rt.runtime.pipeline import Pipeline
 
 starlette = pytest.importorskip("starlette", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
-from selva_rt.runtime.server import Limits, create_app  # noqa: E402
+from selva_rt.runtime.service.server import Limits, create_app  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 STEPS = 2  # structure, not sound: few Euler steps keep every test fast
@@ -104,7 +104,7 @@ def test_upload_and_jobs_sharing_one_clip_share_one_call(tiny, roots, tmp_path, 
 def test_an_unexpected_error_fails_the_job_and_the_worker_goes_on(
     tiny, roots, tmp_path, monkeypatch
 ):
-    import selva_rt.runtime.server as server
+    import selva_rt.runtime.service.server as server
 
     real, calls = server.write_outputs, []
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from selva_rt.runtime import windows
+from selva_rt.runtime.families.family import Run
 from selva_rt.runtime.pipeline import Pipeline
 from selva_rt.runtime.variants import (
     AUDIO_16K,
@@ -136,7 +137,7 @@ def tiny():
 def test_long_clip_sampling_is_reproducible_from_the_seed(tiny):
     layout = plan_windows(9.0, tiny.variant.audio)  # two windows
     prompts = ["rain", "thunder"]
-    text = tiny.encode_text(prompts)
+    text = tiny.family.encode_text(prompts)
     seq = tiny.variant.sequence_lengths(layout.window)
     sync = torch.randn(len(layout) * 2, seq.sync, tiny.variant.video_encoder.embed_dim)
     conditions = tiny.parts.dit_conditions(
@@ -144,7 +145,7 @@ def test_long_clip_sampling_is_reproducible_from_the_seed(tiny):
     )
 
     def run(seed):
-        x0 = tiny._noise(2, layout.total, torch.Generator().manual_seed(seed))
+        x0 = tiny.family.noise(2, layout, Run(tiny.device, torch.Generator().manual_seed(seed)))
         return windows.sample_windows(tiny.parts, x0, conditions, layout, 3, 4.5, rows=3)
 
     first = run(7)

@@ -33,6 +33,7 @@ class Parts(Protocol):
 
     device: torch.device
     dtype: torch.dtype
+    precision: str  # fp32, bf16, fp16, or int8 (a graph build: int8 behind fp32 tensors)
 
     def t5(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids [P, L] int64, attention_mask [P, L] int64 -> t5_features [P, L, 768]."""

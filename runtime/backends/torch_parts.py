@@ -17,6 +17,7 @@ from functools import partial
 
 import torch
 
+from ..device import precision_name
 from ..models.generator import Conditions
 from ..models.mel import MelConverter
 from ..models.mixture import MixtureEncoder
@@ -64,6 +65,7 @@ class TorchParts:
         cuda_graphs: bool = False,
     ):
         self.variant, self.nets, self.device, self.dtype = variant, nets, device, dtype
+        self.precision = precision_name(dtype)
         self.reference = reference
         self.decoder_dtype = decoder_dtype or dtype
         if cuda_graphs and (reference or device.type != "cuda"):

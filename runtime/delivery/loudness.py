@@ -147,7 +147,7 @@ def _resampled(x: np.ndarray, rate: int, new_rate: int) -> Iterator[np.ndarray]:
     """x: [C, T] float32 -> consecutive [C, t] chunks that join into media.resample(x, rate,
     new_rate): each chunk is resampled with enough input either side for the kernel, so the
     result is the same as resampling the whole signal, in bounded memory."""
-    from ..media import RESAMPLE_ROLLOFF, RESAMPLE_ZEROS, resample
+    from ..media.audio import RESAMPLE_ROLLOFF, RESAMPLE_ZEROS, resample
 
     g = math.gcd(rate, new_rate)
     up, down = new_rate // g, rate // g

@@ -95,11 +95,11 @@ def clip_timecode(path: str | os.PathLike) -> Timecode:
     """The timecode of a clip's first frame: its `timecode` tag (ffmpeg puts a MOV/MP4 tmcd
     track's start on the video stream; Matroska and MXF carry a tag), else 00:00:00:00, at the
     picture's frame rate. A tag selva-rt cannot read is a MediaError, not a silent 0."""
-    from ..media import _open_media, _video_stream  # the same one-line errors as decoding
+    from ..media.files import open_media, video_stream  # the same one-line errors as decoding
 
     path = Path(path)
-    with _open_media(path) as container:
-        video = _video_stream(container, path)
+    with open_media(path) as container:
+        video = video_stream(container, path)
         fps = video.guessed_rate or video.average_rate
         tags = [video.metadata, container.metadata, *(s.metadata for s in container.streams)]
         label = next(

@@ -7,7 +7,7 @@
 The driver (this module) is the only writer: it plans every job's outputs before any model
 loads, skips jobs already done with the same parameters, hands the rest to an engine (in
 process: decode threads feeding the model; or `batch_ray.RayEngine`), writes each result through
-runtime/outputs.py exactly as `generate` does, and appends one record per job to
+runtime/delivery/outputs.py exactly as `generate` does, and appends one record per job to
 DIR/results.jsonl, flushed to disk before the next job is counted.
 
 Why a kill loses nothing: outputs are renamed into place only when complete; a record is
@@ -34,10 +34,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import JobError, OutputError, SelvaError, UsageError
-from .jobs import Job, parse_line
-from .outputs import OutputPlan, plan_outputs, write_outputs
-from .variants import DEFAULT_DURATION, Variant
+from ..delivery.outputs import OutputPlan, plan_outputs, write_outputs
+from ..errors import JobError, OutputError, SelvaError, UsageError
+from .jobs import Entry, Job, decode, generate, parse_line
 
 RESULTS = "results.jsonl"
 CLIP_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
@@ -52,17 +51,6 @@ class Settings:
     format: str = "wav"
     sample_rate: int | None = None
     video: bool = True
-
-
-@dataclass
-class Entry:
-    """One line of the job list: a Job, or the reason it is not one."""
-
-    line: int  # 1-based line of the JSONL file, or position in the folder listing
-    job: Job | None
-    error: str | None = None
-    id: str | None = None  # hash of the job and the settings
-    plan: OutputPlan | None = None
 
 
 def read_jobs(
@@ -215,56 +203,6 @@ class Summary:
             "elapsed_s": round(self.elapsed_s, 3),
             "clips_per_hour": round(self.ok / hours, 1) if self.ok and hours else None,
         }
-
-
-def decode(job: Job, variant: Variant):
-    """A job's frames (media.Video) and the seconds decoding took; CPU work without model state,
-    run ahead of the model by the engines. A clip longer than one window is left to
-    `Pipeline.generate`, which decodes its windows one by one (memory stays bounded): its path
-    is returned instead. A SelvaError is returned, not raised, so it reaches the driver as the
-    job's outcome."""
-    from . import media
-
-    t0 = time.perf_counter()
-    try:
-        length = job.duration
-        if length is None or length > DEFAULT_DURATION:
-            available = media.clip_duration(job.clip, job.start)
-            length = available if length is None else min(length, available)
-        if length > DEFAULT_DURATION:
-            return job.clip, time.perf_counter() - t0
-        video = media.decode_video(
-            job.clip,
-            duration=length,
-            start=job.start,
-            need_clip=variant.uses_clip_video,
-            clip_size=variant.clip.frame_size,
-        )
-    except SelvaError as err:
-        return err, time.perf_counter() - t0
-    return video, time.perf_counter() - t0
-
-
-def generate(pipe, job: Job, decoded):
-    """The job's GenerationResult (or its SelvaError) from what `decode` gave."""
-    video, seconds = decoded
-    if isinstance(video, SelvaError):
-        return video
-    try:
-        result = pipe.generate(
-            video,
-            list(job.prompts),
-            negative_prompt=job.negative_prompt,
-            seed=job.seed,
-            steps=job.steps,
-            cfg=job.cfg,
-            duration=job.duration,
-            start=job.start,
-        )
-    except SelvaError as err:
-        return err
-    result.timings = {"decode": seconds, **result.timings}
-    return result
 
 
 class LocalEngine:
@@ -431,9 +369,9 @@ def _outputs(plan: OutputPlan) -> list[dict]:
 
 def add_arguments(parser) -> None:
     """`selva-rt batch`'s options: those of `generate`, job fields as defaults for every job."""
-    from .backends import BACKENDS
-    from .outputs import AUDIO_FORMATS, OUT_RATES
-    from .variants import VARIANTS
+    from ..backends import BACKENDS
+    from ..delivery.outputs import AUDIO_FORMATS, OUT_RATES
+    from ..variants import VARIANTS
 
     parser.add_argument("jobs", help="a JSONL file (one job a line) or a folder of clips")
     parser.add_argument(
@@ -484,7 +422,7 @@ def add_arguments(parser) -> None:
 
 
 def cmd_batch(args) -> int:
-    from .device import resolve_device, resolve_precision
+    from ..device import resolve_device, resolve_precision
 
     if args.decode_workers < 1:
         raise UsageError("--decode-workers must be at least 1")
@@ -505,7 +443,7 @@ def cmd_batch(args) -> int:
             return cluster.engine(device=args.device, workers=args.ray_workers, **options)
 
     else:
-        from .pipeline import Pipeline
+        from ..pipeline import Pipeline
 
         device = resolve_device(args.device)
 

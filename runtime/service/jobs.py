@@ -12,12 +12,15 @@ that names the field and says what is wanted. Values are checked by runtime/chec
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checks import check_negative_prompt, check_options, check_prompts
-from .errors import JobError, SelvaError
-from .variants import DEFAULT_SEED, DEFAULT_STEPS
+from ..checks import check_negative_prompt, check_options, check_prompts
+from ..delivery.outputs import OutputPlan
+from ..errors import JobError, SelvaError
+from ..pipeline import first_window
+from ..variants import DEFAULT_SEED, DEFAULT_STEPS, Variant
 
 MAX_NAME_CHARS = 100
 
@@ -117,3 +120,49 @@ def _no_constant(name: str):
 def _json_type(value: object) -> str:
     names = {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}
     return names.get(type(value), "a number" if isinstance(value, int | float) else "?")
+
+
+@dataclass
+class Entry:
+    """One line of the job list: a Job, or the reason it is not one."""
+
+    line: int  # 1-based line of the JSONL file, or position in the folder listing
+    job: Job | None
+    error: str | None = None
+    id: str | None = None  # hash of the job and the settings
+    plan: OutputPlan | None = None
+
+
+def decode(job: Job, variant: Variant):
+    """A job's first window (media.Video, which `Pipeline.generate` continues from when the clip
+    is longer) and the seconds decoding took; CPU work without model state, run ahead of the
+    model by the engines. A SelvaError is returned, not raised, so it reaches the driver as the
+    job's outcome."""
+    t0 = time.perf_counter()
+    try:
+        video = first_window(job.clip, variant, job.start, job.duration)
+    except SelvaError as err:
+        return err, time.perf_counter() - t0
+    return video, time.perf_counter() - t0
+
+
+def generate(pipe, job: Job, decoded):
+    """The job's GenerationResult (or its SelvaError) from what `decode` gave."""
+    video, seconds = decoded
+    if isinstance(video, SelvaError):
+        return video
+    try:
+        result = pipe.generate(
+            video,
+            list(job.prompts),
+            negative_prompt=job.negative_prompt,
+            seed=job.seed,
+            steps=job.steps,
+            cfg=job.cfg,
+            duration=job.duration,
+            start=job.start,
+        )
+    except SelvaError as err:
+        return err
+    result.timings["decode"] = seconds + result.timings.get("decode", 0.0)
+    return result

@@ -25,26 +25,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import __version__
-from .delivery.timecode import Timecode
-from .errors import OutputError, UsageError
+from ... import __version__
+from ..errors import OutputError, UsageError
+from ..media import FALLBACK_CONTAINER, MUX_FORMATS
+from .timecode import Timecode
 
 if TYPE_CHECKING:
-    from .delivery.loudness import Loudness
+    from .loudness import Loudness
 
 AUDIO_FORMATS = ("wav", "flac")
 OUT_RATES = (48000,)  # stems may be resampled to these for video delivery
-# Muxed video: output suffix -> (muxer, audio codec, PyAV sample format of the frames fed to it).
-# Stream copy keeps the clip's container where its audio codec choice is clear (AAC in MP4, PCM in
-# MOV/MKV) and the container takes the clip's video codec; anything else is remuxed into
-# Matroska, which takes nearly every video codec (media.mux_suffix).
-MUX_FORMATS = {
-    ".mp4": ("mp4", "aac", "fltp"),
-    ".m4v": ("mp4", "aac", "fltp"),
-    ".mov": ("mov", "pcm_s24le", "s32"),
-    ".mkv": ("matroska", "pcm_s24le", "s32"),
-}
-FALLBACK_CONTAINER = ".mkv"
 LOUDNESS_TARGETS = (-70.0, 0.0)  # LUFS a stem may be normalised to
 STEM_BITS = 24  # media.write_audio writes 24-bit PCM
 
@@ -109,8 +99,8 @@ def plan_outputs(
     """Output paths per prompt (`<name or clip stem>_<prompt slug>.<fmt>` and the muxed video,
     plus `<name or clip stem>.otio` with `otio`), refusing before any work to clobber files
     (without `force`), to write where it cannot, or to use a clip timecode it cannot read."""
-    from .delivery.timecode import clip_timecode
-    from .delivery.timeline import require_otio
+    from .timecode import clip_timecode
+    from .timeline import require_otio
 
     clip, out_dir = Path(clip), Path(out_dir)
     low, high = LOUDNESS_TARGETS
@@ -125,7 +115,7 @@ def plan_outputs(
     _check_writable(out_dir)
     container = None
     if video:
-        from . import media
+        from .. import media
 
         suffix = clip.suffix.lower()
         container = media.mux_suffix(clip, suffix if suffix in MUX_FORMATS else FALLBACK_CONTAINER)
@@ -182,9 +172,9 @@ def write_outputs(plan: OutputPlan, result, variant: str = "") -> list[Delivered
     the plan's prompts; `variant` names the model in the stems' coding history): each file goes
     to a temporary name beside its target, and only when all are complete are they renamed into
     place, so a failure leaves none of them."""
-    from . import media
-    from .delivery.timecode import clip_timecode
-    from .delivery.timeline import StemTrack, build_timeline, write_timeline
+    from .. import media
+    from .timecode import clip_timecode
+    from .timeline import StemTrack, build_timeline, write_timeline
 
     if len(result.audio) != len(plan.stems):
         raise ValueError(f"{len(result.audio)} stems for {len(plan.stems)} planned outputs")
@@ -245,8 +235,8 @@ def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Deli
     import soundfile
     import torch
 
-    from . import media
-    from .delivery import bwf, loudness
+    from .. import media
+    from . import bwf, loudness
 
     x = np.atleast_2d(np.asarray(wav, dtype=np.float32))  # [C, T] at the model's rate
     rate = plan.sample_rate or result.sample_rate
@@ -343,7 +333,7 @@ def report(
 
 
 def _timecode_dict(timecode: Timecode) -> dict:
-    from .delivery.timecode import rate_text
+    from .timecode import rate_text
 
     return {
         "start": str(timecode),

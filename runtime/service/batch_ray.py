@@ -18,14 +18,14 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from .errors import SelvaError, UsageError
+from ..errors import SelvaError, UsageError
 
 try:
     import ray
 except ImportError:
     raise UsageError("--ray needs Ray: pip install 'selva-rt[ray]'") from None
 
-from . import batch
+from . import jobs
 
 ACTOR_RESTARTS = 2  # a worker process that dies is restarted this often, its calls retried
 DEPTH = 2  # jobs queued on each actor: the next one decodes while the current one generates
@@ -33,7 +33,7 @@ DEPTH = 2  # jobs queued on each actor: the next one decodes while the current o
 
 @ray.remote(num_cpus=1)
 def _decode(job, variant):
-    return batch.decode(job, variant)
+    return jobs.decode(job, variant)
 
 
 @ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
@@ -41,7 +41,7 @@ class BatchWorker:
     """A warm pipeline in a Ray worker process."""
 
     def __init__(self, variant: str, device: str, precision: str, backend: str, engines):
-        from .pipeline import Pipeline
+        from ..pipeline import Pipeline
 
         self.where = f"ray:{ray.util.get_node_ip_address()}:{os.getpid()}"
         self.error = None
@@ -56,7 +56,7 @@ class BatchWorker:
         return self.error
 
     def generate(self, job, decoded):
-        return batch.generate(self.pipe, job, decoded), self.where
+        return jobs.generate(self.pipe, job, decoded), self.where
 
 
 class RayCluster:
@@ -106,7 +106,7 @@ class RayEngine:
     """`workers` actors; `run` yields results as they complete (not in job order)."""
 
     def __init__(self, workers: int, on_gpu: bool, variant: str, **options):
-        from .variants import get_variant
+        from ..variants import get_variant
 
         self.variant = get_variant(variant)
         place = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": 1}
@@ -122,7 +122,7 @@ class RayEngine:
             self.close()
             raise SelvaError(errors[0])
 
-    def run(self, entries: Iterable[batch.Entry]) -> Iterator[tuple[batch.Entry, object, str]]:
+    def run(self, entries: Iterable[jobs.Entry]) -> Iterator[tuple[jobs.Entry, object, str]]:
         todo = deque(entries)
         live = list(self.actors)
         load = dict.fromkeys(live, 0)

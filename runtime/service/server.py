@@ -5,7 +5,7 @@
     curl localhost:8731/v1/jobs/ID                  # state, progress, outputs, error
     curl -O localhost:8731/v1/jobs/ID/files/a_rain.wav
 
-Why Starlette on uvicorn: a job is the batch runner's typed `Job` (runtime/jobs.py) with its own
+Why Starlette on uvicorn: a job is the batch runner's typed `Job` (service/jobs.py) with its own
 strict parser, so a framework that would re-declare it as a pydantic model adds a second schema,
 not safety; one process holding one warm pipeline per device is what a workstation or render
 node serves. Clusters are the batch path's business (Ray).
@@ -32,11 +32,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import media
-from .errors import JobError, SelvaError
+from .. import media
+from ..delivery.outputs import plan_outputs, write_outputs
+from ..errors import JobError, SelvaError
 from .jobs import Job
 from .journal import FINAL, Journal, Record
-from .outputs import plan_outputs, write_outputs
 
 DEFAULT_PORT = 8731
 JOURNAL = "journal.sqlite3"
@@ -336,7 +336,7 @@ def create_app(
     async def info(request: Request):
         import torch
 
-        from .. import __version__
+        from ... import __version__
 
         return JSONResponse(
             {

@@ -1,0 +1,117 @@
+"""What the flow-matching families (MMAudio with SELVA and MMAudioSep, Flowley) share: Gaussian
+noise from the seeded generator, the Euler loop (one window: the backend's own `sample`, a CUDA
+graph where it has one; several: in lockstep, runtime/windows.py) and the VAE + BigVGAN decoder.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ..backends import Parts, Progress
+from ..models.clip_tokenizer import ClipTokenizer
+from ..models.t5 import load_tokenizer
+from ..variants import Variant
+from ..windows import Layout, decode_windows, sample_windows
+from .family import Needs, Run
+
+
+@dataclass
+class TextFeatures:
+    """Encoded prompts: clip [P, 77, W] and negative [1, 77, W] CLIP text features (None where
+    the generator reads Flan-T5 only: Flowley); t5 [P, L, W5] with t5_mask [P, L] bool (True =
+    token) where the variant reads Flan-T5 (SELVA, Flowley)."""
+
+    clip: torch.Tensor | None
+    negative: torch.Tensor | None
+    t5: torch.Tensor | None = None
+    t5_mask: torch.Tensor | None = None
+
+    @property
+    def prompts(self) -> int:
+        return (self.clip if self.clip is not None else self.t5).shape[0]
+
+    def repeat(self, windows: int) -> "TextFeatures":
+        """The prompts' rows once per window, window-major (row j * P + p)."""
+
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.repeat(windows, *(1,) * (t.dim() - 1))
+
+        return TextFeatures(rows(self.clip), self.negative, rows(self.t5), rows(self.t5_mask))
+
+
+class FlowFamily:
+    """The flow-matching half of a family; subclasses add text handling and conditions."""
+
+    def __init__(self, variant: Variant, parts: Parts, tokenizers: "Tokenizers | None" = None):
+        self.variant, self.parts = variant, parts
+        self.tokenizers = tokenizers or Tokenizers.load(variant)
+        self.device, self.dtype, self.precision = parts.device, parts.dtype, parts.precision
+        self.needs = self.needs_of(variant)
+
+    @staticmethod
+    def needs_of(variant: Variant) -> Needs:
+        """Sync frames at 25 fps always (decoding counts them for the duration); CLIP frames
+        at 8 fps where the generator reads CLIP image features; the mixture for MMAudioSep."""
+        return Needs(
+            picture={
+                "need_clip": variant.uses_clip_video,
+                "clip_size": variant.clip.frame_size,
+                "sync_center_crop": variant.sync_center_crop,
+            },
+            mixture=variant.separation,
+        )
+
+    def noise(self, prompts: int, layout: Layout, run: Run) -> torch.Tensor:
+        """x0 [P, total, E]: one seeded draw for the whole latent (a window's noise is its
+        slice), the same for every prompt."""
+        shape = (1, layout.total, self.variant.generator.latent_dim)
+        x0 = torch.randn(shape, dtype=self.dtype, device=self.device, generator=run.rng)
+        return x0.repeat(prompts, 1, 1)
+
+    def sample(
+        self,
+        x0: torch.Tensor,
+        conditions: dict[str, torch.Tensor],
+        layout: Layout,
+        steps: int,
+        cfg: float,
+        progress: Progress | None,
+        run: Run,
+    ) -> torch.Tensor:
+        if len(layout) == 1:
+            return self.parts.sample(x0, conditions, steps, cfg, progress)
+        return sample_windows(self.parts, x0, conditions, layout, steps, cfg, progress)
+
+    def decode(self, x1: torch.Tensor, layout: Layout, run: Run) -> torch.Tensor:
+        if len(layout) > 1:
+            return decode_windows(self.parts, x1, layout)
+        mel, audio = self.parts.decoder(x1)
+        run.trace["mel"] = mel
+        return audio
+
+
+class Tokenizers:
+    """Text to token ids, on the CPU, whatever backend runs the encoders."""
+
+    def __init__(self, clip: ClipTokenizer, t5=None):
+        self.clip = clip
+        self._t5 = t5  # a T5TextEncoder holding only its tokenizer
+
+    @classmethod
+    def load(cls, variant: Variant) -> "Tokenizers":
+        """The variant's tokenizers: CLIP's (bundled) and Flan-T5's where it reads Flan-T5
+        (from the weights folder; made locally for random-weight variants)."""
+        return cls(ClipTokenizer(), t5_tokenizer(variant))
+
+    def t5(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._t5.tokenize(prompts)
+
+
+def t5_tokenizer(variant: Variant):
+    """The Flan-T5 tokenizer of `variant` (a T5TextEncoder without a model), or None."""
+    from .. import weights
+
+    if variant.t5 is None:
+        return None
+    folder = None if variant.random_weights else weights.local_path(variant.file("t5")).parent
+    return load_tokenizer(variant, folder)

@@ -1,0 +1,515 @@
+"""Media I/O: decode the frames the model needs, write audio stems, mux audio into the clip.
+
+Decoding reproduces the official demo's `load_video` (spec §1.2-1.3) bit-exactly with PyAV and
+torch: the same frames are picked by the same float timing rule and resized by the same uint8
+bicubic kernel torchvision uses. Everything else here is selva-rt's own, and where it departs
+from what the official code would do with the same file, it says so:
+  * `start` (the official demo always starts at 0) seeks to the keyframe before it;
+  * a display matrix (phone clips) is honoured: frames are turned upright before resizing;
+  * clips under 0.64 s and damaged files are refused with a one-line MediaError instead of
+    failing deep inside the model. Variable-frame-rate clips (phone footage) are taken as shot:
+    the timing rule picks frames by presentation time, as the official code would;
+  * clips longer than the trained 8 s are decoded window by window in one pass
+    (`decode_windows`), each window timed from its own start.
+"""
+
+from __future__ import annotations  # PyAV types in signatures stay unevaluated (OnFirstUse)
+
+import dataclasses
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..errors import MediaError, UsageError
+from ..variants import CLIP_FPS, CLIP_SIZE, DEFAULT_DURATION, SYNC_FPS, SYNC_SEGMENT, SYNC_SIZE
+from .files import av, existing_file, open_media, packets_from, video_stream, why
+
+_BAR = "{desc}: {n:.2f}/{total:.2f} s |{bar}|"
+
+MIN_SIDE = 16
+MAX_SIDE = 8192
+# A window of a long clip may end up to this many frames short where frame-timing ties fall
+# differently at the clip's very end; its last frame is held (see decode_windows).
+MAX_END_REPEATS = 2
+# Decoding that ends this much before the stream's stated duration means a truncated file.
+TRUNCATION_SLACK = 0.5
+
+
+@dataclass
+class Video:
+    """The model's view of a clip's window [start, start + duration].
+
+    sync_frames: [T_sync, 3, 224, 224] uint8 RGB (25 fps), T_sync = int(25 * duration)
+    clip_frames: [T_clip, 3, S, S] uint8 RGB (8 fps), T_clip = int(8 * duration), S =
+        clip_size (384; Flowley's CLIP 224); None unless decoded with need_clip=True
+    sync_index / clip_index: [T] int64, decode-order number of the source frame behind each
+        output frame (counted from the stream's first frame; from `start` > 0 on a variable
+        frame rate, the first one is estimated from the stream's average rate)
+    """
+
+    sync_frames: torch.Tensor
+    clip_frames: torch.Tensor | None
+    duration: float  # effective: min(requested, what the clip holds)
+    start: float
+    fps: Fraction  # the stream's guessed rate, as the official VideoInfo.fps
+    size: tuple[int, int]  # (width, height) of the decoded source frames, before rotation
+    rotation: int  # degrees counter-clockwise applied to show the frames upright
+    sync_index: torch.Tensor
+    clip_index: torch.Tensor
+    decoded_frames: int  # frames the decoder produced (a measure of work done)
+    source: Path | None = None  # the clip it was decoded from
+    more: bool = False  # the clip has more picture after the window (`decode_video` tells)
+
+    def head(self, duration: float) -> Video:
+        """The window's first `duration` seconds: the frames a decode of that window picks
+        (the timing rule counts from the same start, so they are a prefix of these)."""
+        n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration)
+        clip = None if self.clip_frames is None else self.clip_frames[:n_clip]
+        return dataclasses.replace(
+            self,
+            sync_frames=self.sync_frames[:n_sync],
+            clip_frames=clip,
+            duration=duration,
+            sync_index=self.sync_index[:n_sync],
+            clip_index=self.clip_index[:n_clip],
+            more=True,
+        )
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The pictures as the networks take them: sync [1, T, 3, 224, 224] float32 in [-1, 1]
+        and, when decoded, clip [T_clip, 3, S, S] float32 in [0, 1]."""
+        inputs = {"sync": to_model_input(self.sync_frames)[None]}
+        if self.clip_frames is not None:
+            inputs["clip"] = self.clip_frames.float() / 255
+        return inputs
+
+
+def to_model_input(sync_u8: torch.Tensor) -> torch.Tensor:
+    """sync_u8: [T, 3, 224, 224] uint8 -> [T, 3, 224, 224] float32 in [-1, 1].
+
+    Bit-exact with the official ToDtype(float32, scale=True) + Normalize(0.5, 0.5).
+    """
+    return (sync_u8.float() * (1 / 255) - 0.5) / 0.5
+
+
+def resize(image: torch.Tensor, size: int, center_crop: bool = False) -> torch.Tensor:
+    """image: [3, H, W] uint8 -> [3, size, size] uint8, squashed (no crop); with `center_crop`
+    the short side is scaled to `size` and the middle cut out (MMAudioSep's sync frames:
+    v2.Resize(size) then v2.CenterCrop(size), with torchvision's size and offset rounding).
+
+    torch's native uint8 antialiased bicubic kernel on CPU: what torchvision's v2.Resize runs on
+    uint8 tensors, so bit-exact with the official transforms (spec §1.3).
+    """
+    h, w = image.shape[-2:]
+    out = (size, size)
+    if center_crop:
+        long = int(size * max(h, w) / min(h, w))
+        out = (size, long) if h <= w else (long, size)
+    image = F.interpolate(
+        image[None], size=out, mode="bicubic", antialias=True, align_corners=False
+    )[0]
+    if center_crop:
+        top, left = (int(round((n - size) / 2.0)) for n in out)
+        image = image[:, top : top + size, left : left + size]
+    return image
+
+
+class _Track:
+    """Sample-and-hold selection at one target rate (spec §1.2).
+
+    Output frame k is the first frame whose time is >= next_t, where next_t is the float sum of
+    k steps of 1/fps, accumulated exactly as the official code does (not k/fps). Frames are
+    kept only up to `keep`; later ones are just counted, since the count sets the duration.
+    """
+
+    def __init__(self, fps: int, size: int, keep: int, center_crop: bool = False):
+        self.fps, self.size, self.keep, self.center_crop = fps, size, keep, center_crop
+        self.step = 1 / fps
+        self.next_t = 0.0
+        self.count = 0
+        self.frames: list[torch.Tensor] = []
+        self.index: list[int] = []
+
+    def seconds(self) -> float:
+        return self.count / self.fps
+
+
+def decode_video(
+    path: str | os.PathLike,
+    duration: float = DEFAULT_DURATION,
+    start: float = 0.0,
+    need_clip: bool = False,
+    progress: bool = False,
+    clip_size: int = CLIP_SIZE,
+    sync_center_crop: bool = False,
+) -> Video:
+    """Decode the window [start, start + duration] of a clip's first video stream.
+
+    With start == 0 this is the official `load_video(path, duration)`; `sync_center_crop` gives
+    MMAudioSep's version of it (see `resize`). `start` is our
+    extension (the official demo has none): times are measured from `start`, so the timing rule
+    begins at 0 there, and the decoder seeks to the keyframe before `start`. Decoding stops as
+    soon as later frames cannot change the result, one frame on, which tells whether the clip
+    has more picture after the window (`Video.more`: a longer clip is then generated in
+    windows, without a second pass to measure it).
+    """
+    path = existing_file(path)
+    _check_window(duration, start)
+    window = _Window(start, duration, need_clip, clip_size, sync_center_crop, peek=True)
+    decoded = next(_decode(path, [window], progress))
+    duration = min(duration, window.clip.seconds(), window.sync.seconds())
+    n_sync = int(SYNC_FPS * duration)
+    if n_sync < SYNC_SEGMENT:
+        raise MediaError(
+            f"{path.name} gives only {duration:.2f} s of video from {start:.2f} s; at least "
+            f"{SYNC_SEGMENT / SYNC_FPS:.2f} s ({SYNC_SEGMENT} frames at {SYNC_FPS} fps) is needed"
+        )
+    return window.video(decoded, duration)
+
+
+def decode_windows(
+    path: str | os.PathLike,
+    starts: Sequence[float],
+    duration: float,
+    need_clip: bool = False,
+    progress: bool = False,
+    clip_size: int = CLIP_SIZE,
+    sync_center_crop: bool = False,
+) -> Iterator[Video]:
+    """The windows [s, s + duration] of a clip for increasing starts s, each decoded as
+    `decode_video(path, duration, s)` would, in one pass over the stream; yielded as each
+    completes, so only the frames of windows that overlap the decoder's position are held.
+
+    Every window gets int(25 * duration) sync frames (and int(8 * duration) CLIP frames): the
+    window plan (runtime/windows.py) is made from `clip_duration`, so the picture holds them.
+    Where a frame-timing tie at the clip's very end leaves a window up to MAX_END_REPEATS frames
+    short, its last frame is held, as the official batch path pads a short clip; more is a
+    damaged clip.
+    """
+    path = existing_file(path)
+    for s in starts:
+        _check_window(duration, s)
+    windows = [_Window(s, duration, need_clip, clip_size, sync_center_crop) for s in starts]
+    n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration) if need_clip else 0
+    for decoded, window in zip(_decode(path, windows, progress), windows, strict=True):
+        for track, n in ((window.sync, n_sync), (window.clip, n_clip)):
+            if not 0 < n - len(track.frames) <= MAX_END_REPEATS:
+                continue
+            track.frames += track.frames[-1:] * (n - len(track.frames))
+            track.index += track.index[-1:] * (n - len(track.index))
+        if len(window.sync.frames) < n_sync or len(window.clip.frames) < n_clip:
+            raise MediaError(
+                f"{path.name} ends at {window.start + window.sync.seconds():.2f} s, before "
+                f"{window.start + duration:.2f} s: its frames stop short of its timestamps "
+                "(damaged or truncated)"
+            )
+        yield window.video(decoded, duration)
+
+
+def clip_duration(path: str | os.PathLike, start: float = 0.0) -> float:
+    """Seconds of picture from `start` by the official duration rule (`decode_video` with no
+    limit on the duration), from the packets' timestamps: no frame is decoded (when every packet
+    has one; else the frames are decoded for their times). 0 when nothing is at or after start.
+    """
+    path = existing_file(path)
+    with open_media(path) as container:
+        stream = video_stream(container, path)
+        pts = [p.pts for p in packets_from(container, stream, start) if p.size]
+        if None in pts:
+            stream.thread_type = "AUTO"
+            times = [f.time for f in _decoded_frames(container, stream, start, path)]
+        else:
+            times = [float(t * stream.time_base) for t in pts]
+    times = [t for t in times if t is not None and t >= start]
+    if not times:
+        return 0.0
+    last = max(times) - start
+    slots = {}
+    for fps in (SYNC_FPS, CLIP_FPS):  # output frames whose accumulated time the last one reaches
+        track = _Track(fps, 0, 0)
+        while last >= track.next_t:
+            track.count += 1
+            track.next_t += track.step
+        slots[fps] = track.seconds()
+    return min(slots.values())
+
+
+def _check_window(duration: float, start: float) -> None:
+    if not (math.isfinite(duration) and duration > 0):
+        raise UsageError(f"duration must be a positive number of seconds, not {duration!r}")
+    if not (math.isfinite(start) and start >= 0):
+        raise UsageError(f"start must be a non-negative number of seconds, not {start!r}")
+
+
+class _Window:
+    """One window's tracks: sync frames at 25 fps and CLIP frames at 8 fps (kept only when
+    needed, but always counted: the count sets the duration), timed from `start`."""
+
+    def __init__(
+        self,
+        start: float,
+        duration: float,
+        need_clip: bool,
+        clip_size: int = CLIP_SIZE,
+        sync_center_crop: bool = False,
+        peek: bool = False,
+    ):
+        self.start, self.duration, self.peek = start, duration, peek
+        self.sync = _Track(SYNC_FPS, SYNC_SIZE, int(SYNC_FPS * duration), sync_center_crop)
+        self.clip = _Track(CLIP_FPS, clip_size, int(CLIP_FPS * duration) if need_clip else 0)
+        self.tracks = [self.sync, self.clip]
+        self.need_clip = need_clip
+        self.done = False
+
+    def full(self) -> bool:
+        """Later frames cannot change the result (peeking: a frame after the window counted)."""
+        if self.peek:
+            return self.more()
+        return all(track.seconds() >= self.duration for track in self.tracks)
+
+    def more(self) -> bool:
+        """The tracks hold more than the window: the clip's duration (as `clip_duration` counts
+        it) is longer than the window's."""
+        return all(track.seconds() > self.duration for track in self.tracks)
+
+    def video(self, decoded: _Decoded, duration: float) -> Video:
+        """The window's Video, `duration` seconds of it (its frames move into the Video)."""
+        n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration)
+        video = Video(
+            sync_frames=torch.stack(self.sync.frames[:n_sync]),
+            clip_frames=torch.stack(self.clip.frames[:n_clip]) if self.need_clip else None,
+            duration=duration,
+            start=self.start,
+            fps=decoded.fps,
+            size=decoded.size,
+            rotation=decoded.rotation,
+            sync_index=torch.tensor(self.sync.index[:n_sync], dtype=torch.int64),
+            clip_index=torch.tensor(self.clip.index[:n_clip], dtype=torch.int64),
+            decoded_frames=decoded.frames,
+            source=decoded.source,
+            more=self.more(),
+        )
+        self.sync.frames, self.clip.frames = [], []
+        return video
+
+
+@dataclass
+class _Decoded:
+    """What the decoder learned of the stream by the time a window completed."""
+
+    fps: Fraction
+    size: tuple[int, int]
+    source: Path
+    rotation: int = 0
+    frames: int = 0  # decoded so far
+
+
+def _decode(path: Path, windows: list[_Window], progress: bool) -> Iterator[_Decoded]:
+    """One pass over the stream from the keyframe before the first window; yields once per
+    window (in order) when it is complete: full, passed, or the stream ended."""
+    first, end = windows[0].start, windows[-1].start + windows[-1].duration
+    with open_media(path) as container:
+        stream = video_stream(container, path)
+        info = _Decoded(_fps(stream), _check_size(stream, path), path.resolve())
+        stream.thread_type = "AUTO"
+        bar = tqdm(
+            total=round(end - first, 2),
+            unit="s",
+            desc="decoding",
+            leave=False,
+            disable=not (progress and sys.stderr.isatty()),
+            bar_format=_BAR,
+        )
+        pending = 0  # the first window not yet yielded
+        for frame in _decoded_frames(container, stream, first, path):
+            t = frame.time
+            if t is None:
+                raise MediaError(
+                    f"{path.name} has video frames without timestamps; remux it into MP4 first"
+                )
+            if info.frames == 0:
+                info.rotation = _rotation(frame, path)
+                first_index = _frame_number(stream, t, info.fps) if first > 0 else 0
+            index = first_index + info.frames  # decode-order number of this frame
+            info.frames += 1
+            pictures: dict[int, torch.Tensor] = {}
+            for window in windows[pending:]:
+                if t < window.start:
+                    break  # later windows start later still
+                # t - start == t when start == 0, as in the official code
+                if window.done or (t - window.start > window.duration and not window.peek):
+                    window.done = True
+                    continue
+                _take(frame, t - window.start, index, info.rotation, window.tracks, pictures)
+                window.done = window.full()
+            bar.update(round(min(t - first, end - first), 2) - bar.n)
+            while pending < len(windows) and windows[pending].done:
+                pending += 1
+                yield info
+            if pending == len(windows):
+                break
+        else:  # the stream ended inside a window
+            if info.frames == 0:
+                raise MediaError(f"{path.name} has a video stream but no decodable frames")
+            if t < first:
+                raise MediaError(f"{path.name} ends at {t:.2f} s, before the start {first:.2f} s")
+            _check_not_truncated(stream, t, info.fps, path)
+            for _ in windows[pending:]:
+                yield info
+        bar.close()
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What `probe` learns from a clip's header and first frame."""
+
+    size: tuple[int, int]  # (width, height) as stored
+    rotation: int  # counter-clockwise degrees decode_video turns the frames by
+    fps: Fraction
+    seconds: float | None  # the video stream's stated length, when the container gives one
+    codec: str
+
+
+def probe(path: str | os.PathLike) -> ClipInfo:
+    """Check a clip cheaply, before any weights load: header and first frame only.
+
+    Raises the MediaError decode_video would for a missing, unreadable, video-less, wrongly
+    sized, undecodable or mirrored clip. What needs the whole window (too short, truncated
+    later on) is left to decode_video.
+    """
+    path = existing_file(path)
+    with open_media(path) as container:
+        stream = video_stream(container, path)
+        size = _check_size(stream, path)
+        frame = next(_decoded_frames(container, stream, 0.0, path), None)
+        if frame is None:
+            raise MediaError(f"{path.name} has a video stream but no decodable frames")
+        seconds = float(stream.duration * stream.time_base) if stream.duration else None
+        return ClipInfo(
+            size=size,
+            rotation=_rotation(frame, path),
+            fps=_fps(stream),
+            seconds=seconds,
+            codec=stream.codec_context.name,
+        )
+
+
+def _take(
+    frame: av.VideoFrame,
+    t: float,
+    index: int,
+    rotation: int,
+    tracks: list[_Track],
+    pictures: dict[int, torch.Tensor],
+):
+    """Append `frame` (at window time t) to every track whose next_t it has reached. `pictures`
+    holds this frame's pictures by (size, centre crop), 0 for the upright source (shared by
+    repeats and by windows)."""
+    for track in tracks:
+        key = (track.size, track.center_crop)
+        while t >= track.next_t:
+            if len(track.frames) < track.keep:
+                if key not in pictures:
+                    if 0 not in pictures:
+                        rgb = frame.to_ndarray(format="rgb24")  # [H, W, 3], as official
+                        if rotation:
+                            rgb = np.ascontiguousarray(np.rot90(rgb, rotation // 90))
+                        pictures[0] = torch.from_numpy(rgb).permute(2, 0, 1)
+                    pictures[key] = resize(pictures[0], track.size, track.center_crop)
+                track.frames.append(pictures[key])
+            track.index.append(index)
+            track.count += 1
+            track.next_t += track.step
+
+
+def _check_size(stream: av.VideoStream, path: Path) -> tuple[int, int]:
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if not width or not height:
+        raise MediaError(f"{path.name} has a video stream but no decodable frames")
+    if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE:
+        raise MediaError(
+            f"{path.name} is {width}x{height}; sides of {MIN_SIDE} to {MAX_SIDE} pixels "
+            "are supported"
+        )
+    return width, height
+
+
+def _fps(stream: av.VideoStream) -> Fraction:
+    return stream.guessed_rate or stream.average_rate or Fraction(0)
+
+
+def _decoded_frames(
+    container: av.container.InputContainer, stream: av.VideoStream, start: float, path: Path
+) -> Iterator[av.VideoFrame]:
+    """Frames in presentation order from the keyframe before `start`; decoder errors become
+    MediaErrors."""
+    at = "the start"
+    try:
+        for packet in packets_from(container, stream, start):
+            for frame in stream.decode(packet):
+                at = f"{frame.time:.2f} s" if frame.time is not None else at
+                yield frame
+    except av.error.FFmpegError as err:
+        raise MediaError(
+            f"{path.name} is damaged or truncated: decoding failed after {at} ({why(err)})"
+        ) from None
+
+
+def _frame_number(stream: av.VideoStream, t: float, fps: Fraction) -> int:
+    """Decode-order number of the frame at time t, for a constant-rate stream."""
+    t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    return round((t - t0) * fps)
+
+
+def _rotation(frame: av.VideoFrame, path: Path) -> int:
+    """Counter-clockwise degrees that show the frame upright, from its display matrix.
+
+    Players honour the matrix, so we do too: a phone clip shot upright is seen upright. (The
+    official demo ignores it and would give the model a sideways picture.) Mirrored or
+    non-right-angle matrices are refused.
+    """
+    matrix = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+    if matrix is None:
+        return 0
+    a, b, _, c, d, *_ = np.frombuffer(bytes(matrix), dtype="<i4").astype(np.int64)
+    degrees = frame.rotation
+    if a * d - b * c < 0 or degrees % 90:
+        raise MediaError(
+            f"{path.name} has a mirrored or {degrees}-degree display matrix; re-encode it "
+            "upright first"
+        )
+    return degrees % 360
+
+
+def _check_not_truncated(stream: av.VideoStream, last: float, fps: Fraction, path: Path):
+    """The decoder ran out of frames: fine at the stream's end, not well before it."""
+    if stream.duration is None:
+        return
+    t0 = stream.start_time or 0
+    stated_end = float((t0 + stream.duration) * stream.time_base)
+    frame_time = 1 / float(fps) if fps else 0.0
+    if stated_end - (last + frame_time) > TRUNCATION_SLACK:
+        raise MediaError(
+            f"{path.name} is truncated: its header says {stated_end:.2f} s but frames end at "
+            f"{last:.2f} s"
+        )
+
+
+def has_video(path: str | os.PathLike) -> bool:
+    """Whether the file has a real video stream (cover art does not count)."""
+    path = existing_file(path)
+    with open_media(path) as container:
+        try:
+            video_stream(container, path)
+        except MediaError:
+            return False
+    return True
