@@ -248,7 +248,8 @@ def golden_case():
     meta = json.loads((folder / "e2e_tiny.json").read_text())
     tensors = load_file(str(folder / "e2e_tiny.safetensors"))
     video = load_file(str(folder / "preproc_video.safetensors"))
-    frames = video["out.sync_frames_u8"][: int(25 * float(tensors["in.duration"]))]
+    # The json's duration is exact; in.duration holds it in float32 (1.6 as 1.6000000238).
+    frames = video["out.sync_frames_u8"][: int(25 * meta["args"]["duration"])]
     return meta, tensors, ((frames.float() * (1 / 255) - 0.5) / 0.5)[None]
 
 
@@ -497,7 +498,7 @@ def check_golden(rec: Recorder) -> None:
                 pipe,
                 frames,
                 text_to(golden_text(tensors), DEVICE),
-                float(tensors["in.duration"]),
+                args["duration"],
                 tensors["out.x0"],
                 args["num_steps"],
                 args["cfg_strength"],
@@ -515,7 +516,7 @@ def check_bf16(rec: Recorder) -> None:
     from selva_rt.runtime.variants import TINY
 
     meta, tensors, frames = golden_case()
-    duration = float(tensors["in.duration"])
+    duration = meta["args"]["duration"]
     text = text_to(golden_text(tensors), DEVICE)
     pipes = {
         name: Pipeline(

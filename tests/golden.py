@@ -7,8 +7,11 @@ other set made the same way (pointed to by SELVA_RT_GOLDEN, and SELVA_RT_MANIFES
 layouts) is checked without code changes. Missing data fails the test that needs it, never skips.
 """
 
+import ast
+import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +57,42 @@ def load_case(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, load_file(str(path))
 
 
+def recorded(value: float, stored: torch.Tensor, what: str) -> float:
+    """A number the json records exactly (a duration: 1.6) that a tensor stores too, at its own
+    precision (float32 holds 1.6 as 1.6000000238): checks they agree and returns the json's, the
+    number the official call was given."""
+    assert torch.tensor(value, dtype=stored.dtype) == stored, f"{what}: {value} != {stored}"
+    return value
+
+
+def setting(text: str, key: str):
+    """The value of `key=...` in a string the json records: `setting("VAE(data_dim=80,
+    hidden_dim=8)", "hidden_dim")` -> 8, `setting("Euler 25 steps CFG 4.5", "CFG")` -> 4.5
+    (`key VALUE` also reads)."""
+    found = re.search(rf"\b{re.escape(key)}(?:=|\s+)([\w.'\"+-]+)", text)
+    assert found, f"{key} not recorded in {text!r}"
+    return ast.literal_eval(found.group(1))
+
+
+def golden_video(text: str) -> Path:
+    """The video file a json string names (`"load_video(preproc_video.mp4, 2.0)"`)."""
+    found = re.search(r"[\w.-]+\.mp4", text)
+    assert found, f"no video file named in {text!r}"
+    return golden_file(found.group(0))
+
+
+def stored_frames(text: str) -> list[torch.Tensor]:
+    """uint8 frames a json string points to: `"<case>.safetensors:<key>[a:b]"`, or several
+    items `"...[[a:b],[c:d]]"` (one tensor each)."""
+    found = re.search(r"(\w+)\.safetensors:([\w.]+)\[([\d:,\[\]]+)\]", text)
+    assert found, f"no stored frames named in {text!r}"
+    case, key, ranges = found.groups()
+    frames = load_case(case)[1][key]
+    items = [(int(a), int(b)) for a, b in re.findall(r"(\d+):(\d+)", ranges)]
+    assert all(b <= len(frames) for _, b in items), f"{text!r}: {case} holds {len(frames)} frames"
+    return [frames[a:b] for a, b in items]
+
+
 def sync_frames_from_u8(u8: torch.Tensor) -> torch.Tensor:
     """The official sync transform of stored uint8 frames: (u8 / 255 - 0.5) / 0.5, bit-exact."""
     return (u8.float() * (1 / 255) - 0.5) / 0.5
@@ -83,8 +122,6 @@ SEQ_KWARGS = ("latent_seq_len", "clip_seq_len", "sync_seq_len")
 def generator_config(kwargs: dict, separation: bool = False):
     """GeneratorConfig + (latent, clip, sync) lengths from official `MMAudio(**kwargs)`, or
     `MMAudioSep(**kwargs)` with `separation` (same kwargs; the input conv reads 2C channels)."""
-    import dataclasses
-
     from selva_rt.runtime.variants import GeneratorConfig
 
     fields = {f.name for f in dataclasses.fields(GeneratorConfig)} - {"mixture_dim"}
@@ -108,3 +145,57 @@ def video_encoder_config(kwargs: dict, vit_overrides: dict):
         num_sup_tokens=kwargs["num_sup_text_tokens"],
         xattn_depth=kwargs["xattn_depth"],
     )
+
+
+def flowley_config(kwargs: dict):
+    """FlowleyConfig, La, Lv from the official `Flowley(**kwargs)`; every kwarg that changes the
+    inference math must be one this runtime implements."""
+    from selva_rt.runtime.variants import FlowleyConfig
+
+    assert kwargs["single_type"] == "DiTV2" and kwargs["mask_fade"] is True
+    assert kwargs["mask_fade_type"] == "cosine" and kwargs["qk_scale"] is None
+    assert kwargs["balance_hparam"] is None  # a fixed α loads as the same key either way
+    config = FlowleyConfig(
+        latent_dim=kwargs["audio_dim"],
+        text_dim=kwargs["text_dim"],
+        video_dim=kwargs["video_dim"],
+        hidden_dim=kwargs["hidden_dim"],
+        text_seq_len=kwargs["text_seq_len"],
+        video_fps=kwargs["video_fps"],
+        multi_depth=kwargs["multi_n_layers"],
+        multi_heads=kwargs["multi_n_heads"],
+        single_depth=kwargs["single_n_layers"],
+        single_heads=kwargs["single_n_heads"],
+        mask_window=kwargs["mask_window_size"],
+        mask_fade_range=kwargs["mask_fade_range"],
+        mlp_ratio=kwargs["mlp_ratio"],
+    )
+    return config, kwargs["audio_seq_len"], kwargs["visual_seq_len"]
+
+
+def vae_from_call(text: str):
+    """VAEConfig from the VAE constructor a json string records (`"...VAE(data_dim=80, ...)"`)."""
+    from selva_rt.runtime.variants import VAEConfig
+
+    call = text[text.index("VAE(") :]
+    return VAEConfig(**{f.name: setting(call, f.name) for f in dataclasses.fields(VAEConfig)})
+
+
+def audio_config(num_mels: int):
+    """The AudioConfig of the official mode ("16k": 80 mels, "44k": 128) a mel width implies."""
+    from selva_rt.runtime.variants import AUDIO_16K, AUDIO_44K
+
+    modes = {audio.num_mels: audio for audio in (AUDIO_16K, AUDIO_44K)}
+    assert num_mels in modes, f"no official mode has {num_mels} mel bins"
+    return modes[num_mels]
+
+
+def check_seq_cfg(seq, recorded: dict) -> None:
+    """Our sequence lengths (variants.SequenceLengths) are those the case's seq_cfg records."""
+    ours = {
+        "latent_seq_len": seq.latent,
+        "clip_seq_len": seq.clip,
+        "sync_seq_len": seq.sync,
+        "num_audio_frames": seq.audio_samples,
+    }
+    assert ours == {k: recorded[k] for k in ours}, f"{ours} != seq_cfg {recorded}"

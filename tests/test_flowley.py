@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from golden import assert_close, case_path, load_case
+from golden import assert_close, case_path, flowley_config, load_case, setting
 from selva_rt.kernels import psca_attention as psca
 from selva_rt.runtime.errors import CheckpointError
 from selva_rt.runtime.models import flowley
@@ -23,34 +23,10 @@ CFG = (2e-4, 5e-3)
 EULER = (5e-4, 5e-3)
 
 
-def config_from(kwargs: dict) -> tuple[FlowleyConfig, int, int]:
-    """FlowleyConfig, La, Lv from the official `Flowley(**kwargs)`; every kwarg that changes the
-    inference math must be one this runtime implements."""
-    assert kwargs["single_type"] == "DiTV2" and kwargs["mask_fade"] is True
-    assert kwargs["mask_fade_type"] == "cosine" and kwargs["qk_scale"] is None
-    assert kwargs["balance_hparam"] is None  # a fixed α loads as the same key either way
-    cfg = FlowleyConfig(
-        latent_dim=kwargs["audio_dim"],
-        text_dim=kwargs["text_dim"],
-        video_dim=kwargs["video_dim"],
-        hidden_dim=kwargs["hidden_dim"],
-        text_seq_len=kwargs["text_seq_len"],
-        video_fps=kwargs["video_fps"],
-        multi_depth=kwargs["multi_n_layers"],
-        multi_heads=kwargs["multi_n_heads"],
-        single_depth=kwargs["single_n_layers"],
-        single_heads=kwargs["single_n_heads"],
-        mask_window=kwargs["mask_window_size"],
-        mask_fade_range=kwargs["mask_fade_range"],
-        mlp_ratio=kwargs["mlp_ratio"],
-    )
-    return cfg, kwargs["audio_seq_len"], kwargs["visual_seq_len"]
-
-
 @pytest.fixture(scope="module")
 def case():
     meta, tensors = load_case(CASE)
-    cfg, la, lv = config_from(meta["constructor_kwargs"])
+    cfg, la, lv = flowley_config(meta["constructor_kwargs"])
     with torch.device("meta"):
         net = Flowley(cfg, la, lv)
     state = read_state_dict(case_path(CASE), prefix="state.")
@@ -64,12 +40,22 @@ def inputs(t):
 
 @torch.inference_mode()
 def test_psca_bias_exact():
-    _, t = load_case("flowley_psca_bias")
-    for name, (layers, la, lv) in {"real": (10, 250, 64), "model": (4, 250, 64)}.items():
+    """`real`: the released configuration, with the window and fade range the procedure
+    records, sized by the tensor (N, La, Lv); `model`: the flowley_gen_small model's buffer."""
+    meta, t = load_case("flowley_psca_bias")
+    kwargs = load_case(CASE)[0]["constructor_kwargs"]
+    model = kwargs["single_n_layers"], kwargs["audio_seq_len"], kwargs["visual_seq_len"]
+    assert t["out.model.bias"].shape == model
+    procedure = meta["procedure"]  # "...(La, Lv, ..., window_size=0, fade=True, fade_range=4..."
+    settings = {
+        "real": (setting(procedure, "window_size"), setting(procedure, "fade_range")),
+        "model": (kwargs["mask_window_size"], kwargs["mask_fade_range"]),
+    }
+    for name, (window, fade_range) in settings.items():
         expected = t[f"out.{name}.bias"]
-        assert expected.shape == (layers, la, lv)
+        layers, la, lv = expected.shape
         for layer in range(layers):
-            params = psca.PSCALayer(layer, num_layers=layers)
+            params = psca.PSCALayer(layer, layers, window=window, fade_range=fade_range)
             bias = (psca.psca_mask(params, la, lv) + params.eps).log()
             assert torch.equal(bias, expected[layer]), f"{name} layer {layer}"
 
@@ -186,9 +172,11 @@ def test_euler_sampler(case):
 
 def test_loader_refuses_untied_copies(case):
     meta, _, _ = case
-    cfg, la, lv = config_from(meta["constructor_kwargs"])
+    cfg, la, lv = flowley_config(meta["constructor_kwargs"])
+    if cfg.single_depth == 1:
+        pytest.skip("one application of the tied block: its state has no copies to compare")
     state = read_state_dict(case_path(CASE), prefix="state.")
-    key = "model.single_modal_stream.2.linear1.weight"
+    key = f"model.single_modal_stream.{cfg.single_depth - 1}.linear1.weight"
     state[key] = state[key] + 1e-3
     with torch.device("meta"):
         net = Flowley(cfg, la, lv)
@@ -199,20 +187,23 @@ def test_loader_refuses_untied_copies(case):
 
 def test_loader_refuses_missing_copies(case):
     meta, _, _ = case
-    cfg, la, lv = config_from(meta["constructor_kwargs"])
+    cfg, la, lv = flowley_config(meta["constructor_kwargs"])
+    n = cfg.single_depth
     state = read_state_dict(case_path(CASE), prefix="state.")
-    state = {k: v for k, v in state.items() if ".single_modal_stream.3." not in k}
+    state = {k: v for k, v in state.items() if f".single_modal_stream.{n - 1}." not in k}
     with torch.device("meta"):
         net = Flowley(cfg, la, lv)
-    with pytest.raises(CheckpointError, match="stored 3 times, expected 4"):
+    with pytest.raises(CheckpointError, match=f"stored {n - 1} times, expected {n}"):
         net.load_official(state, CASE)
 
 
 def test_tied_block_is_one_module(case):
     _, _, net = case
+    n = net.config.single_depth
     assert len(net.single_modal_stream) == 1
-    assert len(net.psca) == net.config.single_depth
-    assert [p.beta for p in net.psca] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
+    assert len(net.psca) == n
+    # The official fade_scale 1 - l / (N - 1): from 1 at the first application to 0 at the last.
+    assert [p.beta for p in net.psca] == pytest.approx([1 - i / max(n - 1, 1) for i in range(n)])
 
 
 def test_random_state_loads_and_is_tied():

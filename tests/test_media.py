@@ -15,7 +15,7 @@ import pytest
 import soundfile
 import torch
 from clips import BAD_INPUTS, make_clip, vfr_pts_ms
-from golden import assert_close, golden_file, load_case, sync_frames_from_u8
+from golden import assert_close, golden_file, load_case, recorded, setting, sync_frames_from_u8
 from selva_rt.runtime import media
 from selva_rt.runtime.delivery.outputs import plan_outputs, write_outputs
 from selva_rt.runtime.errors import MediaError, OutputError, UsageError
@@ -58,10 +58,12 @@ def chw(rgb: np.ndarray) -> torch.Tensor:
 
 def test_golden_preproc_video():
     meta, ref = load_case("preproc_video")
-    duration = float(ref["out.duration_sec"])  # requested == effective for this case
+    duration = setting(meta["call"], "duration_sec")  # the json's exact number (tensor: float32)
     video = media.decode_video(golden_file(meta["video_file"]), duration, need_clip=True)
 
-    assert video.duration == duration
+    assert video.duration == recorded(
+        meta["returns"]["duration_sec"], ref["out.duration_sec"], "duration"
+    )
     assert video.fps == Fraction(meta["video_stream"]["guessed_rate"])
     assert video.size == (meta["video_stream"]["width"], meta["video_stream"]["height"])
     assert torch.equal(video.sync_index, ref["out.sync_src_frame_index"])

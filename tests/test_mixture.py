@@ -3,7 +3,7 @@ mel converter with the fp32 STFT, VAE encoder, posterior sample and the RNG draw
 
 import pytest
 import torch
-from golden import assert_close, case_path, load_case
+from golden import assert_close, audio_config, case_path, load_case, vae_from_call
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.mel import MelConverter
 from selva_rt.runtime.models.mixture import MixtureEncoder, sample_mixture
@@ -16,23 +16,27 @@ MEL = (1e-5, 1e-4)
 ENC = (1e-4, 1e-3)
 
 
-def golden_encoder(case: str, kwargs: dict) -> MixtureEncoder:
-    """The case's VAE through the real-checkpoint loader; its state holds the encoder and the
-    data statistics only; the decoder (unused here) gets zeros."""
-    config = VAEConfig(**kwargs)
+def golden_encoder(case: str, meta: dict) -> MixtureEncoder:
+    """The case's mel converter and VAE (the sizes its json records), the VAE through the
+    real-checkpoint loader; its state holds the encoder and the data statistics only; the
+    decoder (unused here) gets zeros."""
+    config = vae_from_call(meta["constructor"]["vae"])
+    audio = audio_config(config.data_dim)
+    mel = meta["mel_converter_config"]  # the official mode's settings: ours must be those
+    keys = ("sampling_rate", "n_fft", "win_size", "hop_size", "num_mels", "fmin", "fmax")
+    ours = (audio.sample_rate, audio.n_fft, audio.n_fft, audio.hop, audio.num_mels, 0, audio.fmax)
+    assert tuple(mel[k] for k in keys) == ours
     vae = VAE(config, with_encoder=True)
     state = read_state_dict(case_path(case), prefix="state.")
     decoder = {k: torch.zeros_like(v) for k, v in vae.state_dict().items() if "decoder." in k}
     vae.load_official({**decoder, **state}, case)
-    return MixtureEncoder(MelConverter(AUDIO_16K), vae).eval()
+    return MixtureEncoder(MelConverter(audio), vae).eval()
 
 
 @torch.inference_mode()
 def test_mel_vae_enc_golden():
     meta, T = load_case("mel_vae_enc_16k")
-    kwargs = dict(data_dim=80, embed_dim=20, hidden_dim=16)
-    assert "VAE(data_dim=80, embed_dim=20, hidden_dim=16)" in meta["constructor"]["vae"]
-    enc = golden_encoder("mel_vae_enc_16k", kwargs)
+    enc = golden_encoder("mel_vae_enc_16k", meta)
     wav = T["in.waveform"]
     assert wav.abs().max() > 1  # the case exercises the clamp
 

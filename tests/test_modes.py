@@ -74,9 +74,7 @@ def test_prompts_sharing_a_call_equal_separate_calls(tiny_nets, reference):
 def test_golden_networks_fast_matches_reference(e2e, golden_pipeline):
     """e2e_tiny's golden-weight networks, two prompts: the case's, and the same prompt with its
     T5 features shuffled over tokens and another padding (a different selection)."""
-    meta, T, video = e2e
-    duration = float(T["in.duration"])
-    x = sync_frames_from_u8(video["out.sync_frames_u8"][: int(25 * duration)])[None]
+    T, x = e2e.tensors, e2e.frames
     t5, mask = T["in.text_t5_f"], T["in.text_t5_mask"]
     other_mask = mask.clone()
     other_mask[:, mask.sum() // 2 :] = False
@@ -86,10 +84,10 @@ def test_golden_networks_fast_matches_reference(e2e, golden_pipeline):
         t5=torch.cat([t5, t5.flip(1)]),
         t5_mask=torch.cat([mask, other_mask]),
     )
-    args = meta["args"]
+    args = e2e.meta["args"]
     kw = dict(sync=x, seed=args["seed"], steps=args["num_steps"], cfg=args["cfg_strength"])
-    out = one_window(golden_pipeline(reference=False), text, duration, **kw)
-    expected = one_window(golden_pipeline(reference=True), text, duration, **kw)
+    out = one_window(golden_pipeline(reference=False), text, e2e.duration, **kw)
+    expected = one_window(golden_pipeline(reference=True), text, e2e.duration, **kw)
     assert_same("modes[golden]", out, expected)
     # And prompt 0 is still the official output.
     assert_close("modes[golden]:audio_vs_official", out.audio[:1], T["out.audio"][:, 0], 2e-3, 2e-2)

@@ -4,10 +4,9 @@ and the properties of multi-prompt calls."""
 import numpy as np
 import pytest
 import torch
-from golden import assert_close, sync_frames_from_u8
+from golden import assert_close
 from selva_rt.runtime.backends.torch_parts import TorchParts
 from selva_rt.runtime.families import family_of
-from selva_rt.runtime.families.flow import TextFeatures
 from selva_rt.runtime.pipeline import Pipeline
 from selva_rt.runtime.variants import TINY
 from synth import one_window, output
@@ -26,22 +25,13 @@ TOL = {
 
 @pytest.mark.parametrize("reference", [False, True], ids=["fast", "reference"])
 def test_e2e_golden(e2e, golden_pipeline, reference):
-    meta, T, video = e2e
+    T, args = e2e.tensors, e2e.meta["args"]
     pipe = golden_pipeline(reference)
-    duration = float(T["in.duration"])
-    frames = sync_frames_from_u8(video["out.sync_frames_u8"][: int(25 * duration)])[None]
-    text = TextFeatures(
-        clip=T["in.text_clip_f"],
-        negative=T["in.neg_text_clip_f"],
-        t5=T["in.text_t5_f"],
-        t5_mask=T["in.text_t5_mask"],
-    )
-    args = meta["args"]
     out = one_window(
         pipe,
-        text,
-        duration,
-        sync=frames,
+        e2e.text,
+        e2e.duration,
+        sync=e2e.frames,
         seed=args["seed"],
         steps=args["num_steps"],
         cfg=args["cfg_strength"],

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from golden import assert_close, case_path, generator_config, load_case
+from golden import assert_close, case_path, generator_config, load_case, setting
 from selva_rt.runtime.models.checkpoint import read_state_dict
 from selva_rt.runtime.models.generator import Generator, cat_conditions, random_official_state
 from selva_rt.runtime.sampler import euler_sample
@@ -98,17 +98,20 @@ def test_zero_extension_oracle_golden():
         mm = Generator(config, *lengths)
     mm = mm.load_official(state, "sep_zero_ext_oracle (MMAudio)").eval()
     B = T["in.x0"].shape[0]
+    # "out.x1_mmaudio = Euler 25 steps CFG 4.5 from in.x0 with ..."
+    (euler,) = [p for p in meta["procedure"] if p.startswith("out.x1_mmaudio")]
+    steps, cfg = setting(euler, "Euler"), setting(euler, "CFG")
     cm = mm.preprocess_conditions(T["in.clip_f"], T["in.sync_f"], T["in.text_f"])
     flow_mm = mm.predict_flow(T["in.latent"], T["in.t"], cm)
     assert_close("sep_zero_ext_oracle:flow_mmaudio", flow_mm, T["out.flow_mmaudio"], *SINGLE)
     both = cat_conditions(cm, mm.get_empty_conditions(B))
-    x1_mm = euler_sample(lambda t, x: mm.cfg_velocity_batched(x, t, both, 4.5), T["in.x0"], 25)
+    x1_mm = euler_sample(lambda t, x: mm.cfg_velocity_batched(x, t, both, cfg), T["in.x0"], steps)
     assert_close("sep_zero_ext_oracle:x1_mmaudio", x1_mm, T["out.x1_mmaudio"], *EULER)
     for mix in ({"x_cond": T["in.x_cond"]}, {"mixture_bias": sep.mixture_bias(T["in.x_cond"])}):
         flow = sep.predict_flow(T["in.latent"], T["in.t"], cm, **mix)
         assert_close(f"sep_zero_ext_oracle:flow_sep[{next(iter(mix))}]", flow, flow_mm, 1e-6, 1e-6)
-        x1 = euler_sample(lambda t, x, m=mix: sep.cfg_velocity_batched(x, t, both, 4.5, **m),
-                          T["in.x0"], 25)  # fmt: skip
+        x1 = euler_sample(lambda t, x, m=mix: sep.cfg_velocity_batched(x, t, both, cfg, **m),
+                          T["in.x0"], steps)  # fmt: skip
         assert_close(f"sep_zero_ext_oracle:x1_sep[{next(iter(mix))}]", x1, x1_mm, 1e-6, 1e-6)
         assert_close("sep_zero_ext_oracle:x1_sep_golden", x1, T["out.x1_sep"], *EULER)
 

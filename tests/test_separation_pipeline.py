@@ -8,7 +8,21 @@ import json
 
 import pytest
 import torch
-from golden import GOLDEN, assert_close, generator_config, load_case, sync_frames_from_u8
+from golden import (
+    assert_close,
+    audio_config,
+    case_path,
+    check_seq_cfg,
+    generator_config,
+    golden_file,
+    golden_video,
+    load_case,
+    recorded,
+    setting,
+    stored_frames,
+    sync_frames_from_u8,
+    vae_from_call,
+)
 from selva_rt.runtime import media
 from selva_rt.runtime.backends.torch_parts import TorchParts
 from selva_rt.runtime.families import family_of
@@ -21,7 +35,7 @@ from selva_rt.runtime.models.vae import VAE
 from selva_rt.runtime.models.video_encoder import VideoEncoder
 from selva_rt.runtime.models.vocoder import BigVGAN, vocoder_config_from_hparams
 from selva_rt.runtime.pipeline import Pipeline
-from selva_rt.runtime.variants import ClipConfig, VAEConfig, VideoEncoderConfig, get_variant
+from selva_rt.runtime.variants import ClipConfig, VideoEncoderConfig, get_variant
 from synth import one_window, output
 
 torch.set_num_threads(1)
@@ -35,13 +49,6 @@ TOL = {
     "mel": (1e-4, 5e-3),
     "audio": (2e-3, 2e-2),
 }
-VIDEO = GOLDEN / "preproc_video.mp4"
-
-
-def _vae_config(text: str) -> VAEConfig:
-    """`"...VAE(data_dim=80, embed_dim=20, hidden_dim=8)"` -> VAEConfig."""
-    args = text.split("VAE(")[1].split(")")[0]
-    return VAEConfig(**{k: int(v) for k, v in (a.split("=") for a in args.split(", "))})
 
 
 def golden_sep_pipeline(meta: dict, reference: bool = False) -> Pipeline:
@@ -50,6 +57,7 @@ def golden_sep_pipeline(meta: dict, reference: bool = False) -> Pipeline:
     cons = meta["constructors"]
     gen_config, lengths = generator_config(cons["net"]["kwargs"], separation=True)
     mf = cons["synchformer"]["motionformer_overrides"]
+    assert cons["clip"]["quick_gelu"] is True  # ClipImageEncoder's activation (DFN5B's)
     vision = cons["clip"]["config"]["vision_cfg"]
     clip_config = ClipConfig(
         embed_dim=cons["clip"]["config"]["embed_dim"],
@@ -57,13 +65,16 @@ def golden_sep_pipeline(meta: dict, reference: bool = False) -> Pipeline:
         image_layers=vision["layers"],
         image_heads=vision["width"] // vision["head_width"],
         patch_size=vision["patch_size"],
+        image_size=vision["image_size"],
     )
-    voc_hparams = json.loads((GOLDEN / "bigvgan_16k.json").read_text())["config"]
-    voc_config = dataclasses.replace(
-        vocoder_config_from_hparams(voc_hparams, "bigvgan golden"), upsample_initial_channel=64
-    )
-    assert "upsample_initial_channel=64" in cons["vocoder"]["cls"]
-    vae_config = _vae_config(cons["vae"]["cls"])
+    # "BigVGAN(ckpt) with bigvgan_vocoder.yml, upsample_initial_channel=64 ...": the yml is the
+    # bigvgan_16k case's config, with its own channel count.
+    voc = cons["vocoder"]["cls"]
+    assert "bigvgan_vocoder.yml" in voc
+    voc_hparams = json.loads(golden_file("bigvgan_16k.json").read_text())["config"]
+    voc_hparams |= {"upsample_initial_channel": setting(voc, "upsample_initial_channel")}
+    voc_config = vocoder_config_from_hparams(voc_hparams, "bigvgan golden")
+    vae_config = vae_from_call(cons["vae"]["cls"])
     with torch.device("meta"):
         nets = Networks(
             generator=Generator(gen_config, *lengths),
@@ -81,7 +92,7 @@ def golden_sep_pipeline(meta: dict, reference: bool = False) -> Pipeline:
             clip_text=None,  # the case gives CLIP text features
             clip_image=ClipImageEncoder(clip_config),
         )
-    path = GOLDEN / "sep_e2e_tiny.safetensors"
+    path = case_path("sep_e2e_tiny")
     for prefix, net in (
         ("net", nets.generator),
         ("synchformer", nets.video_encoder),
@@ -94,6 +105,7 @@ def golden_sep_pipeline(meta: dict, reference: bool = False) -> Pipeline:
         )
     variant = dataclasses.replace(
         get_variant("tiny-sep"),
+        audio=audio_config(vae_config.data_dim),
         generator=gen_config,
         video_encoder=nets.video_encoder.config,
         vae=vae_config,
@@ -104,30 +116,37 @@ def golden_sep_pipeline(meta: dict, reference: bool = False) -> Pipeline:
     return Pipeline(family_of(variant, parts))
 
 
+def duration_of(meta: dict, tensors: dict) -> float:
+    return recorded(meta["args"]["duration"], tensors["in.duration"], f"{meta['case']} duration")
+
+
 @pytest.fixture(scope="module")
 def clip_frames():
-    """The official load_video's CLIP frames, from our decoder, proven bit-exact by the
-    sha256 of every uint8 frame that the case records."""
-    meta, _ = load_case("sep_e2e_tiny")
-    video = media.decode_video(VIDEO, duration=2.0, need_clip=True)
-    digests = [hashlib.sha256(f.numpy().tobytes()).hexdigest() for f in video.clip_frames]
+    """The official load_video's CLIP frames (the video and duration sep_e2e_tiny records), from
+    our decoder, proven bit-exact by the sha256 of every uint8 frame that the case records."""
+    meta, T = load_case("sep_e2e_tiny")
+    video = golden_video(meta["inputs"]["in.clip_video"])
+    frames = media.decode_video(video, duration=duration_of(meta, T), need_clip=True).clip_frames
+    digests = [hashlib.sha256(f.numpy().tobytes()).hexdigest() for f in frames]
     assert digests == meta["inputs"]["clip_frames_u8_sha256"]
-    return video.clip_frames
+    return frames
 
 
 def run_case(case: str, clip_frames, reference: bool):
     meta, T = load_case(case)
     main, _ = load_case("sep_e2e_tiny")  # the weights
     pipe = golden_sep_pipeline(main, reference)
-    duration = float(T["in.duration"])
+    duration = duration_of(meta, T)
+    check_seq_cfg(pipe.variant.sequence_lengths(duration), meta["seq_cfg"])
     with_video = "out.sync_features" in T
     sync = clip = None
-    if with_video:
-        _, video = load_case("preproc_video")
-        sync = sync_frames_from_u8(video["out.sync_frames_u8"][: int(25 * duration)])[None]
+    if with_video:  # "... = preproc_video.safetensors:out.sync_frames_u8[0:50] mapped by ..."
+        (u8,) = stored_frames(meta["inputs"]["in.sync_video"])
+        sync = sync_frames_from_u8(u8)[None]
         clip = clip_frames.float() / 255
     text = TextFeatures(clip=T["in.text_clip_f"], negative=T["in.neg_text_clip_f"])
     args = meta["args"]
+    # The pipeline separates one mixture per call (the official demo's batch of 1).
     assert args["batch"] == 1 and args["seed"] == int(T["in.rng_seed"])
     out = one_window(
         pipe,
@@ -174,8 +193,9 @@ def test_sep_e2e_golden(case, reference, clip_frames):
 def test_sep_preproc_video_center_crops_sync_frames():
     """MMAudioSep's reader: short side to 224, centre crop; every frame's sha256 matches."""
     meta, T = load_case("sep_preproc_video")
-    duration = float(T["out.duration_sec"])
-    video = media.decode_video(VIDEO, duration=duration, sync_center_crop=True)
+    duration = float(T["out.duration_sec"])  # float64: the exact number
+    path = golden_video(meta["video_file"])
+    video = media.decode_video(path, duration=duration, sync_center_crop=True)
     frames = video.sync_frames
     digests = [hashlib.sha256(f.numpy().tobytes()).hexdigest() for f in frames]
     assert digests == meta["sync_frames_u8_sha256"]
@@ -183,8 +203,9 @@ def test_sep_preproc_video_center_crops_sync_frames():
     assert torch.equal(frames[index], T["out.sync_frames_u8_subset"])
     means = media.to_model_input(frames).mean(dim=(1, 2, 3))
     assert torch.allclose(means, T["out.sync_frames_mean_per_frame"], atol=1e-6)
-    squashed = media.decode_video(VIDEO, duration=duration).sync_frames
-    assert (squashed.float() - frames.float()).abs().mean() > 5  # SELVA's reader differs
+    if video.size[0] != video.size[1]:  # SELVA's reader squashes instead of cropping
+        squashed = media.decode_video(path, duration=duration).sync_frames
+        assert (squashed.float() - frames.float()).abs().mean() > 5
 
 
 @torch.inference_mode()
