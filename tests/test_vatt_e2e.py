@@ -28,14 +28,14 @@ from vatt_cases import (
 CASE = "vatt_e2e_tiny"
 
 
-def _sentencepiece_model() -> bytes:
+def _sentencepiece_model(vocab_size: int) -> bytes:
     """A small LLaMA-style sentencepiece model (unk 0, BOS 1, EOS 2), trained here."""
     lines = ["### Instruction:", "### Response:", "sheep bleating on a farm", "a dog barks"] * 20
     out = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
         model_writer=out,
-        vocab_size=48,
+        vocab_size=vocab_size,
         model_type="bpe",
         character_coverage=1.0,
         unk_id=0,
@@ -84,7 +84,7 @@ def golden_files(tmp_path_factory):
     save_file({k: v.contiguous() for k, v in base.items()}, folder / "model.safetensors")
     hf = dict(conv_meta["constructor_kwargs"], architectures=["LlamaForCausalLM"])
     (folder / "config.json").write_text(json.dumps(hf))
-    (folder / "tokenizer.model").write_bytes(_sentencepiece_model())
+    (folder / "tokenizer.model").write_bytes(_sentencepiece_model(min(48, conv.vocab_size)))
     # The delta: the PeftModel state dict (LoRA with `.default.`, video_proj, the base weights).
     (root / "checkpoint-117000").mkdir()
     torch.save(peft, root / "checkpoint-117000" / "pytorch_model.bin")

@@ -188,13 +188,12 @@ _PREFIXES = {
     "llama": ("encoder.base_model.model.model.", "base_model.model.model.", "model."),
     "gemma": ("encoder.base_model.model.", "base_model.model.", "model."),
 }
-# Keys every layout may carry that the converter does not use: LLaMA's lm_head (VATT replaces it
-# by Identity) and Gemma's embed_tokens inside the LLM (VATT reads word_embeds.pth instead).
+# Weights the files may carry that the converter does not read: the LM head (VATT replaces it by
+# Identity) in any layout (the Gemma remap turns `base_model.model.lm_head.weight` into a nested
+# name), and for Gemma the embedding inside the LLM (VATT reads word_embeds.pth instead).
 _UNUSED = {
-    "llama": re.compile(r"^(encoder\.)?(base_model\.model\.)?lm_head\.weight$"),
-    "gemma": re.compile(
-        r"^(encoder\.base_model\.model\.|base_model\.model\.|model\.)?embed_tokens\.weight$|^lm_head\.weight$"
-    ),
+    "llama": re.compile(r"(^|\.)lm_head\.weight$"),
+    "gemma": re.compile(r"(^|\.)(lm_head|embed_tokens)\.weight$"),
 }
 _INV_FREQ = re.compile(r"^layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 
@@ -220,7 +219,7 @@ def runtime_state(
         ** (torch.arange(0, config.head_dim, 2, device="cpu").float() / config.head_dim)
     )
     for key, value in state.items():
-        if _UNUSED[config.family].match(key):
+        if _UNUSED[config.family].search(key):
             continue
         name = next((key[len(p) :] for p in _PREFIXES[config.family] if key.startswith(p)), None)
         if name is None:

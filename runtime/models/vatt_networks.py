@@ -149,8 +149,10 @@ def parameter_counts(config: VattConfig) -> dict[str, int]:
         }
 
 
-def _construct(config: VattConfig) -> tuple:
-    with torch.device("meta"):  # nothing is allocated until the weights are assigned
+def construct(config: VattConfig) -> tuple[Eva02Vision, VattConverter, VattAudio, Encodec]:
+    """The networks of `config` on the meta device (nothing allocated until weights are
+    assigned by `load_official`)."""
+    with torch.device("meta"):
         return (
             Eva02Vision(config.image),
             VattConverter(config.converter),
@@ -181,7 +183,7 @@ def build_vatt_networks(variant: Variant, paths: dict[str, Path]) -> VattNetwork
         files.append((str(paths["vatt"]), llm_ckpt))
     words = read_word_embeds(paths["word_embeds"]) if c.family == "gemma" else None
     config = dataclasses.replace(config, converter=conv_config)
-    image, converter, audio, encodec = _construct(config)
+    image, converter, audio, encodec = construct(config)
     converter.load_official(converter_state(conv_config, files, words), "VATT converter files")
     audio.load_official(audio_state, read_codebooks(paths["codebooks"]), str(paths["vatt"]))
     encodec.load_official(
@@ -204,7 +206,7 @@ def _tokenizer(config: VattConverterConfig, folder: Path) -> PromptTokenizer:
 
 def _random_networks(name: str, config: VattConfig) -> VattNetworks:
     seeds = TINY_VATT_SEEDS
-    image, converter, audio, encodec = _construct(config)
+    image, converter, audio, encodec = construct(config)
     image.load_official(
         eva02_mod.random_official_state(config.image, seeds["image"]), f"{name} random eva02"
     )
