@@ -64,11 +64,15 @@ def maskgit_step(
     mask_id: int,
     generators: Sequence[torch.Generator],
     config: MaskGitConfig,
+    at_start: torch.Tensor | None = None,
 ) -> Step:
     """One official sampling step. logits [B, K*T, V] float32 codebook-major (CFG applied; the
     top-k filter writes into it), tokens [B, K, T] int64 (mask_id = MASK); one generator per
-    prompt, on the device of logits and tokens."""
+    prompt, on the device of logits and tokens. at_start [B] int64: the MASK slots of the
+    state generation started from (default K*T: all)."""
     b, k, t = tokens.shape
+    if at_start is None:
+        at_start = torch.full((b,), k * t, device=logits.device)
     r = torch.tensor((step + 1) / config.steps, device=logits.device).repeat(b)  # float32
     top = logits.topk(config.top_k).values
     logits[logits < top[..., -1:]] = -math.inf
@@ -81,7 +85,6 @@ def maskgit_step(
     masked = flat == mask_id
     sampled = torch.where(masked, sampled_raw, flat)
     selected = torch.where(masked, p, math.inf)
-    at_start = torch.full((b,), k * t, device=logits.device)  # every slot starts masked
     gamma = (r * math.pi / 2).cos().clamp(1e-10, 1.0)
     num = torch.floor(gamma * at_start).unsqueeze(1).long()
     if step != config.steps - 1:
@@ -114,16 +117,21 @@ def generate(
     generators: Sequence[torch.Generator],
     config: MaskGitConfig,
     progress: Callable[[int], None] | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sample tokens [B, K, T] int64 (B = len(generators), shape = (K, T)) from all-MASK with
-    `config.steps` steps. `logits_fn` gets the token state on the generators' device;
-    `progress` is told of every finished step."""
+    """Sample tokens [B, K, T] int64 (B = len(generators), shape = (K, T)) with `config.steps`
+    steps, from all-MASK or from `tokens` [B, K, T] (its non-MASK slots are kept, and the
+    schedule counts the MASK slots it starts with, as the official code does). `logits_fn`
+    gets the token state on the generators' device; `progress` is told of every step."""
     device = generators[0].device
-    tokens = torch.full((len(generators), *shape), mask_id, dtype=torch.long, device=device)
+    if tokens is None:
+        tokens = torch.full((len(generators), *shape), mask_id, dtype=torch.long, device=device)
+    tokens = tokens.to(device)
+    at_start = (tokens == mask_id).flatten(1).sum(1)
     for step in range(config.steps):
         cond, uncond = logits_fn(tokens)
         logits = cfg_logits(cond, uncond, config.cfg).to(device)
-        tokens = maskgit_step(logits, tokens, step, mask_id, generators, config).tokens
+        tokens = maskgit_step(logits, tokens, step, mask_id, generators, config, at_start).tokens
         if progress is not None:
             progress(1)
     return tokens

@@ -136,3 +136,37 @@ def test_prompts_batch_like_single_runs(case):
         )
         assert torch.equal(batched[p : p + 1], single), f"prompt {p} differs from its own run"
     assert not torch.equal(batched[0], batched[1])
+
+
+@torch.no_grad()
+def test_generation_from_a_partial_state(case):
+    """Starting from a state whose unmasked slots are given (e.g. tokens kept from an
+    overlapping window), those slots survive every step and the schedule counts the MASK
+    slots of the start, as the official code counts num_mask_tokens_at_start."""
+    meta, t, net = case
+    config = dataclasses.replace(sampler_config(meta), steps=4)
+    mask_id = meta["mask_token"]
+    k, frames = t["out.tokens"].shape[1], 60
+    g = torch.Generator().manual_seed(3)
+    start = torch.randint(0, mask_id, (1, k, frames), generator=g)
+    start[:, :, frames // 3 :] = mask_id
+    masked = int((start == mask_id).sum())
+    logits_fn = lambda x: net(x, t["in.cond"], t["in.pad_mask"])  # noqa: E731
+    tokens = maskgit.generate(
+        logits_fn, (k, frames), mask_id, maskgit.generators_for([1]), config, tokens=start
+    )
+    kept = start != mask_id
+    assert torch.equal(tokens[kept], start[kept]) and bool((tokens != mask_id).all())
+    cond, uncond = logits_fn(start)
+    step = maskgit.maskgit_step(
+        maskgit.cfg_logits(cond, uncond, config.cfg),
+        start,
+        0,
+        mask_id,
+        maskgit.generators_for([1]),
+        config,
+        torch.tensor([masked]),
+    )
+    gamma = torch.tensor(1 / config.steps * torch.pi / 2).cos()
+    assert step.num_to_mask.item() == int(torch.floor(gamma * masked))
+    assert int(step.mask.sum()) == step.num_to_mask.item()
