@@ -1,10 +1,14 @@
 """The VATT Converter (`encode_all_states`) against the golden `vatt_converter_small` (LLaMA) and
 `vatt_converter_gemma_small` cases, the layouts its files may have, and the prompt tokenization."""
 
+import json
+
 import pytest
 import torch
 from golden import assert_close, load_case
+from safetensors.torch import save_file
 from selva_rt.runtime.errors import CheckpointError, PromptError
+from selva_rt.runtime.models.checkpoint import read_hf_folder
 from selva_rt.runtime.models.vatt_converter import (
     PromptTokenizer,
     VattConverter,
@@ -165,3 +169,22 @@ def test_prompt_tokenization():
     assert mask.shape == (1, config.video_tokens + batch_ids.shape[1]) and bool((mask == 1).all())
     with pytest.raises(PromptError):
         tok.encode("   ")
+
+
+def test_sharded_base_folder(tmp_path):
+    """An HF folder's shards (model.safetensors.index.json) read as one state; none: refused."""
+
+    parts = [
+        {"model.a": torch.ones(2)},
+        {"model.b": torch.zeros(3), "lm_head.weight": torch.ones(1)},
+    ]
+    weight_map = {}
+    for i, part in enumerate(parts):
+        name = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file(part, tmp_path / name)
+        weight_map.update(dict.fromkeys(part, name))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    state = read_hf_folder(tmp_path)
+    assert sorted(state) == ["lm_head.weight", "model.a", "model.b"]
+    with pytest.raises(CheckpointError, match="holds none of model.safetensors"):
+        read_hf_folder(tmp_path / "..")
