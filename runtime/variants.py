@@ -201,6 +201,146 @@ class ClipConfig:
     frame_size: int = CLIP_SIZE  # the square the video frames are resized to
 
 
+# VATT (VATT.md; golden README "VATT cases"). Defaults are the released full-size models.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The official Prompter templates "alpaca_short" (LLaMA) and "gemma".
+LLAMA_PROMPT = "### Instruction:\n{}\n\n### Response:\n"
+GEMMA_PROMPT = "<bos><start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model"
+
+
+@dataclass(frozen=True)
+class Eva02Config:
+    """open_clip `EVA02-L-14-336` image tower = timm `eva02_large_patch14_clip_336` (SwiGLU with
+    its inner LayerNorm, 2-D RoPE on the patch grid, class-token pool, head width -> embed_dim),
+    with open_clip's eval transform (bicubic short side to `image_size`, centre crop, OpenAI
+    mean/std)."""
+
+    width: int = 1024
+    depth: int = 24
+    heads: int = 16
+    patch_size: int = 14
+    image_size: int = 336
+    embed_dim: int = 768
+    mlp_ratio: float = 4 * 2 / 3  # SwiGLU hidden width int(width * mlp_ratio) (2730)
+    rope_ref_grid: int = 16  # timm ref_feat_shape (16, 16): the 224 px pretraining grid
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+
+
+@dataclass(frozen=True)
+class VattConverterConfig:
+    """The VATT Converter LLM (`encode_all_states`): Vicuna-7B (LLaMA-1) or gemma-2b, each with
+    `video_proj` and an unmerged LoRA delta on q_proj and v_proj."""
+
+    family: str  # "llama" | "gemma"
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    rms_eps: float = 1e-6  # LLaMA: from the Vicuna config.json (1e-6 for LLaMA-1, unverified)
+    rope_theta: float = 10000.0
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    video_dim: int = 768  # eva02 feature width
+    video_frames: int = 50  # asserted by the official LLM: 10 s at 5 fps
+    video_tokens: int = 10  # adaptive average pooling 50 -> 10 (means of 5 frames)
+    max_prompt_tokens: int = 64  # tokenizer truncation, EOS appended when shorter
+    bos_id: int = 1
+    eos_id: int = 2
+    pad_id: int = 0
+    prompt_template: str = LLAMA_PROMPT
+
+    @property
+    def lora_scaling(self) -> float:
+        return self.lora_alpha / self.lora_rank
+
+
+@dataclass(frozen=True)
+class VattAudioConfig:
+    """VATT Audio (`VT2AModel`), named as its constructor's kwargs. `num_layers` counts encoder
+    (attention, multiway FF) pairs; attention heads are always 64 wide (x-transformers
+    DEFAULT_DIM_HEAD). The sampler fills `audio_seq_len` frames (hard-coded 500 officially)."""
+
+    latent_dim: int = 128
+    n_codebooks: int = 4
+    num_tokens: int = 2048  # codebook size; the MASK id is num_tokens
+    audio_seq_len: int = 500
+    visual_seq_len: int = 500  # pos_embed holds visual_seq_len + audio_seq_len rows
+    dim: int = 1024
+    num_layers: int = 12
+    num_heads: int = 16
+    dec_num_layers: int = 12
+    dec_num_heads: int = 16
+    encoder_dim: int = 4096  # the converter's hidden width
+    dim_head: int = 64
+    ff_mult: int = 4
+
+
+@dataclass(frozen=True)
+class EncodecConfig:
+    """audiocraft EncodecModel, AudioGen's 16 kHz compression model (encodec_large_nq4_s320):
+    non-causal SEANet with weight norm, ELU, constant padding, a 2-layer LSTM, RVQ."""
+
+    sample_rate: int = 16000
+    channels: int = 1
+    dimension: int = 128
+    n_filters: int = 64
+    ratios: tuple[int, ...] = (8, 5, 4, 2)
+    n_residual_layers: int = 1
+    kernel_size: int = 7
+    residual_kernel_size: int = 3
+    last_kernel_size: int = 7
+    dilation_base: int = 2
+    compress: int = 2
+    lstm_layers: int = 2
+    n_q: int = 4
+    bins: int = 2048
+
+    @property
+    def hop(self) -> int:
+        """Samples per token frame (320: 50 Hz at 16 kHz)."""
+        return math.prod(self.ratios)
+
+
+@dataclass(frozen=True)
+class MaskGitConfig:
+    """MaskGIT sampling as the official scripts call `generate_audio_sample` (cfg_coef 5,
+    mask_temperature 25.5; the function's own defaults are 3.0 and 10.5)."""
+
+    steps: int = 16
+    cfg: float = 5.0
+    mask_temperature: float = 25.5
+    sampling_temperature: float = 1.0
+    top_k: int = 256
+
+
+@dataclass(frozen=True)
+class VattConfig:
+    """Every network of a VATT variant. One window is `window` seconds: eva02 features at
+    `feature_fps` (converter.video_frames of them) and audio_seq_len Encodec frames."""
+
+    image: Eva02Config
+    converter: VattConverterConfig
+    audio: VattAudioConfig
+    encodec: EncodecConfig
+    sampler: MaskGitConfig = MaskGitConfig()
+    window: float = 10.0
+    feature_fps: int = 5
+
+    def __post_init__(self):
+        frames = self.window * self.feature_fps
+        if frames != self.converter.video_frames:
+            raise ValueError(f"{self.window} s at {self.feature_fps} fps is not {frames} frames")
+        if self.audio.encoder_dim != self.converter.hidden:
+            raise ValueError("VATT Audio's encoder_dim must be the converter's hidden width")
+        if self.audio.audio_seq_len * self.encodec.hop != self.window * self.encodec.sample_rate:
+            raise ValueError("audio_seq_len Encodec frames must cover the window")
+
+
 @dataclass(frozen=True)
 class WeightFile:
     """One file of a variant: where the hub keeps it and its MD5 (None where none is published).
@@ -214,17 +354,18 @@ class WeightFile:
     md5: str | None = None
     source: str | None = None
     published: bool = True  # False: no hub holds it yet (MMAudioSep); the user puts it in place
+    licence: str | None = None  # the weights' own terms where they differ from the code's
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    audio: AudioConfig
-    generator: GeneratorConfig | FlowleyConfig
-    video_encoder: VideoEncoderConfig | None  # None: no Synchformer features (Flowley)
-    vae: VAEConfig
-    vocoder: VocoderConfig
-    clip: ClipConfig
+    audio: AudioConfig | None  # None: VATT (its waveform geometry is Encodec's, VattConfig)
+    generator: GeneratorConfig | FlowleyConfig | VattConfig
+    video_encoder: VideoEncoderConfig | None  # None: no Synchformer features (Flowley, VATT)
+    vae: VAEConfig | None  # None: VATT decodes Encodec tokens, no mel VAE or vocoder
+    vocoder: VocoderConfig | None
+    clip: ClipConfig | None  # None: VATT (its image tower is eva02, VattConfig.image)
     t5: T5Config | None  # None: the variant takes no Flan-T5 prompt (plain MMAudio)
     files: tuple[WeightFile, ...] = ()
     uses_clip_video: bool = False  # MMAudio; SELVA replaces CLIP video with the empty feature
@@ -245,9 +386,14 @@ class Variant:
         return isinstance(self.generator, FlowleyConfig)
 
     @property
+    def vatt(self) -> bool:
+        """VATT: an LLM condition and MaskGIT over Encodec tokens (VATT.md)."""
+        return isinstance(self.generator, VattConfig)
+
+    @property
     def separation(self) -> bool:
         """MMAudioSep: the generator also reads a mixture latent (`selva-rt separate`)."""
-        return not self.flowley and self.generator.mixture_dim > 0
+        return isinstance(self.generator, GeneratorConfig) and self.generator.mixture_dim > 0
 
     @property
     def family(self) -> str:
@@ -539,6 +685,194 @@ TINY_SEP = Variant(
     random_weights=True,
     sync_center_crop=True,
 )
+
+# VATT: the authors' files are archives on Dropbox and Google Drive (official README and
+# setup_inference.sh); unzip them under <weights home>/vatt/ so the paths below exist. The names
+# inside the archives come from setup_inference.sh and the configs; the Gemma ones are unverified.
+VATT_HOME = "vatt"  # by-hand files live under <weights home>/vatt/
+VATT_MODELS = (
+    "https://www.dropbox.com/scl/fi/o1663dvgavdtgryltqvmq/vatt_models.zip"
+    "?rlkey=yzk7o6fb6kpdvs7mnke03t3c0&st=wr75y7xn&dl=0"
+)
+VICUNA_BASE = "https://drive.google.com/file/d/1rjg-_DKzpxCxX51gwiFD3vYv3iKBPQNM"
+VICUNA_DELTA = "https://drive.google.com/file/d/1Z-R72RXCapiWUcc35qq8vkzv7U9jrCKu"
+GEMMA_BASE = (
+    "https://www.dropbox.com/scl/fi/z1x100rbp6fim0n54hi7e/gemma_2b.zip"
+    "?rlkey=2q04foi9kmu727cbxexs56t6h&st=09517hbo&dl=0"
+)
+GEMMA_DELTA = (
+    "https://www.dropbox.com/scl/fi/uvq21ybjnhkj3uv1xik7b/gemma-finetuned-checkpoint-231000.zip"
+    "?rlkey=2x077622qaz5jsgkt2dq4diyj&st=93zcldbf&dl=0"
+)
+VATT_CODEBOOKS = "https://drive.google.com/file/d/1LdGOtB1s91Lc6Gi45ZD9cSZp6-1qHhLP"
+AUDIOGEN_REPO = "facebook/audiogen-medium"  # = the authors' audiogen_models.zip
+EVA02_REPO = "timm/eva02_large_patch14_clip_336.merged2b_s6b_b61k"
+CC_BY_NC = "CC-BY-NC 4.0 (AudioGen/Encodec weights, audiocraft LICENSE_weights)"
+LLAMA_TERMS = "LLaMA licence (non-commercial research) and Vicuna terms"
+GEMMA_TERMS = "Gemma Terms of Use"
+VATT_TERMS = "no weight licence stated (code BSD-4-Clause); holds LLM-derived weights"
+
+VATT_SHARED_FILES = (
+    WeightFile(
+        "codebooks",
+        VATT_HOME,
+        "meta_pretrain_vgg_encodec_embed.pt",
+        source=VATT_CODEBOOKS,
+        licence=CC_BY_NC,
+    ),
+    WeightFile("encodec", AUDIOGEN_REPO, "compression_state_dict.bin", licence=CC_BY_NC),
+    WeightFile("eva02", EVA02_REPO, "open_clip_pytorch_model.bin", licence="MIT (model card)"),
+)
+VATT_LLAMA_CONVERTER = VattConverterConfig(
+    family="llama",
+    vocab_size=32000,
+    hidden=4096,
+    layers=32,
+    heads=32,
+    kv_heads=32,
+    head_dim=128,
+    intermediate=11008,
+)
+VATT_GEMMA_CONVERTER = VattConverterConfig(
+    family="gemma",
+    vocab_size=256000,
+    hidden=2048,
+    layers=18,
+    heads=8,
+    kv_heads=1,
+    head_dim=256,
+    intermediate=16384,
+    bos_id=2,
+    eos_id=1,
+    pad_id=0,
+    prompt_template=GEMMA_PROMPT,
+)
+
+
+def _vatt_config(converter: VattConverterConfig) -> VattConfig:
+    return VattConfig(
+        image=Eva02Config(),
+        converter=converter,
+        audio=VattAudioConfig(encoder_dim=converter.hidden),
+        encodec=EncodecConfig(),
+    )
+
+
+def _vatt(name: str, config: VattConfig, files: tuple, description: str, **kw) -> Variant:
+    return Variant(
+        name=name,
+        audio=None,
+        generator=config,
+        video_encoder=None,
+        vae=None,
+        vocoder=None,
+        clip=None,
+        t5=None,
+        files=files,
+        description=description,
+        cfg=config.sampler.cfg,
+        **kw,
+    )
+
+
+VATT_LLAMA = _vatt(
+    "vatt-llama",
+    _vatt_config(VATT_LLAMA_CONVERTER),
+    (
+        WeightFile(
+            "vatt",
+            VATT_HOME,
+            "vatt_models/vatt_llama_T_final.ckpt",
+            source=VATT_MODELS,
+            licence=VATT_TERMS,
+        ),
+        *(
+            WeightFile("llm", VATT_HOME, f"vicuna/{f}", source=VICUNA_BASE, licence=LLAMA_TERMS)
+            for f in ("config.json", "tokenizer.model")
+        ),
+        WeightFile(
+            "llm_delta",
+            VATT_HOME,
+            "checkpoint-117000/pytorch_model.bin",
+            source=VICUNA_DELTA,
+            licence=LLAMA_TERMS,
+        ),
+        *VATT_SHARED_FILES,
+    ),
+    "VATT-LLaMA-T: Vicuna-7B converter + VATT Audio (MaskGIT over AudioGen Encodec tokens)",
+)
+VATT_GEMMA = _vatt(
+    "vatt-gemma",
+    _vatt_config(VATT_GEMMA_CONVERTER),
+    (
+        WeightFile(
+            "vatt",
+            VATT_HOME,
+            "vatt_models/vatt_gemma_T_final.ckpt",
+            source=VATT_MODELS,
+            licence=VATT_TERMS,
+        ),
+        *(
+            WeightFile("llm", VATT_HOME, f"gemma_2b/{f}", source=GEMMA_BASE, licence=GEMMA_TERMS)
+            for f in ("config.json", "tokenizer.model")
+        ),
+        WeightFile(
+            "word_embeds",
+            VATT_HOME,
+            "gemma_2b/word_embeds.pth",
+            source=GEMMA_BASE,
+            licence=GEMMA_TERMS,
+        ),
+        WeightFile(
+            "llm_delta",
+            VATT_HOME,
+            "checkpoint-231000/pytorch_model.bin",
+            source=GEMMA_DELTA,
+            licence=GEMMA_TERMS,
+        ),
+        *VATT_SHARED_FILES,
+    ),
+    "VATT-Gemma-T: gemma-2b converter + VATT Audio (MaskGIT over AudioGen Encodec tokens)",
+)
+
+# The structure of the golden VATT cases (vatt_eva02_small, vatt_converter_small,
+# vatt_audio_small, vatt_e2e_tiny's Encodec) with random weights and a small locally made
+# tokenizer: tests and the offline demo run every VATT code path.
+TINY_VATT = _vatt(
+    "tiny-vatt",
+    VattConfig(
+        image=Eva02Config(width=32, depth=1, heads=2),
+        converter=dataclasses.replace(
+            VATT_LLAMA_CONVERTER,
+            vocab_size=256,
+            hidden=64,
+            layers=2,
+            heads=4,
+            kv_heads=4,
+            head_dim=16,
+            intermediate=176,
+        ),
+        audio=VattAudioConfig(
+            latent_dim=16,
+            num_tokens=272,
+            dim=64,
+            num_layers=2,
+            num_heads=2,
+            dec_num_layers=2,
+            dec_num_heads=2,
+            encoder_dim=64,
+        ),
+        encodec=EncodecConfig(dimension=16, n_filters=2, bins=272),
+    ),
+    (),
+    "tiny random weights, VATT-LLaMA structure (tests and demo; output is noise)",
+    random_weights=True,
+)
+
+# VATT is not yet served by the pipeline, the CLI or the weights command (issue 22, phase 2
+# registers these in VARIANTS); its networks, loaders and sampler are in runtime/models/vatt_*.py,
+# runtime/models/eva02.py, runtime/models/encodec.py and runtime/maskgit.py.
+VATT_VARIANTS: dict[str, Variant] = {v.name: v for v in (VATT_LLAMA, VATT_GEMMA, TINY_VATT)}
 
 VARIANTS: dict[str, Variant] = {
     v.name: v

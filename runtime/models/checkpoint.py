@@ -6,6 +6,7 @@ used and every shape checked, and a mismatch names the file, the first offending
 expected vs found shapes.
 """
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,12 +19,10 @@ StateDict = dict[str, torch.Tensor]
 _SHOWN = 5  # offending keys listed per kind of mismatch
 
 
-def read_state_dict(path: str | Path, *, prefix: str = "", entry: str | None = None) -> StateDict:
-    """Read a checkpoint file into a flat {key: tensor} dict on the CPU.
-
-    `entry` selects a sub-dict of a `.pt` file (BigVGAN keeps its weights under "generator");
-    `prefix` keeps only keys that start with it and strips it (golden files store `state.<key>`).
-    """
+def load_object(path: str | Path) -> object:
+    """The content of a checkpoint file on the CPU: `.safetensors` as a dict, anything else with
+    `torch.load(weights_only=True, mmap=True)` (no pickled code runs; tensors are mapped, not
+    read, until used)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -31,12 +30,21 @@ def read_state_dict(path: str | Path, *, prefix: str = "", entry: str | None = N
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file to the user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from e
+
+
+def read_state_dict(path: str | Path, *, prefix: str = "", entry: str | None = None) -> StateDict:
+    """Read a checkpoint file into a flat {key: tensor} dict on the CPU.
+
+    `entry` selects a sub-dict of a `.pt` file (BigVGAN keeps its weights under "generator");
+    `prefix` keeps only keys that start with it and strips it (golden files store `state.<key>`).
+    """
+    path = Path(path)
+    state = load_object(path)
     if entry is not None:
         if not isinstance(state, Mapping) or entry not in state:
             raise CheckpointError(f"checkpoint {path} has no {entry!r} entry")
@@ -48,6 +56,30 @@ def read_state_dict(path: str | Path, *, prefix: str = "", entry: str | None = N
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return dict(state)
+
+
+# A Hugging Face model folder's weights: a sharded index, else one file.
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_hf_folder(folder: str | Path) -> StateDict:
+    """Every weight of a Hugging Face model folder (sharded with a `*.index.json`, or one
+    `model.safetensors` / `pytorch_model.bin`), as one flat dict."""
+    folder = Path(folder)
+    for name in HF_WEIGHTS:
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"{index} is not a weight index: {e}") from e
+            state: StateDict = {}
+            for shard in shards:
+                state.update(read_state_dict(folder / shard))
+            return state
+        if (folder / name).is_file():
+            return read_state_dict(folder / name)
+    raise CheckpointError(f"{folder} holds none of {', '.join(HF_WEIGHTS)} (or their index)")
 
 
 def expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
