@@ -497,7 +497,7 @@ def run_once(
         out = pipe.synthesize(
             [{"sync": frames, **extras}],
             text,
-            plan_windows(args.duration, pipe.variant.audio),
+            pipe.family.plan(args.duration),
             seed=args.seed,
             steps=args.steps,
             cfg=args.cfg,
@@ -573,10 +573,12 @@ def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def compare_outputs(out, ref) -> dict[str, float]:
     """Relative L2 distance of a configuration's outputs from another's (same seed, inputs)."""
-    fields = ("sync_features", "latent", "mel", "audio")  # sync_features: None for Flowley
-    return {
-        f: rel_l2(getattr(out, f), getattr(ref, f)) for f in fields if getattr(ref, f) is not None
-    }
+    def outputs(o) -> dict:  # sync_features: none for Flowley
+        traced = {f: o.trace.get(f) for f in ("sync_features", "mel")}
+        return {**traced, "latent": o.latent, "audio": o.audio}
+
+    mine, theirs = outputs(out), outputs(ref)
+    return {f: rel_l2(mine[f], theirs[f]) for f in mine if theirs[f] is not None}
 
 
 def summarise(c: Config, runs: list[dict], step_times: list[float], args) -> dict:

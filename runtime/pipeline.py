@@ -27,8 +27,8 @@ from .checks import check_negative_prompt, check_options, check_prompts
 from .errors import MediaError
 from .families import Family, load_family, needs
 from .families.family import Run
-from .variants import DEFAULT_DURATION, DEFAULT_SEED, DEFAULT_STEPS, Variant, get_variant
-from .windows import Layout, plan_windows
+from .variants import DEFAULT_SEED, DEFAULT_STEPS, Variant, get_variant
+from .windows import Layout
 
 
 @dataclass
@@ -132,7 +132,7 @@ class Pipeline:
             if not isinstance(video, media.Video):
                 video = self._first_window(clip, start, duration, progress is True)
             layout, windows = self._picture(video, duration, progress is True)
-        inputs = (w.model_inputs() for w in windows)
+        inputs = _timed(run, "decode", (w.model_inputs() for w in windows))
         out = self._synthesize(inputs, prompts, negative_prompt, layout, steps, cfg, progress, run)
         return self._result(out.audio, layout.duration, video.start, prompts, seed, steps, cfg, run)
 
@@ -179,8 +179,8 @@ class Pipeline:
                 length = wav.shape[0] / rate
                 if length <= 0:
                     raise MediaError(f"{Path(mixture or source).name} has no audio after {start} s")
-                layout, windows = plan_windows(length, self.variant.audio), None
-        inputs = self._with_mixture(windows, wav, layout)
+                layout, windows = self.family.plan(length), None
+        inputs = _timed(run, "decode", self._with_mixture(windows, wav, layout))
         out = self._synthesize(inputs, prompts, negative_prompt, layout, steps, cfg, progress, run)
         # The stem ends with the picture, or earlier with the mixture.
         length = min(length, wav.shape[0] / rate)
@@ -229,12 +229,12 @@ class Pipeline:
         """The windows of the request's picture, from its decoded first window: that window
         alone, or (a longer clip, a longer request) overlapping windows, the first cut from it
         and the rest decoded in one pass as the model needs them."""
-        audio = self.variant.audio
+        plan = self.family.plan
         if not first.more or (duration is not None and duration <= first.duration):
-            return plan_windows(first.duration, audio), iter([first])
+            return plan(first.duration), iter([first])
         available = media.clip_duration(first.source, first.start)  # packets only: no decode
         length = available if duration is None else min(duration, available)
-        layout = plan_windows(length, audio)
+        layout = plan(length)
         rest = media.decode_windows(
             first.source,
             [first.start + s for s in layout.starts[1:]],
@@ -267,13 +267,7 @@ class Pipeline:
 
     def _sample(self, inputs, text, layout, steps, cfg, progress, run) -> Synthesis:
         family, prompts = self.family, text.prompts
-        features, inputs = [], iter(inputs)
-        while True:
-            with run.timed("decode"):  # the windows' pictures are read as they are needed
-                window = next(inputs, None)
-            if window is None:
-                break
-            features.append(family.features(window, prompts, run))
+        features = [family.features(window, prompts, run) for window in inputs]
         conditions = family.conditions(text, features, layout, run)
         del features  # the windows' trunk tokens: the largest tensors of a long clip
         x0 = family.noise(prompts, layout, run)
@@ -310,9 +304,23 @@ def first_window(
     """A request's first window of `clip`, up to the trained length, decoded once, as
     `variant`'s family needs its pictures; it tells whether the clip has more picture
     (`Video.more`). What a batch decodes ahead of the model (`Pipeline.generate` takes it)."""
-    window = DEFAULT_DURATION if duration is None else min(duration, DEFAULT_DURATION)
-    picture = needs(variant).picture
-    return media.decode_video(clip, duration=window, start=start, progress=progress, **picture)
+    wants = needs(variant)
+    window = wants.window if duration is None else min(duration, wants.window)
+    peek = duration is None or duration > wants.window  # only then can there be more windows
+    return media.decode_video(
+        clip, duration=window, start=start, progress=progress, peek=peek, **wants.picture
+    )
+
+
+def _timed(run: Run, name: str, items: Iterator) -> Iterator:
+    """`items`, each one's making timed under `name` (the windows' pictures are decoded as the
+    model needs them, so a long clip's frames are never all held)."""
+    while True:
+        with run.timed(name):
+            item = next(items, None)
+        if item is None:
+            return
+        yield item
 
 
 def _progress(total: int, desc: str, progress: "bool | Progress"):

@@ -2,7 +2,6 @@
 
 import torch
 from selva_rt.runtime.pipeline import Pipeline, Synthesis
-from selva_rt.runtime.windows import plan_windows
 
 
 def one_window(
@@ -19,7 +18,7 @@ def one_window(
     whichever the variant reads (None: absent, e.g. a query without picture)."""
     given = {"sync": sync, "clip": clip, "mixture": mixture}
     inputs = {k: v for k, v in given.items() if v is not None}
-    return pipe.synthesize([inputs], text, plan_windows(duration, pipe.variant.audio), **options)
+    return pipe.synthesize([inputs], text, pipe.family.plan(duration), **options)
 
 
 def output(out: Synthesis, name: str) -> torch.Tensor | None:

@@ -140,7 +140,7 @@ def test_tiny_flowley(tmp_path):
     assert r["setup"]["cfg"] == 7.5
     ref, fast = r["results"]
     assert (ref["mode"], fast["mode"]) == ("reference", "fast")
-    assert set(fast["parts_s"]) == {"text", "dit_conditions", "sampling", "decoder"}
+    assert set(fast["parts_s"]) == {"text", "clip_image", "dit_conditions", "sampling", "decoder"}
     assert fast["speedup_vs_reference"] > 0
     assert set(fast["rel_l2_vs_reference"]) == {"latent", "mel", "audio"}
     assert fast["rel_l2_vs_reference"]["audio"] < 2e-3

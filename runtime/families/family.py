@@ -25,17 +25,19 @@ from typing import Protocol
 import torch
 
 from ..backends import Progress
-from ..variants import Variant
+from ..variants import DEFAULT_DURATION, Variant
 from ..windows import Layout
 
 
 @dataclass(frozen=True)
 class Needs:
     """What a window must hold for a family: the pictures (keyword arguments of
-    `media.decode_video` and `media.decode_windows`) and whether a mixture is read."""
+    `media.decode_video` and `media.decode_windows`), whether a mixture is read, and the
+    trained length in seconds (a request up to it is one window, as the official code runs it)."""
 
     picture: dict
     mixture: bool = False
+    window: float = DEFAULT_DURATION
 
 
 @dataclass
@@ -71,6 +73,9 @@ class Family(Protocol):
     dtype: torch.dtype
     precision: str  # what the parts compute in: fp32, bf16, fp16, int8
     needs: Needs
+
+    def plan(self, duration: float) -> Layout:
+        """The windows covering `duration` seconds (one up to `needs.window`)."""
 
     def check(self, mixture: bool) -> None:
         """A one-line UsageError when the request's kind (with or without a mixture to take

@@ -11,7 +11,7 @@ from ..backends import Parts, Progress
 from ..models.clip_tokenizer import ClipTokenizer
 from ..models.t5 import load_tokenizer
 from ..variants import Variant
-from ..windows import Layout, decode_windows, sample_windows
+from ..windows import Layout, decode_windows, plan_windows, sample_windows
 from .family import Needs, Run
 
 
@@ -60,6 +60,9 @@ class FlowFamily:
             },
             mixture=variant.separation,
         )
+
+    def plan(self, duration: float) -> Layout:
+        return plan_windows(duration, self.variant.audio)
 
     def noise(self, prompts: int, layout: Layout, run: Run) -> torch.Tensor:
         """x0 [P, total, E]: one seeded draw for the whole latent (a window's noise is its

@@ -67,7 +67,7 @@ class Video:
     clip_index: torch.Tensor
     decoded_frames: int  # frames the decoder produced (a measure of work done)
     source: Path | None = None  # the clip it was decoded from
-    more: bool = False  # the clip has more picture after the window (`decode_video` tells)
+    more: bool = False  # the clip has more picture after the window (`decode_video(peek=True)`)
 
     def head(self, duration: float) -> Video:
         """The window's first `duration` seconds: the frames a decode of that window picks
@@ -151,6 +151,7 @@ def decode_video(
     progress: bool = False,
     clip_size: int = CLIP_SIZE,
     sync_center_crop: bool = False,
+    peek: bool = False,
 ) -> Video:
     """Decode the window [start, start + duration] of a clip's first video stream.
 
@@ -158,13 +159,13 @@ def decode_video(
     MMAudioSep's version of it (see `resize`). `start` is our
     extension (the official demo has none): times are measured from `start`, so the timing rule
     begins at 0 there, and the decoder seeks to the keyframe before `start`. Decoding stops as
-    soon as later frames cannot change the result, one frame on, which tells whether the clip
-    has more picture after the window (`Video.more`: a longer clip is then generated in
-    windows, without a second pass to measure it).
+    soon as later frames cannot change the result; with `peek`, one frame on, which tells
+    whether the clip has more picture after the window (`Video.more`: a longer clip is then
+    generated in windows, without a pass to measure it first).
     """
     path = existing_file(path)
     _check_window(duration, start)
-    window = _Window(start, duration, need_clip, clip_size, sync_center_crop, peek=True)
+    window = _Window(start, duration, need_clip, clip_size, sync_center_crop, peek)
     decoded = next(_decode(path, [window], progress))
     duration = min(duration, window.clip.seconds(), window.sync.seconds())
     n_sync = int(SYNC_FPS * duration)
