@@ -14,6 +14,7 @@ without --force.
 
 # Absolute imports: this file also runs as a script, with export/ (not the package) on sys.path.
 import argparse
+import os
 import platform
 import sys
 import time
@@ -23,7 +24,9 @@ from pathlib import Path
 
 from selva_rt.export import plan
 from selva_rt.runtime.backends.graphs import CONSTANTS, MANIFEST, Manifest, PartEntry
+from selva_rt.runtime.cli import Parser
 from selva_rt.runtime.errors import OutputError, SelvaError, UsageError
+from selva_rt.runtime.media.write import file_mode
 from selva_rt.runtime.variants import MIN_DURATION, T5_MAX_TOKENS, VARIANTS, get_variant
 
 # Worst relative L2 error per output the ONNX Runtime check accepts, against the fp32 torch
@@ -35,14 +38,8 @@ CHECK_RTOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2, "int8": 1e-1}
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "tensorrt", "selva-rt")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """Bad arguments: one line, exit status 2 (argparse prints the usage too)."""
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(prog: str = "selva-rt export") -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog=prog,
         description="Export every part to ONNX (checked against torch with "
         "ONNX Runtime) and build TensorRT engines, with a manifest.",
@@ -202,6 +199,7 @@ def build(args, nets=None) -> Manifest:
         _say(f"  {name}: exported in {exported.seconds:.1f} s{int8}", args.quiet)
     empty_clip_feat = nets.generator.empty_clip_feat.detach().float().cpu().contiguous()
     save_file({"empty_clip_feat": empty_clip_feat}, str(out / CONSTANTS))
+    os.chmod(out / CONSTANTS, file_mode())  # safetensors writes 0600, unlike every other file
 
     manifest = Manifest(
         variant=variant.name,

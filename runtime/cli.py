@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import __version__
 from .backends import BACKENDS
 from .checks import check_negative_prompt, check_options, check_prompts
 from .delivery.outputs import (
@@ -23,14 +24,22 @@ from .delivery.outputs import (
 )
 from .errors import SelvaError, UsageError
 from .variants import (
-    DEFAULT_CFG,
     DEFAULT_DURATION,
     DEFAULT_SEED,
     DEFAULT_STEPS,
-    FLOWLEY_CFG,
     VARIANTS,
+    generating_variants,
     get_variant,
+    separating_variants,
 )
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line errors of every other failure: `prog: error: message` on
+    stderr, exit status 2, no usage block (`--help` shows that)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def checked_request(args: argparse.Namespace, separation: bool) -> tuple[list[str], str, float]:
@@ -228,11 +237,12 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """The parser of the runtime's commands; `more` lists other commands (name -> help) that the
     top-level entry point (selva_rt/__main__.py) hands to their own parsers."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="selva-rt",
         description="Text-conditioned selective video-to-audio generation (SELVA / MMAudio).",
     )
-    common = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--version", action="version", version=f"selva-rt {__version__}")
+    common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -241,8 +251,8 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     )
     gen.add_argument("clip", help="input video file")
     gen.add_argument("prompts", nargs="+", help="what to hear, e.g. 'sheep bleating'")
-    gen.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
-    add_run_options(gen)
+    add_variant_option(gen, "selva-small-16k", generating_variants())
+    add_run_options(gen, generating_variants())
     gen.add_argument("--no-video", action="store_true", help="write stems only, no muxed video")
     gen.set_defaults(func=cmd_generate)
 
@@ -255,11 +265,7 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
         "input", help="a clip (audio = mixture, picture = visual query) or an audio file"
     )
     sep.add_argument("prompts", nargs="+", help="what to pull out, e.g. 'dog barking'")
-    sep.add_argument(
-        "--variant",
-        default="mmaudiosep-large-44k",
-        choices=[n for n, v in VARIANTS.items() if v.separation],
-    )
+    add_variant_option(sep, "mmaudiosep-large-44k", separating_variants())
     sep.add_argument("--mixture", default=None, help="take the mixture from this file instead")
     sep.add_argument(
         "--no-video",
@@ -274,13 +280,13 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="normalise the mixture latent as MMAudioSep's training does (its inference does not)",
     )
-    add_run_options(sep)
+    add_run_options(sep, separating_variants())
     sep.set_defaults(func=cmd_separate)
 
     srv = sub.add_parser(
         "serve", parents=[common], help="HTTP service: jobs in, stems out, model kept warm"
     )
-    srv.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
+    add_variant_option(srv, "selva-small-16k", generating_variants())
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     srv.add_argument("--port", type=int, default=8731)
     srv.add_argument(
@@ -317,17 +323,22 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_options(gen: argparse.ArgumentParser) -> None:
-    """The options `generate` and `separate` share."""
+def add_variant_option(parser: argparse.ArgumentParser, default: str, names: list[str]) -> None:
+    parser.add_argument(
+        "--variant",
+        default=default,
+        choices=names,
+        metavar="VARIANT",
+        help=f"one of {', '.join(names)} (default {default})",
+    )
+
+
+def add_run_options(gen: argparse.ArgumentParser, names: list[str]) -> None:
+    """The options `generate` and `separate` share; `names`: the variants the command runs."""
     gen.add_argument("--negative-prompt", default="", help="what not to hear (default: '')")
     gen.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Euler steps")
-    gen.add_argument(
-        "--cfg",
-        type=float,
-        help=f"classifier-free guidance (default: the variant's, {DEFAULT_CFG:g}; Flowley "
-        f"{FLOWLEY_CFG:g})",
-    )
+    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="sampling steps")
+    gen.add_argument("--cfg", type=float, help=f"classifier-free guidance ({cfg_defaults(names)})")
     gen.add_argument(
         "--duration",
         type=float,
@@ -381,6 +392,17 @@ def add_run_options(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--json", action="store_true", help="print one JSON object with the result")
     gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     gen.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+
+def cfg_defaults(names: list[str]) -> str:
+    """ "default: 4.5; 7.5 for flowley, tiny-flowley": each guidance default of `names`, the
+    most common first."""
+    by_cfg: dict[float, list[str]] = {}
+    for name in names:
+        by_cfg.setdefault(VARIANTS[name].cfg, []).append(name)
+    common, *others = sorted(by_cfg, key=lambda c: -len(by_cfg[c]))
+    rest = "".join(f"; {c:g} for {', '.join(by_cfg[c])}" for c in others)
+    return f"default: {common:g}{rest}"
 
 
 def main(argv: list[str] | None = None, more: dict[str, str] | None = None) -> int:

@@ -14,16 +14,19 @@ stem is normalised to that integrated loudness (off by default: stems are mixed 
 The CLI, the benchmark's file-to-file run, batch jobs and the server all go through here.
 """
 
+import math
 import os
 import re
 import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from ... import __version__
 from ..errors import OutputError, UsageError
@@ -233,10 +236,10 @@ def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Deli
     """Write one stem at the plan's rate, normalised if asked, and measure the file as written;
     WAV stems get their bext and iXML chunks. -> (what was written, the linear gain applied)."""
     import soundfile
-    import torch
 
     from .. import media
-    from . import bwf, loudness
+    from . import bwf, loudness, vorbis
+    from .timecode import rate_text
 
     x = np.atleast_2d(np.asarray(wav, dtype=np.float32))  # [C, T] at the model's rate
     rate = plan.sample_rate or result.sample_rate
@@ -251,6 +254,25 @@ def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Deli
     written, _ = soundfile.read(tmp, dtype="float32", always_2d=True)
     measured = loudness.measure(written.T, rate)
     time_reference = timecode.samples(rate, result.start)
+    if plan.fmt == "flac":
+        at = Timecode(
+            timecode.frames + math.floor(Fraction(result.start) * timecode.rate),
+            timecode.rate,
+            timecode.drop_frame,
+        )
+        comments = [
+            ("TITLE", stem.prompt),
+            ("DESCRIPTION", stem.prompt),
+            ("ENCODER", f"selva-rt {__version__}"),
+            ("SELVA_VARIANT", variant),
+            ("SELVA_SEED", str(result.seed)),
+            ("SELVA_STEPS", str(result.steps)),
+            ("SELVA_CFG", f"{result.cfg:g}"),
+            ("TIMECODE", str(at)),
+            ("TIMECODE_RATE", rate_text(timecode.rate)),
+            ("TIME_REFERENCE", str(time_reference)),
+        ]
+        vorbis.flac_comments(tmp, f"selva-rt {__version__}", comments)
     if plan.fmt == "wav":
         model = " ".join(
             str(p) for p in ("selva-rt", __version__, variant, "seed", result.seed) if p
@@ -301,8 +323,10 @@ def report(
     """The machine-readable account of one generation (`--json`); with `delivered` (what
     write_outputs returns) each stem's loudness and timecode position too."""
     timings = result.timings if timings is None else timings
+    # Absolute paths: a tool that embeds the CLI may run it from any working folder.
     outputs = [
-        {"prompt": s.prompt, "audio": str(s.audio)} | ({"video": str(s.video)} if s.video else {})
+        {"prompt": s.prompt, "audio": str(s.audio.resolve())}
+        | ({"video": str(s.video.resolve())} if s.video else {})
         for s in plan.stems
     ]
     for entry, done in zip(outputs, delivered or [], strict=False):
@@ -316,7 +340,7 @@ def report(
     timecode = plan.timecode
     return {
         "variant": pipe.variant.name,
-        "clip": str(plan.clip),
+        "clip": str(Path(plan.clip).resolve()),
         "seed": result.seed,
         "steps": result.steps,
         "cfg": result.cfg,
@@ -325,9 +349,12 @@ def report(
         "sample_rate": plan.sample_rate or result.sample_rate,
         "device": str(pipe.device),
         "precision": pipe.precision,
+        # CPU threads: bf16 on the CPU rounds by oneDNN's blocking, which follows the count, so
+        # stems are reproducible from the seed for one count on one kind of CPU (README).
+        "threads": torch.get_num_threads(),
         "outputs": outputs,
         **({"timecode": _timecode_dict(timecode)} if timecode else {}),
-        **({"otio": str(plan.otio)} if plan.otio else {}),
+        **({"otio": str(plan.otio.resolve())} if plan.otio else {}),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
 

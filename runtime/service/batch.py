@@ -371,7 +371,7 @@ def add_arguments(parser) -> None:
     """`selva-rt batch`'s options: those of `generate`, job fields as defaults for every job."""
     from ..backends import BACKENDS
     from ..delivery.outputs import AUDIO_FORMATS, OUT_RATES
-    from ..variants import VARIANTS
+    from ..variants import generating_variants
 
     parser.add_argument("jobs", help="a JSONL file (one job a line) or a folder of clips")
     parser.add_argument(
@@ -384,11 +384,17 @@ def add_arguments(parser) -> None:
     job = parser.add_argument_group("defaults for jobs that do not set them")
     job.add_argument("--negative-prompt", default=None)
     job.add_argument("--seed", type=int, default=None)
-    job.add_argument("--steps", type=int, default=None, help="Euler steps")
+    job.add_argument("--steps", type=int, default=None, help="sampling steps")
     job.add_argument("--cfg", type=float, default=None, help="classifier-free guidance")
     job.add_argument("--duration", type=float, default=None, help="seconds")
     job.add_argument("--start", type=float, default=None, help="start time in the clip (s)")
-    parser.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
+    parser.add_argument(
+        "--variant",
+        default="selva-small-16k",
+        choices=generating_variants(),
+        metavar="VARIANT",
+        help=f"one of {', '.join(generating_variants())}",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument(
         "--precision",
@@ -415,7 +421,9 @@ def add_arguments(parser) -> None:
         help="Ray actors (default: one per GPU, or one per CPU but one left for decoding)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar or messages (failures still shown)"
+    )
     parser.add_argument(
         "--force", action="store_true", help="let jobs overwrite files that are not their own"
     )
@@ -472,11 +480,12 @@ def cmd_batch(args) -> int:
     finally:
         if cluster is not None:
             cluster.close()
+    for error in summary.errors:  # in every mode: --quiet hides progress, not failures
+        print(f"failed: {error}", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary.to_dict() | {"results": str(Path(args.out) / RESULTS)}))
+        results_file = (Path(args.out) / RESULTS).resolve()
+        print(json.dumps(summary.to_dict() | {"results": str(results_file)}))
     elif not args.quiet:
-        for error in summary.errors:
-            print(f"failed: {error}", file=sys.stderr)
         rate = summary.to_dict()["clips_per_hour"]
         print(
             f"{summary.jobs} jobs: {summary.ok} ok, {summary.failed} failed, {summary.skipped} "

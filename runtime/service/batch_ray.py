@@ -38,11 +38,16 @@ def _decode(job, variant):
 
 @ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
 class BatchWorker:
-    """A warm pipeline in a Ray worker process."""
+    """A warm pipeline in a Ray worker process, computing with `threads` CPU threads: the
+    driver's count, whatever Ray reserved, so a stem equals the in-process one (bf16 on the CPU
+    rounds by oneDNN's blocking, which follows the thread count)."""
 
-    def __init__(self, variant: str, device: str, precision: str, backend: str, engines):
+    def __init__(
+        self, variant: str, device: str, precision: str, backend: str, engines, threads: int
+    ):
         from ..pipeline import Pipeline
 
+        torch.set_num_threads(threads)
         self.where = f"ray:{ray.util.get_node_ip_address()}:{os.getpid()}"
         self.error = None
         try:
@@ -113,7 +118,12 @@ class RayEngine:
         device = "cuda" if on_gpu else "cpu"  # each actor sees only its own GPU
         self.actors = [
             BatchWorker.options(**place).remote(
-                variant, device, options["precision"], options["backend"], options["engines"]
+                variant,
+                device,
+                options["precision"],
+                options["backend"],
+                options["engines"],
+                torch.get_num_threads(),
             )
             for _ in range(workers)
         ]
