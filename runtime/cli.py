@@ -247,7 +247,12 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser(
-        "generate", parents=[common], help="generate one audio stem per prompt for a clip"
+        "generate",
+        parents=[common],
+        help="generate one audio stem per prompt for a clip",
+        description="Generate each prompt's sound for a clip, in sync with its picture: one "
+        "stem per prompt (the whole clip, in windows beyond 8 s), and the clip muxed with each "
+        "stem.",
     )
     gen.add_argument("clip", help="input video file")
     gen.add_argument("prompts", nargs="+", help="what to hear, e.g. 'sheep bleating'")
@@ -260,6 +265,10 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
         "separate",
         parents=[common],
         help="separate one stem per prompt out of a clip's own audio (MMAudioSep)",
+        description="Pull each prompt's sound out of a mixture: the clip's own audio track (or "
+        "--mixture FILE), queried by the prompt and the clip's picture (or by the prompt alone "
+        "for an audio file or with --no-video). MMAudioSep separates the whole input, in "
+        "windows beyond 8 s; one stem per prompt, and the clip muxed with each stem.",
     )
     sep.add_argument(
         "input", help="a clip (audio = mixture, picture = visual query) or an audio file"

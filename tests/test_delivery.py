@@ -372,6 +372,27 @@ def test_bwf_chunks_read_back_with_wavinfo(tmp_path):
         np.testing.assert_allclose(wav, level_x, atol=2**-23)
 
 
+def test_flac_stems_carry_vorbis_comments(tmp_path):
+    """FLAC has no BWF chunks: the prompt, model, seed and timecode position go into Vorbis
+    comments, read back here by ffmpeg (PyAV); the audio is untouched."""
+    clip = timecoded(tmp_path / "scene.mov", Fraction(30000, 1001), "01:00:00;00", frames=60)
+    x = sine(16000, 1.0, -20.0)
+    result = result_of(x[None], 16000, start=0.5, prompts=["door slam"])
+    plan = plan_outputs(clip, ["door slam"], tmp_path / "out", fmt="flac", video=False)
+    (done,) = write_outputs(plan, result, variant="tiny")
+    with av.open(str(done.stem.audio)) as container:
+        tags = {k.upper(): v for k, v in container.metadata.items()}
+    assert tags["TITLE"] == "door slam" and tags["COMMENT"] == "door slam"
+    assert tags["ENCODER"].startswith("selva-rt ") and tags["SELVA_VARIANT"] == "tiny"
+    assert tags["SELVA_SEED"] == str(result.seed) and tags["SELVA_STEPS"] == str(result.steps)
+    # 01:00:00;00 plus 0.5 s at 29.97 DF: frame 14 (15 frames are 0.5005 s)
+    assert tags["TIMECODE"] == "01:00:00;14" and tags["TIMECODE_RATE"] == "30000/1001"
+    assert int(tags["TIME_REFERENCE"]) == done.time_reference
+    assert done.time_reference == round((Fraction(107892, 1) * 1001 / 30000 + 0.5) * 16000)
+    wav, rate = soundfile.read(done.stem.audio, dtype="float64")
+    np.testing.assert_allclose(wav, x, atol=2**-23)
+
+
 def test_riff_layout(tmp_path):
     path = tmp_path / "a.wav"
     soundfile.write(path, np.zeros(101, np.float32), 16000, subtype="PCM_24")
