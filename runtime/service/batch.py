@@ -172,8 +172,9 @@ class Results:
 
     def _index(self, record: dict) -> None:
         self.records.append(record)
-        if record.get("status") in ("writing", "ok"):
-            self._owned.add(record.get("id"))
+        if record.get("status") in ("writing", "ok", "timeline"):  # timeline: spot's
+            if record.get("id"):
+                self._owned.add(record.get("id"))
             for output in record.get("outputs") or ():
                 self._files.update(f for f in (output.get("audio"), output.get("video")) if f)
         if record.get("status") == "ok":
