@@ -1,8 +1,9 @@
 """Cues: what to generate where. From the cut's markers, or from a cue sheet.
 
 Markers -> cues (the rules, as the README states them):
-  * a marker with a duration is one cue over it; a point marker runs to the next marker on
-    the timeline or to the end of the shot it sits on, whichever comes first;
+  * a marker with a duration is one cue over it; a point marker (one frame long at most, as
+    Final Cut Pro writes its markers) runs to the next marker on the timeline or to the end of
+    the shot it sits on, whichever comes first;
   * prompt = the marker's name; its comment holds notes and, as `key: value` parts separated
     by ';' or new lines, `negative: ...` (the negative prompt), `seed: 7`, `category: foley`;
     in an .otio file the marker's metadata `selva_rt` {negative_prompt, seed, category} too;
@@ -81,7 +82,7 @@ def from_markers(cut: Cut, mapping: dict[str, str]) -> tuple[list[Cue], list[str
             problems.append(f"marker {at} lies outside the picture")
             continue
         frames = m.frames
-        if frames <= 0:  # a point marker: to the next marker or the end of its shot
+        if frames <= 1:  # a point marker: to the next marker or the end of its shot
             later = [o.record for o in markers if o.record > m.record]
             frames = min([shot.end, *later[:1]]) - m.record
         fields = _comment(m.comment)
