@@ -212,7 +212,18 @@ def _drop_frame(timeline, kind: str) -> bool:
 
 def _frames(time, rate: Fraction) -> int:
     """An OpenTimelineIO time (float rate) as whole frames at the exact `rate`."""
-    return round(Fraction(time.value) * rate / Fraction(time.rate))
+    return round(seconds(time) * rate)
+
+
+def seconds(time) -> Fraction:
+    """An OpenTimelineIO time in exact seconds: its float rate read as the timecode rate it
+    stands for (29.97002997 -> 30000/1001), its value as the whole or decimal count it is."""
+    value = Fraction(time.value).limit_denominator(10**6)
+    rate = Fraction(time.rate)
+    exact = timecode_rate(rate) if rate >= 1 else rate
+    return value / (
+        exact if abs(exact - rate) < Fraction(1, 10**4) else rate.limit_denominator(10**6)
+    )
 
 
 def _shot(clip, record: int, frames: int, source_start, relink: "Relink") -> Shot:
@@ -224,14 +235,14 @@ def _shot(clip, record: int, frames: int, source_start, relink: "Relink") -> Sho
     if isinstance(reference, otio.schema.ExternalReference) and reference.target_url:
         path = relink(reference.target_url)
         if reference.available_range is not None:
-            media_start = Fraction(reference.available_range.start_time.to_seconds())
+            media_start = seconds(reference.available_range.start_time)
     speed = Fraction(1)
     for effect in clip.effects:
         if isinstance(effect, otio.schema.FreezeFrame):
             speed = Fraction(0)
         elif isinstance(effect, otio.schema.LinearTimeWarp):
             speed *= Fraction(effect.time_scalar).limit_denominator(1000)
-    source = Fraction(source_start.to_seconds()) - media_start
+    source = seconds(source_start) - media_start
     return Shot(clip.name, path, record, frames, source, speed)
 
 
@@ -239,12 +250,21 @@ def _marker(m, start, rate: Fraction, where: str, kind: str, at: int | None = No
     """A Marker from an OpenTimelineIO marker at `start` (or record frame `at`), with the
     comment and colour the FCP7 XML reader leaves in metadata put back."""
     comment, colour = m.comment or "", str(m.color or "").upper()
+    metadata = _plain(m.metadata)
     if kind == "fcp_xml":
-        comment, colour = _fcp7_marker(m.metadata.get("fcp_xml", {}), comment, colour)
+        comment, colour = _fcp7_marker(metadata.get("fcp_xml", {}), comment, colour)
     record = _frames(start, rate) if at is None else at
     frames = _frames(m.marked_range.duration, rate)
-    metadata = dict(m.metadata)
     return Marker(m.name, record, max(0, frames), comment, colour, metadata, where)
+
+
+def _plain(value):
+    """OpenTimelineIO metadata (AnyDictionary, AnyVector) as plain dicts and lists."""
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return value
+    return [_plain(v) for v in value]
 
 
 def _fcp7_marker(fields: dict, comment: str, colour: str) -> tuple[str, str]:
