@@ -59,14 +59,15 @@ class Plan:
             at += s.frames
         return out
 
-    def cues(self) -> list[tuple[int, int, str]]:
+    def cues(self, points: bool = False) -> list[tuple[int, int, str]]:
         """(record, frames, prompt) of each marker by the spotting rules, written out: a
-        point marker runs to the next marker or the end of its shot."""
+        point marker runs to the next marker or the end of its shot. `points`: every marker
+        taken as a point (an EDL's locators)."""
         starts = self.starts()
         out = []
         records = sorted(m.record for m in self.markers)
         for m in sorted(self.markers, key=lambda m: m.record):
-            if m.frames:
+            if m.frames and not points:
                 out.append((m.record, m.frames, m.name))
                 continue
             shot_end = next(a + s.frames for a, s in zip(starts, self.shots, strict=True)
@@ -109,14 +110,14 @@ def three_minutes(rate: Fraction = Fraction(25), clips: int = 4) -> Plan:
     cut = starts  # record frames where shots begin
     markers = [
         PlannedMarker(cut[1] - fps, 2 * fps, "footsteps on gravel", "GREEN", "negative: music"),
-        PlannedMarker(cut[3] + 10, 0, "wind in trees", "BLUE", "seed: 7"),
-        PlannedMarker(cut[3] + 10 + fps * 2, 0, "birdsong", "BLUE"),
+        PlannedMarker(cut[3] + 60, 0, "wind in trees", "BLUE", "seed: 7"),
+        PlannedMarker(cut[3] + 90, 0, "birdsong", "BLUE"),
         PlannedMarker(cut[6] - 20, fps * 2 - 5, "door slam", "GREEN", "on the cut"),
-        PlannedMarker(cut[9] + 3, fps + 7, "glass clink", "GREEN", on_clip=True),
+        PlannedMarker(cut[10] - 30, fps + 7, "glass clink", "GREEN", on_clip=True),
         PlannedMarker(cut[12] - fps, 3 * fps, "rain on a roof", "BLUE", "negative: thunder"),
-        PlannedMarker(cut[17] + fps, 0, "dog barking", "GREEN", "seed: 11"),
+        PlannedMarker(cut[18] - 30, 0, "dog barking", "GREEN", "seed: 11"),
         PlannedMarker(cut[21] - 20, fps, "car passing", "BLUE"),
-        PlannedMarker(cut[26] + 5, 0, "cloth rustle", "GREEN", on_clip=True),
+        PlannedMarker(cut[27] - 35, 0, "cloth rustle", "GREEN", on_clip=True),
         PlannedMarker(cut[30] - 18, fps + 3, "waves", "BLUE"),
     ]
     return Plan(shots, markers)

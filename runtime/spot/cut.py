@@ -91,6 +91,7 @@ class Cut:
     shots: list[Shot]
     markers: list[Marker]
     timeline: object = None  # the opentimelineio Timeline read, where one was (to write back)
+    sounds: list[Shot] = field(default_factory=list)  # audio clips (FCPXML: what spot wrote)
 
     def timecode(self, frame: int) -> Timecode:
         """The record timecode of a frame counted from the timeline's start."""

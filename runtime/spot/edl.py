@@ -140,7 +140,7 @@ def write(cut: Cut, stems: list, path: Path) -> str:
     """The EDL of `cut`'s picture with one locator per stem (`stems`: deliver.Placed), as text;
     written to `path` by the caller."""
     fcm = "DROP FRAME" if cut.drop_frame else "NON-DROP FRAME"
-    lines = [f"TITLE: {cut.name[:70]}", f"FCM: {fcm}", NOTE, ""]
+    lines = [f"TITLE: {cut.name[:70]}", f"FCM: {fcm}", ""]
     rate = timecode_rate(cut.rate)
 
     def label(frames: int) -> str:
@@ -163,6 +163,8 @@ def write(cut: Cut, stems: list, path: Path) -> str:
             f"{label(cut.start + shot.end)}"
         )
         lines.append(f"* FROM CLIP NAME: {shot.path.name if shot.path else shot.name}")
+        if i == 1:  # (readers take comments only after an event)
+            lines.append(NOTE)
         for placed in by_event.get(i - 1, []):
             colour = placed.colour or "GREEN"
             text = f"{placed.cue.prompt} | {placed.file.name}"

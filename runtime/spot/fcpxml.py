@@ -94,6 +94,7 @@ def read(path: Path, relink: Relink) -> Cut:
         frames=length,
         shots=visible(layers, rate),
         markers=sorted(reader.markers, key=lambda m: (m.record, m.name)),
+        sounds=reader.sounds,
     )
 
 
@@ -106,6 +107,7 @@ class _Reader:
         self.rate, self.tc_start, self.assets = rate, tc_start, assets
         self.relink, self.path = relink, path
         self.layers: dict[int, list[Shot]] = {}
+        self.sounds: list[Shot] = []
         self.markers: list[Marker] = []
         self.end = Fraction(0)
 
@@ -125,6 +127,9 @@ class _Reader:
             path, source = media
             shot = Shot(e.get("name") or path.name, path, record, frames, source + local_start)
             self.layers.setdefault(lane, []).append(shot)
+        elif e.tag == "asset-clip" and frames > 0 and (sound := self._asset(e.get("ref"), True)):
+            path, source = sound
+            self.sounds.append(Shot(e.get("name") or path.name, path, record, frames, source))
         for child in e:
             if child.tag in ("marker", "chapter-marker"):
                 self._marker(child, at, local_start, e.get("name") or e.tag)
@@ -139,24 +144,26 @@ class _Reader:
         """(file, its time at the element's local time 0 in seconds from the file's first
         frame) for picture elements; None for gaps, titles, audio-only clips."""
         if e.tag == "asset-clip":
-            return self._asset(e.get("ref"), Fraction(0))
+            return self._asset(e.get("ref"))
         if e.tag == "clip":  # a clip wraps its media: <video ref offset start>
             inner = e.find("video")
             if inner is not None and inner.get("ref") in self.assets:
+                found = self._asset(inner.get("ref"))
                 shift = seconds(inner.get("start")) - seconds(inner.get("offset"))
-                return self._asset(inner.get("ref"), shift)
+                return None if found is None else (found[0], found[1] + shift)
         return None
 
-    def _asset(self, ref: str | None, shift: Fraction) -> tuple[Path, Fraction] | None:
+    def _asset(self, ref: str | None, sound: bool = False) -> tuple[Path, Fraction] | None:
+        """(file, minus its start) of a picture asset (with `sound`: of an audio-only one)."""
         asset = self.assets.get(ref)
-        if asset is None or asset.get("hasVideo", "1") == "0":
+        if asset is None or (asset.get("hasVideo", "1") == "0") != sound:
             return None
         rep = asset.find("media-rep[@kind='original-media']")
         src = asset.get("src") or (rep.get("src") if rep is not None else None)
         if not src:
             return None
         # Asset time counts from the file's own timecode (its `start`).
-        return self.relink(src), shift - seconds(asset.get("start"))
+        return self.relink(src), -seconds(asset.get("start"))
 
     def _marker(self, m: ET.Element, at: Fraction, local_start: Fraction, where: str):
         when = at + seconds(m.get("start")) - local_start
