@@ -203,10 +203,11 @@ def _rate(timeline, videos) -> Fraction:
 def _drop_frame(timeline, kind: str) -> bool:
     """Drop-frame display, where the file says so (FCP7 XML's displayformat; selva-rt's own
     metadata in .otio)."""
-    ours = timeline.metadata.get("selva_rt", {})
+    metadata = _plain(timeline.metadata)
+    ours = metadata.get("selva_rt", {})
     if "drop_frame" in ours:
         return bool(ours["drop_frame"])
-    fcp = timeline.metadata.get("fcp_xml", {})
+    fcp = metadata.get("fcp_xml", {})
     tc = fcp.get("timecode", {}) if isinstance(fcp, dict) else {}
     return isinstance(tc, dict) and tc.get("displayformat") == "DF"
 
