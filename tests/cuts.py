@@ -128,7 +128,8 @@ def three_minutes(rate: Fraction = Fraction(25), clips: int = 4) -> Plan:
 
 
 def write_cut(plan: Plan, clips: list[Path], path: Path, rate: Fraction, start: str) -> Path:
-    writer = {".otio": _otio, ".xml": _premiere_xml, ".fcpxml": _fcpxml, ".edl": _avid_edl}
+    writer = {".otio": _otio, ".xml": _premiere_xml, ".fcpxml": _fcpxml, ".edl": _avid_edl,
+              ".aaf": _avid_aaf}  # fmt: skip
     writer[path.suffix](plan, clips, path, rate, Timecode.parse(start, rate))
     return path
 
@@ -275,3 +276,34 @@ def _avid_edl(plan, clips, path, rate, tc):
             if starts[i] <= m.record < starts[i] + shot.frames:
                 lines.append(f"* LOC: {label(tc.frames + m.record)} {m.colour:<7} {m.name}")
     path.write_text("\r\n".join(lines) + "\r\n")
+
+
+def _avid_aaf(plan, clips, path, rate, tc):
+    """An AAF: the composition through the AAF adapter's writer, then the markers as Avid keeps
+    them (DescriptiveMarkers on an EventMobSlot, described slot = the picture track)."""
+    import aaf2
+
+    timeline = _timeline(plan, clips, rate, tc)
+    for clip in timeline.find_clips():
+        clip.markers.clear()
+    timeline.tracks.markers.clear()
+    otio.adapters.write_to_file(timeline, str(path), adapter_name="AAF", use_empty_mob_ids=True)
+    with aaf2.open(str(path), "rw") as f:
+        composition = next(f.content.compositionmobs())
+        picture = next(s for s in composition.slots if s.media_kind == "Picture")
+        picture["PhysicalTrackNumber"].value = 1
+        sequence = f.create.Sequence(media_kind="DescriptiveMetadata")
+        for m in plan.markers:
+            marker = f.create.DescriptiveMarker()
+            marker["Position"].value = m.record
+            marker["Length"].value = m.frames or 1
+            marker["Comment"].value = m.name
+            marker["CommentMarkerUser"].value = "editor"
+            marker["DescribedSlots"].value = {picture.slot_id}
+            sequence.components.append(marker)
+        slot = f.create.EventMobSlot()
+        slot.edit_rate = rate
+        slot["SlotID"].value = 1000
+        slot["PhysicalTrackNumber"].value = 1
+        slot.segment = sequence
+        composition.slots.append(slot)

@@ -359,3 +359,26 @@ def test_cue_sheet_over_a_reference_movie(tmp_path, capsys):
     )
     assert refs == [round((90000 + 10) / 25 * 16000), round((90000 + 50) / 25 * 16000)]
     shutil.rmtree(tmp_path / "out")
+
+
+def test_avid_aaf_in_and_out(tmp_path, capsys):
+    """An AAF with Avid's markers (DescriptiveMarkers) spotted: stems on the AAF written back
+    (through the AAF adapter) at their record frames. (The adapter writes no markers.)"""
+    clips = source_clips(tmp_path / "media", Fraction(25), count=2, seconds=8)
+    shots = [PlannedShot(0, 0, 50), PlannedShot(1, 10, 60)]
+    plan = Plan(shots, [
+        PlannedMarker(30, 40, "door", "GREEN"),
+        PlannedMarker(70, 0, "rain", "BLUE"),
+    ])  # fmt: skip
+    path = write_cut(plan, clips, tmp_path / "reel2.aaf", Fraction(25), "01:00:00:00")
+    argv = ["spot", str(path), "--out", str(tmp_path / "out"), "--variant", "tiny"]
+    assert cli.main([*argv, "--steps", "1", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] == 2
+    back = otio.adapters.read_from_file(str(tmp_path / "out" / "reel2_spotted.aaf"))
+    assert round(back.global_start_time.to_seconds() * 25) == 90000
+    placed = sorted(
+        (round(c.range_in_parent().start_time.to_seconds() * 25), c.duration().to_frames(25))
+        for t in back.audio_tracks() for c in t.find_clips()
+    )  # fmt: skip
+    assert placed == [(30, 40), (70, 40)]  # the point marker: to its shot's end (110)

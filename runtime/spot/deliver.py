@@ -211,7 +211,8 @@ def write_timelines(cut: Cut, placed: list[Placed], out: Path) -> list[Path]:
 
 def _write_aaf(otio, timeline, path: Path) -> None:
     try:
-        otio.adapters.write_to_file(timeline, str(path), adapter_name="AAF")
+        # The stems are new to the AAF: they get new mob IDs.
+        otio.adapters.write_to_file(timeline, str(path), adapter_name="AAF", use_empty_mob_ids=True)
     except Exception as err:  # noqa: BLE001 - the adapter raises anything; one line for the user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise OutputError(f"the AAF adapter cannot write {path.name} ({first})") from None
