@@ -11,6 +11,7 @@ import opentimelineio as otio
 import pytest
 import soundfile
 import torch
+from clips import make_clip
 from selva_rt.runtime import cli, media
 from selva_rt.runtime.delivery.timecode import clip_timecode
 from test_delivery import timecoded
@@ -69,3 +70,48 @@ def test_generate_otio_converts_to_other_hosts(tmp_path, capsys):
     (collection,) = [fcpx] if isinstance(fcpx, otio.schema.Timeline) else list(fcpx)
     audio = [c for t in collection.tracks if t.kind == "Audio" for c in t.find_clips()]
     assert [round(c.range_in_parent().start_time.to_seconds() * 25) for c in audio] == [10]
+
+
+def test_an_edit_is_the_record_time_picture_across_the_cut(tmp_path):
+    """A cue over a cut: the model sees the end of one shot, then the next, at record time."""
+    red = make_clip(tmp_path / "red.mp4", frames=100, image=_solid((255, 0, 0)))
+    blue = make_clip(tmp_path / "blue.mp4", frames=100, image=_solid((0, 0, 255)))
+    edit = media.Edit(
+        (
+            media.Segment(red, Fraction(2), Fraction(1)),
+            media.Segment(blue, Fraction(1), Fraction(2)),
+        )
+    )
+    video = media.decode_video(edit, 8.0, to_end=True)
+    assert video.duration == 3.0 and not video.more
+    reds = (video.sync_frames[:, 0].float().mean((1, 2)) > 128).tolist()
+    # 1 s of red, then blue: the slots the official rule fills from the red frames (times up to
+    # 0.96 s; the slot times accumulate in floats, as officially)
+    slot, n = 0.0, 0
+    while slot <= 0.96:
+        slot, n = slot + 0.04, n + 1
+    assert reds == [True] * n + [False] * (75 - n) and n in (24, 25)
+    assert media.clip_duration(edit, 0.5) == 2.5
+
+
+def test_a_long_edit_runs_in_windows_to_its_exact_end(tmp_path):
+    from selva_rt.runtime.pipeline import Pipeline
+
+    a = make_clip(tmp_path / "a.mp4", frames=200)
+    b = make_clip(tmp_path / "b.mp4", frames=200, fps=Fraction(30000, 1001))
+    edit = media.Edit(
+        (
+            media.Segment(a, Fraction(1), Fraction(6)),
+            media.Segment(b, Fraction(0), Fraction(4004, 1000)),
+        )
+    )
+    pipe = Pipeline.from_pretrained("tiny", device="cpu", precision="fp32")
+    result = pipe.generate(edit, ["rain"], steps=1)
+    assert result.duration == pytest.approx(10.004)
+    assert result.audio.shape == (1, round(Fraction(10004, 1000) * result.sample_rate))
+
+
+def _solid(rgb):
+    import numpy as np
+
+    return np.broadcast_to(np.array(rgb, np.uint8), (48, 64, 3)).copy()
