@@ -298,6 +298,10 @@ def test_every_rate_reads_and_writes_back_exactly(tmp_path, rate, start, suffix)
             (c.record, c.frames, c.prompt) for c in cues
         )
         assert again.start == cut.start and again.rate == rate
+        # the editor's markers kept, the stems' own markers not taken for cues
+        assert [(m.record, m.name) for m in again.markers] == [
+            (m.record, m.name) for m in cut.markers
+        ]
     if suffix == ".edl":
         out = tmp_path / "back.edl"
         out.write_text(edl.write(cut, placed, out))

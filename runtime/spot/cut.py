@@ -338,13 +338,6 @@ def _path_of(url: str) -> Path:
     return Path(unquote(url))
 
 
-def check_media(cut: Cut) -> list[str]:
-    """One line per shot whose file is missing (relinking failed)."""
-    return [
-        f"{s.name}: {s.path} does not exist" for s in cut.shots if s.path and not s.path.exists()
-    ]
-
-
 def media_rate(cut_shots: list[Shot]) -> Fraction | None:
     """The timecode rate of the first shot's file that exists (for EDLs, which carry none)."""
     from .. import media

@@ -122,16 +122,20 @@ class _Reader:
         record = round((at - self.tc_start) * self.rate)
         frames = round(duration * self.rate)
         self.end = max(self.end, at - self.tc_start + duration)
-        media = self._media(e)
+        media, sound = self._media(e), None
+        if media is None and e.tag == "asset-clip":
+            sound = self._asset(e.get("ref"), True)
         if media is not None and frames > 0:
             path, source = media
             shot = Shot(e.get("name") or path.name, path, record, frames, source + local_start)
             self.layers.setdefault(lane, []).append(shot)
-        elif e.tag == "asset-clip" and frames > 0 and (sound := self._asset(e.get("ref"), True)):
+        elif sound is not None and frames > 0:
             path, source = sound
             self.sounds.append(Shot(e.get("name") or path.name, path, record, frames, source))
         for child in e:
             if child.tag in ("marker", "chapter-marker"):
+                if sound is not None:  # a stem's own marker (spot wrote it), not a cue
+                    continue
                 self._marker(child, at, local_start, e.get("name") or e.tag)
             elif child.tag == "spine":  # a secondary storyline, connected at its offset
                 base = at + seconds(child.get("offset")) - local_start
@@ -293,6 +297,21 @@ def write(cut: Cut, placed: list, path: Path) -> str:
             value=p.cue.prompt,
             note=p.note,
         )
+    for m in cut.markers:  # the editor's markers, on the item under them (after its anchors)
+        parent = next((it for it in items if it[0] <= m.record < it[1]), None)
+        if parent is None:
+            continue
+        p_record, _, p_element, p_local = parent
+        attrs = {
+            "start": time_text(p_local + (m.record - p_record) * frame),
+            "duration": time_text(max(1, m.frames) * frame),
+            "value": m.name,
+        }
+        if m.colour in ("RED", "GREEN"):  # FCP's to-do markers
+            attrs["completed"] = "1" if m.colour == "GREEN" else "0"
+        if m.comment:
+            attrs["note"] = m.comment
+        ET.SubElement(p_element, "marker", attrs)
     ET.indent(root)
     body = ET.tostring(root, encoding="unicode")
     return f'<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE fcpxml>\n\n{body}\n'
