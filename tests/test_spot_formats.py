@@ -386,3 +386,38 @@ def test_avid_aaf_in_and_out(tmp_path, capsys):
         for t in back.audio_tracks() for c in t.find_clips()
     )  # fmt: skip
     assert placed == [(30, 40), (70, 40)]  # the point marker: to its shot's end (110)
+
+
+def test_batch_job_over_an_edit_and_a_changed_seed(tmp_path):
+    """A JSONL job whose clip is an edit, with a timecode; rerun with a new seed: its own stem
+    is re-rendered without --force; a file no job wrote is still refused."""
+    from wavinfo import WavInfoReader
+
+    clips = source_clips(tmp_path / "media", Fraction(25), count=2, seconds=4)
+    job = {
+        "clip": {"segments": [
+            {"path": f"media/{clips[0].name}", "start": 1, "duration": "3/5"},
+            {"path": f"media/{clips[1].name}", "start": "1/25", "duration": 1},
+        ]},
+        "prompts": ["rain"], "seed": 1, "name": "cue",
+        "timecode": {"start": "01:00:10:00", "rate": "25"},
+    }  # fmt: skip
+    jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
+    args = ["batch", str(jobs), "--out", str(out), "--variant", "tiny", "--steps", "1", "--quiet"]
+    jobs.write_text(json.dumps(job) + "\n")
+    assert cli.main([*args, "--no-video"]) == 0
+    stem = out / "cue_rain.wav"
+    first = stem.read_bytes()
+    info = WavInfoReader(str(stem))
+    assert info.bext.time_reference == 3610 * 16000  # 01:00:10:00
+    assert info.data.frame_count == round(1.6 * 16000)  # the edit's 1.6 s
+    jobs.write_text(json.dumps(job | {"seed": 2}) + "\n")
+    assert cli.main([*args, "--no-video"]) == 0
+    assert stem.read_bytes() != first
+    (out / "other_rain.wav").write_bytes(b"mine")
+    jobs.write_text(json.dumps(job | {"name": "other"}) + "\n")
+    assert cli.main([*args, "--no-video"]) == 1
+    records = [json.loads(line) for line in (out / "results.jsonl").open()]
+    assert "other_rain.wav already exists and no job here wrote it" in records[-1]["error"]
+    assert cli.main([*args]) == 1  # an edit gets stems only
+    assert "pass --no-video" in [json.loads(x) for x in (out / "results.jsonl").open()][-1]["error"]

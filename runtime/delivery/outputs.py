@@ -112,7 +112,7 @@ def plan_outputs(
     if isinstance(clip, media.Edit):
         if video or otio:
             raise UsageError(
-                f"{clip.name} is an edit of several clips: its stems are written alone"
+                f"{clip.name} is an edit of several clips: it gets stems only (pass --no-video)"
             )
         for segment in clip.segments:
             media.existing_file(segment.path)
