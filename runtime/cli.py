@@ -327,6 +327,16 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     )
     batch.add_arguments(b)
     b.set_defaults(func=batch.cmd_batch)
+
+    from .spot import command as spot
+
+    s = sub.add_parser(
+        "spot",
+        parents=[common],
+        help="an editor's cut in (markers or a cue sheet), one stem per cue and the timeline out",
+    )
+    spot.add_arguments(s)
+    s.set_defaults(func=spot.cmd_spot)
     for name, help_text in (more or {}).items():  # listed in --help only
         sub.add_parser(name, help=help_text, add_help=False)
     return parser

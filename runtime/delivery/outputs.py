@@ -31,9 +31,10 @@ import torch
 from ... import __version__
 from ..errors import OutputError, UsageError
 from ..media import FALLBACK_CONTAINER, MUX_FORMATS
-from .timecode import Timecode
+from .timecode import Timecode, timecode_rate
 
 if TYPE_CHECKING:
+    from ..media import Edit
     from .loudness import Loudness
 
 AUDIO_FORMATS = ("wav", "flac")
@@ -53,7 +54,7 @@ class Stem:
 
 @dataclass(frozen=True)
 class OutputPlan:
-    clip: Path
+    clip: "Path | Edit"
     stems: tuple[Stem, ...]
     fmt: str = "wav"
     sample_rate: int | None = None  # None: the model's rate
@@ -87,7 +88,7 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def plan_outputs(
-    clip: str | os.PathLike,
+    clip: "str | os.PathLike | Edit",
     prompts: list[str],
     out_dir: str | os.PathLike,
     *,
@@ -98,14 +99,29 @@ def plan_outputs(
     name: str | None = None,
     otio: bool = False,
     loudness: float | None = None,
+    timecode: Timecode | None = None,
 ) -> OutputPlan:
     """Output paths per prompt (`<name or clip stem>_<prompt slug>.<fmt>` and the muxed video,
     plus `<name or clip stem>.otio` with `otio`), refusing before any work to clobber files
-    (without `force`), to write where it cannot, or to use a clip timecode it cannot read."""
+    (without `force`), to write where it cannot, or to use a clip timecode it cannot read.
+    `timecode`: of the picture's first frame (default: the clip's own); an edit's stems are
+    placed by it (00:00:00:00 without), and get no muxed video or timeline of their own."""
+    from .. import media
     from .timecode import clip_timecode
     from .timeline import require_otio
 
-    clip, out_dir = Path(clip), Path(out_dir)
+    out_dir = Path(out_dir)
+    if isinstance(clip, media.Edit):
+        if video or otio:
+            raise UsageError(
+                f"{clip.name} is an edit of several clips: it gets stems only (pass --no-video)"
+            )
+        for segment in clip.segments:
+            media.existing_file(segment.path)
+        if timecode is None:
+            timecode = Timecode(0, timecode_rate(media.probe(clip.segments[0].path).fps))
+    else:
+        clip = Path(clip)
     low, high = LOUDNESS_TARGETS
     if loudness is not None and not (isinstance(loudness, int | float) and low <= loudness <= high):
         raise UsageError(f"loudness {loudness!r} is out of range; use {low:g}..{high:g} LUFS")
@@ -136,7 +152,7 @@ def plan_outputs(
         fmt,
         sample_rate,
         force,
-        timecode=clip_timecode(clip),
+        timecode=timecode or clip_timecode(clip),
         otio=out_dir / f"{name or clip.stem}.otio" if otio else None,
         loudness=loudness,
     )
@@ -196,17 +212,18 @@ def write_outputs(plan: OutputPlan, result, variant: str = "") -> list[Delivered
     try:
         delivered = []
         for stem, wav in zip(plan.stems, result.audio, strict=True):
-            done, gain = _write_stem(plan, stem, wav, result, timecode, variant, stage)
+            done, audio = _write_stem(plan, stem, wav, result, timecode, variant, stage)
             delivered.append(done)
-            if stem.video is not None:
+            if stem.video is not None:  # the stem as written: the same rate, gain and length
                 media.mux(
                     plan.clip,
-                    wav * gain,
-                    result.sample_rate,
+                    audio,
+                    done.sample_rate,
                     stage(stem.video),
                     start=result.start,
                     duration=result.duration,
                     force=True,
+                    timecode=timecode,
                 )
         if plan.otio is not None:
             tracks = [
@@ -232,9 +249,10 @@ def write_outputs(plan: OutputPlan, result, variant: str = "") -> list[Delivered
     return delivered
 
 
-def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Delivered, float]:
+def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Delivered, np.ndarray]:
     """Write one stem at the plan's rate, normalised if asked, and measure the file as written;
-    WAV stems get their bext and iXML chunks. -> (what was written, the linear gain applied)."""
+    WAV stems get their bext and iXML chunks. -> (what was written, the audio [C, T] written:
+    resampled and gained, what the muxed video carries)."""
     import soundfile
 
     from .. import media
@@ -245,6 +263,9 @@ def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Deli
     rate = plan.sample_rate or result.sample_rate
     if rate != result.sample_rate:
         x = media.resample(torch.from_numpy(x), result.sample_rate, rate).numpy()
+        # As long as the picture, to the sample, at the new rate too.
+        n = round(Fraction(result.duration) * rate)
+        x = np.pad(x[:, :n], ((0, 0), (0, max(0, n - x.shape[1]))))
     gain_db, limited = 0.0, False
     if plan.loudness is not None:
         gain_db, limited = loudness.normalising_gain(x, rate, plan.loudness)
@@ -310,7 +331,7 @@ def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Deli
             ],
         )
     done = Delivered(stem, rate, len(written), measured, time_reference, gain_db, limited)
-    return done, gain
+    return done, x * gain
 
 
 def report(

@@ -127,6 +127,7 @@ class Results:
         self.records: list[dict] = []
         self._ok: dict[str, dict] = {}  # job id -> its last ok record
         self._owned: set[str] = set()  # ids of jobs that named their files here
+        self._files: set[str] = set()  # files (names in the folder) a job here has written
         for record in self._read():
             self._index(record)
         self.run = f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}/{os.getpid()}"
@@ -156,6 +157,11 @@ class Results:
         """Whether a run of this same job named its files here: they may be rewritten."""
         return job_id in self._owned
 
+    def wrote(self, path: Path) -> bool:
+        """Whether a job of this folder wrote (or was writing) `path`: the batch's own file,
+        which a job whose parameters changed since (a new seed, a re-spotted cue) replaces."""
+        return path.parent == self.out_dir and path.name in self._files
+
     def append(self, record: dict) -> dict:
         now = datetime.now(timezone.utc)
         record = {"run": self.run, "time": f"{now:%Y-%m-%dT%H:%M:%S.%fZ}"} | record
@@ -166,8 +172,11 @@ class Results:
 
     def _index(self, record: dict) -> None:
         self.records.append(record)
-        if record.get("status") in ("writing", "ok"):
-            self._owned.add(record.get("id"))
+        if record.get("status") in ("writing", "ok", "timeline"):  # timeline: spot's
+            if record.get("id"):
+                self._owned.add(record.get("id"))
+            for output in record.get("outputs") or ():
+                self._files.update(f for f in (output.get("audio"), output.get("video")) if f)
         if record.get("status") == "ok":
             self._ok[record.get("id")] = record
 
@@ -235,7 +244,9 @@ class LocalEngine:
 
 def prepare(entries: list[Entry], out_dir: Path, settings: Settings, results: Results, force: bool):
     """Give each job its id and output plan; jobs that would write another job's files, or
-    files that are not theirs (without `force`), get their error here, before any work."""
+    files that are not the batch's (without `force`), get their error here, before any work.
+    A file an earlier job in this folder wrote (results.jsonl says so) is the batch's own: a job
+    whose parameters changed since replaces it."""
     claimed: dict[Path, int] = {}
     for e in entries:
         if e.job is None:
@@ -249,11 +260,20 @@ def prepare(entries: list[Entry], out_dir: Path, settings: Settings, results: Re
                 fmt=settings.format,
                 video=settings.video,
                 sample_rate=settings.sample_rate,
-                force=force or results.owns(e.id),
+                force=True,  # checked below, against what the folder's records own
                 name=e.job.name,
+                timecode=e.job.timecode,
             )
+            mine = force or results.owns(e.id)
+            foreign = [p for p in e.plan.paths() if p.exists() and not (mine or results.wrote(p))]
+            if foreign:
+                raise OutputError(
+                    f"{foreign[0]} already exists and no job here wrote it; pass --force to "
+                    "overwrite it or --out to write elsewhere"
+                )
         except SelvaError as err:  # a clip that cannot be read, or outputs that cannot be written
             e.error = f"line {e.line}: {err}"
+            e.plan = None
             continue
         clash = next((claimed[p] for p in e.plan.paths() if p in claimed), None)
         if clash is not None:

@@ -4,6 +4,12 @@ line and the HTTP server from a request body.
     job = Job.from_dict({"clip": "a.mp4", "prompts": ["dog barking"], "seed": 7}, base=Path("."))
     job.to_dict()  # the canonical form: every field, the clip as an absolute path
 
+A job's clip is a file, or an edit: source ranges of several clips played back to back
+(`{"segments": [{"path": "a.mov", "start": 12, "duration": "5/2"}, ...]}`, times in seconds,
+exact as "num/den"), which is how `selva-rt spot` hands the batch runner a cue that spans a cut.
+`timecode` (`{"start": "01:00:10:00", "rate": "25/1"}`) places the stems when the picture's
+first frame is not at the clip's own timecode (a cue on the editor's timeline).
+
 Parsing is strict: an unknown field, a wrong type or a bad value is a JobError with one line
 that names the field and says what is wanted. Values are checked by runtime/checks.py, as for
 `generate`, so a job is refused for exactly the reasons a command line is.
@@ -14,11 +20,14 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from ..checks import check_negative_prompt, check_options, check_prompts
 from ..delivery.outputs import OutputPlan
+from ..delivery.timecode import Timecode, rate_text
 from ..errors import JobError, SelvaError
+from ..media import Edit
 from ..pipeline import first_window
 from ..variants import DEFAULT_SEED, DEFAULT_STEPS, Variant
 
@@ -27,7 +36,7 @@ MAX_NAME_CHARS = 100
 
 @dataclass(frozen=True)
 class Job:
-    clip: Path  # absolute
+    clip: Path | Edit  # absolute; or an edit of several clips' source ranges
     prompts: tuple[str, ...]  # in JSON a list of text, or one text for one prompt
     negative_prompt: str = ""
     seed: int = DEFAULT_SEED
@@ -36,6 +45,7 @@ class Job:
     start: float = 0.0
     duration: float | None = None  # seconds from start; None: to the clip's end
     name: str | None = None  # output file prefix; default: the clip's stem
+    timecode: Timecode | None = None  # of the picture's first frame; None: the clip's own
 
     @classmethod
     def from_dict(cls, data: object, *, base: Path, defaults: dict | None = None) -> "Job":
@@ -50,9 +60,7 @@ class Job:
         for field in ("clip", "prompts"):
             if field not in values:
                 raise JobError(f"missing field {field!r}")
-        clip = values["clip"]
-        if not isinstance(clip, str) or not clip.strip():
-            raise JobError(f"clip must be a path (text), not {_json_type(clip)}")
+        clip = _clip(values["clip"], base)
         options = {k: values[k] for k in OPTION_DEFAULTS}
         try:
             prompts = tuple(check_prompts(values["prompts"]))
@@ -61,7 +69,7 @@ class Job:
         except SelvaError as err:
             raise JobError(str(err)) from None
         return cls(
-            clip=Path(clip) if os.path.isabs(clip) else (base / clip).absolute(),
+            clip=clip,
             prompts=prompts,
             negative_prompt=negative,
             seed=options["seed"],
@@ -70,12 +78,18 @@ class Job:
             start=float(options["start"]),
             duration=None if options["duration"] is None else float(options["duration"]),
             name=_check_name(values.get("name")),
+            timecode=_timecode(values.get("timecode")),
         )
 
     def to_dict(self) -> dict:
-        """The canonical JSON form: every field, the clip as an absolute path."""
-        d = dataclasses.asdict(self)
-        d["clip"], d["prompts"] = str(self.clip), list(self.prompts)
+        """The canonical JSON form: every field, the clip as an absolute path (or an edit)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["clip"] = self.clip.to_dict() if isinstance(self.clip, Edit) else str(self.clip)
+        d["prompts"] = list(self.prompts)
+        if self.timecode is None:
+            del d["timecode"]  # absent, not null: ids of jobs without one stay as they were
+        else:
+            d["timecode"] = {"start": str(self.timecode), "rate": rate_text(self.timecode.rate)}
         return d
 
 
@@ -96,6 +110,32 @@ def parse_line(line: str, *, base: Path, defaults: dict | None = None) -> Job:
     except ValueError as err:
         raise JobError(str(err)) from None
     return Job.from_dict(data, base=base, defaults=defaults)
+
+
+def _clip(clip: object, base: Path) -> Path | Edit:
+    """A job's clip: a path (text; relative to `base`) or an edit (an object of segments)."""
+    if isinstance(clip, dict):
+        try:
+            edit = Edit.from_dict(clip, base.absolute())
+        except (ValueError, SelvaError) as err:
+            raise JobError(f"clip: {err}") from None
+        return edit
+    if not isinstance(clip, str) or not clip.strip():
+        raise JobError(f"clip must be a path (text), not {_json_type(clip)}")
+    return Path(clip) if os.path.isabs(clip) else (base / clip).absolute()
+
+
+def _timecode(value: object) -> Timecode | None:
+    """{"start": "01:00:00;00", "rate": "30000/1001"} -> Timecode (None stays None)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"start", "rate"}:
+        raise JobError('timecode is {"start": "hh:mm:ss:ff", "rate": "25/1"}')
+    try:
+        rate = Fraction(value["rate"])
+        return Timecode.parse(value["start"], rate)
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as err:
+        raise JobError(f"timecode: {err}") from None
 
 
 def _check_name(name: object) -> str | None:
