@@ -4,14 +4,9 @@ concurrent clients, and a `kill -9` of the server during a job."""
 
 import io
 import json
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +18,7 @@ from selva_rt.runtime.pipeline import Pipeline
 starlette = pytest.importorskip("starlette", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
 from selva_rt.runtime.service.server import Limits, create_app  # noqa: E402
+from servers import Server, wait  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 STEPS = 2  # structure, not sound: few Euler steps keep every test fast
@@ -43,16 +39,6 @@ def roots(tmp_path, sample_clip) -> Path:
 
 def job(clip: Path, *prompts: str, **options) -> dict:
     return {"clip": str(clip), "prompts": list(prompts) or ["rain"], "steps": STEPS, **options}
-
-
-def wait(client, job_id: str, states=("done", "failed", "cancelled"), timeout=120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = client.get(f"/v1/jobs/{job_id}").json()
-        if record["state"] in states:
-            return record
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} still {record['state']} after {timeout} s")
 
 
 def test_job_lifecycle(tiny, roots, tmp_path):
@@ -194,39 +180,6 @@ def test_serving_beyond_loopback_needs_a_token(roots, tmp_path, capsys):
 
 
 # -- a real server process --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`selva-rt serve --variant tiny` in a subprocess on a free loopback port."""
-
-    def __init__(self, roots: Path, out: Path, *extra: str):
-        self.port = free_port()
-        argv = ["serve", "--variant", "tiny", "--root", str(roots), "--out", str(out)]
-        argv += ["--port", str(self.port), "--device", "cpu", "--quiet", *extra]
-        code = "import sys; from selva_rt.runtime.cli import main; sys.exit(main(sys.argv[1:]))"
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "the server exited"
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError("the server did not come up in 120 s")
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=120)
-        self.client.close()
 
 
 def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
