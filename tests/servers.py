@@ -4,6 +4,7 @@ tests that need one (a kill -9, a browser, TLS, Ray)."""
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,6 +39,8 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env)
         self.url = f"{'https' if https else 'http'}://127.0.0.1:{self.port}"
+        if isinstance(verify, str):  # a certificate to trust: the server's self-signed one
+            verify = ssl.create_default_context(cafile=verify)
         self.client = httpx.Client(base_url=self.url, timeout=30, verify=verify)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

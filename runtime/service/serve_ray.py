@@ -17,6 +17,8 @@ be on a shared mount at the same paths, and selva-rt installed on every node.
 """
 
 import secrets
+import threading
+import time
 
 from ..errors import SelvaError
 from ..variants import get_variant
@@ -24,6 +26,7 @@ from .batch_ray import RayCluster, ray, start_workers
 from .server import Interrupted, WorkerDied
 
 POLL_S = 0.2  # how often a running call's steps are read (progress, cancel)
+RECOVER_S = 600.0  # longest wait for Ray to restart a dead actor (it loads the model again)
 
 
 class RayPipe:
@@ -64,6 +67,17 @@ class RayPipe:
         except Interrupted:
             pass  # the result is here: the Worker decides by its cancelled set
         return outcome
+
+    def recover(self, stopping: threading.Event, timeout: float = RECOVER_S) -> None:
+        """Wait until Ray has restarted the actor (or `stopping` is set, or `timeout` passes:
+        then the next call fails fast and its jobs are requeued again)."""
+        deadline = time.monotonic() + timeout
+        while not stopping.is_set() and time.monotonic() < deadline:
+            try:
+                self.where = ray.get(self.actor.describe.remote(), timeout=POLL_S * 10)["where"]
+                return
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                stopping.wait(POLL_S)
 
 
 def ray_pipes(

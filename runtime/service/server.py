@@ -71,7 +71,8 @@ class Interrupted(Exception):
 
 
 class WorkerDied(Interrupted):
-    """The process running the generation died (a Ray actor): its jobs go back to the queue."""
+    """The process running the generation died (a Ray actor): its jobs go back to the queue,
+    and the Worker waits on `pipe.recover(stopping)` before it claims the next ones."""
 
 
 class Uploads:
@@ -140,13 +141,18 @@ class Worker(threading.Thread):
         super().__init__(name="selva-rt worker", daemon=True)
         self.pipe, self.journal, self.out_dir, self.limits = pipe, journal, out_dir, limits
         self.uploads = uploads
-        self.where = getattr(pipe, "where", f"local:{getattr(pipe, 'device', '?')}")
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.requeue = threading.Event()  # set when the drain time is over
         self.cancelled: set[str] = set() if cancelled is None else cancelled
         self.running: list[str] = []
         self.deaths: dict[str, int] = {}  # job id -> times its worker died running it
+
+    @property
+    def where(self) -> str:
+        """Where the jobs run: local:DEVICE, or ray:NODE:PID (which changes when Ray restarts
+        a dead actor)."""
+        return getattr(self.pipe, "where", None) or f"local:{self.pipe.device}"
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -208,6 +214,7 @@ class Worker(threading.Thread):
                     )
                 else:
                     self.journal.finish(r.id, "queued")
+            self.pipe.recover(self.stopping)  # meanwhile another worker may take the jobs
             return
         except Interrupted:
             for r in group:

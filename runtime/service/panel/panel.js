@@ -100,7 +100,8 @@ async function loadClips() {
 function chooseFile(file) {
   state.file = file || null;
   if (file) $("clip-select").value = "";
-  $("clip-chosen").textContent = file ? `upload: ${file.name} (${(file.size / 1e6).toFixed(1)} MB)` : "";
+  const size = file && (file.size < 1e6 ? `${Math.ceil(file.size / 1e3)} kB` : `${(file.size / 1e6).toFixed(1)} MB`);
+  $("clip-chosen").textContent = file ? `upload: ${file.name} (${size})` : "";
 }
 
 $("clip-file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
@@ -319,17 +320,17 @@ function renderStems(player) {
     name.textContent = stem.output.prompt;
     const buttons = document.createElement("span");
     buttons.className = "buttons";
-    for (const kind of ["mute", "solo"]) {
+    for (const [flag, title] of [["muted", "Mute"], ["solo", "Solo"]]) {
       const button = document.createElement("button");
       button.type = "button";
-      button.className = kind;
-      button.textContent = kind === "mute" ? "M" : "S";
-      button.title = kind === "mute" ? "Mute" : "Solo";
-      button.setAttribute("aria-label", `${kind === "mute" ? "Mute" : "Solo"} ${stem.output.prompt}`);
+      button.className = title.toLowerCase();
+      button.textContent = title[0];
+      button.title = title;
+      button.setAttribute("aria-label", `${title} ${stem.output.prompt}`);
       button.setAttribute("aria-pressed", "false");
       button.addEventListener("click", () => {
-        stem[kind] = !stem[kind];
-        button.setAttribute("aria-pressed", String(stem[kind]));
+        stem[flag] = !stem[flag];
+        button.setAttribute("aria-pressed", String(stem[flag]));
         applyGains(player);
       });
       buttons.append(button);
@@ -373,9 +374,9 @@ function drawWave(canvas, buffer) {
 function applyGains(player) {
   const soloing = player.stems.some((s) => s.solo);
   for (const stem of player.stems) {
-    const on = soloing ? stem.solo : !stem.muted;
-    stem.gain.gain.value = on ? 1 : 0;
-    stem.item.dataset.gain = String(stem.gain.gain.value);
+    const gain = (soloing ? stem.solo : !stem.muted) ? 1 : 0;
+    stem.gain.gain.setValueAtTime(gain, player.context.currentTime);
+    stem.item.dataset.gain = String(gain);
   }
 }
 
