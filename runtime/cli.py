@@ -174,29 +174,80 @@ def finish(args, plan, result, pipe, t_start: float) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .pipeline import Pipeline
-    from .service.server import Limits, is_loopback, serve
+    """Check every option, take the port and the journal, then load the model(s) and serve:
+    a second server on the same port or --out is refused in one line before it loads anything."""
+    from .service.server import JOURNAL, Limits, is_loopback, listen, serve
 
+    if args.make_cert:
+        from .service.tls import make_self_signed
+
+        cert, key = make_self_signed(Path(args.make_cert), force=args.force)
+        print(f"certificate {cert}\nkey         {key}")
+        print(f"serve with: selva-rt serve --tls-cert {cert} --tls-key {key} --root ...")
+        return 0
     token = args.token or os.environ.get("SELVA_RT_TOKEN") or None
     if not is_loopback(args.host) and token is None:
         raise UsageError(
             f"--host {args.host} is reachable from other machines; give --token TOKEN "
             "(or SELVA_RT_TOKEN) so only clients holding it can submit jobs"
         )
+    if not args.root:
+        raise UsageError("give --root FOLDER: the folder(s) clips may come from")
     roots = [Path(r) for r in args.root]
     for root in roots:
         if not root.is_dir():
             raise UsageError(f"--root {root} is not a folder; serve an existing folder of clips")
     if args.max_queue < 1 or args.max_upload_mb <= 0:
         raise UsageError("--max-queue and --max-upload-mb must be positive")
+    tls = None
+    if args.tls_cert or args.tls_key:
+        from .service.tls import check_pair
+
+        if not (args.tls_cert and args.tls_key):
+            raise UsageError("HTTPS needs both --tls-cert and --tls-key")
+        tls = (Path(args.tls_cert), Path(args.tls_key))
+        check_pair(*tls)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    pipe = Pipeline.from_pretrained(
-        args.variant, device=args.device, precision=args.precision, quiet=args.quiet
-    )
-    limits = Limits(queue=args.max_queue, upload=int(args.max_upload_mb * 2**20))
-    serve(pipe, roots, out, args.host, args.port, token, limits, args.quiet)
+    sock = listen(args.host, args.port)
+    try:
+        from .service.journal import Journal
+
+        out.mkdir(parents=True, exist_ok=True)
+        journal = Journal(out / JOURNAL)
+        cluster = None
+        if args.ray:
+            from .service.batch_ray import RayCluster
+            from .service.serve_ray import ray_pipes
+
+            cluster = RayCluster(args.ray, quiet=args.quiet)
+            pipe = ray_pipes(cluster, args.variant, args.device, args.precision, args.ray_workers)
+        else:
+            from .pipeline import Pipeline
+
+            pipe = Pipeline.from_pretrained(
+                args.variant, device=args.device, precision=args.precision, quiet=args.quiet
+            )
+        limits = Limits(queue=args.max_queue, upload=int(args.max_upload_mb * 2**20))
+        try:
+            serve(
+                pipe,
+                roots,
+                out,
+                sock,
+                journal=journal,
+                token=token,
+                limits=limits,
+                tls=tls,
+                cors=tuple(args.cors_origin or ()),
+                quiet=args.quiet,
+            )
+        finally:
+            if cluster is not None:
+                cluster.close()
+    finally:
+        sock.close()
     return 0
 
 
@@ -298,11 +349,33 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     add_variant_option(srv, "selva-small-16k", generating_variants())
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     srv.add_argument("--port", type=int, default=8731)
-    srv.add_argument(
-        "--root", action="append", required=True, help="folder clips may come from (repeatable)"
-    )
+    srv.add_argument("--root", action="append", help="folder clips may come from (repeatable)")
     srv.add_argument("--out", default="selva_serve", help="journal, uploads and outputs")
     srv.add_argument("--token", default=None, help="bearer token (required off loopback)")
+    srv.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS")
+    srv.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    srv.add_argument(
+        "--make-cert",
+        metavar="DIR",
+        default=None,
+        help="write a self-signed certificate for localhost into DIR, then exit",
+    )
+    srv.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (e.g. https://host:port) call the API (repeatable)",
+    )
+    srv.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run jobs on a Ray cluster (auto, ray://HOST:10001, ...) or start one: local",
+    )
+    srv.add_argument(
+        "--ray-workers", type=int, default=None, help="Ray actors (default: one per GPU or CPU)"
+    )
+    srv.add_argument("--force", action="store_true", help="with --make-cert: replace a pair")
     srv.add_argument("--max-queue", type=int, default=64, help="queued jobs before 429")
     srv.add_argument("--max-upload-mb", type=float, default=2048, help="largest upload")
     srv.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

@@ -34,9 +34,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..delivery.outputs import OutputPlan, plan_outputs, write_outputs
+from ..delivery.outputs import OutputPlan, write_outputs
 from ..errors import JobError, OutputError, SelvaError, UsageError
-from .jobs import Entry, Job, decode, generate, parse_line
+from .jobs import DELIVERY, Entry, Job, decode, generate, parse_line
 
 RESULTS = "results.jsonl"
 CLIP_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
@@ -48,9 +48,6 @@ class Settings:
 
     variant: str
     precision: str  # resolved: fp32 / bf16 / fp16
-    format: str = "wav"
-    sample_rate: int | None = None
-    video: bool = True
 
 
 def read_jobs(
@@ -253,17 +250,7 @@ def prepare(entries: list[Entry], out_dir: Path, settings: Settings, results: Re
             continue
         e.id = job_id(e.job, settings)
         try:
-            e.plan = plan_outputs(
-                e.job.clip,
-                list(e.job.prompts),
-                out_dir,
-                fmt=settings.format,
-                video=settings.video,
-                sample_rate=settings.sample_rate,
-                force=True,  # checked below, against what the folder's records own
-                name=e.job.name,
-                timecode=e.job.timecode,
-            )
+            e.plan = e.job.plan(out_dir, force=True)  # checked below, against the records
             mine = force or results.owns(e.id)
             foreign = [p for p in e.plan.paths() if p.exists() and not (mine or results.wrote(p))]
             if foreign:
@@ -367,7 +354,7 @@ def run_batch(
                 "ok",
                 outputs=outputs,
                 duration=outcome.duration,
-                sample_rate=settings.sample_rate or outcome.sample_rate,
+                sample_rate=entry.job.sample_rate or outcome.sample_rate,
                 timings_s={k: round(v, 4) for k, v in timings.items()},
                 worker=where,
             )
@@ -408,6 +395,13 @@ def add_arguments(parser) -> None:
     job.add_argument("--cfg", type=float, default=None, help="classifier-free guidance")
     job.add_argument("--duration", type=float, default=None, help="seconds")
     job.add_argument("--start", type=float, default=None, help="start time in the clip (s)")
+    job.add_argument("--format", default=None, choices=AUDIO_FORMATS, help="wav (default) or flac")
+    job.add_argument("--sample-rate", type=int, choices=OUT_RATES, default=None)
+    job.add_argument("--loudness", type=float, default=None, metavar="LUFS", help="normalise stems")
+    job.add_argument("--otio", action="store_true", default=None, help="write a timeline per job")
+    job.add_argument(
+        "--no-video", action="store_true", default=None, help="write stems only, no muxed video"
+    )
     parser.add_argument(
         "--variant",
         default="selva-small-16k",
@@ -424,9 +418,6 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--backend", default="torch", choices=BACKENDS)
     parser.add_argument("--engines", default=None, help="folder built by `selva-rt export`")
-    parser.add_argument("--format", default="wav", choices=AUDIO_FORMATS)
-    parser.add_argument("--sample-rate", type=int, choices=OUT_RATES, default=None)
-    parser.add_argument("--no-video", action="store_true", help="write stems only, no muxed video")
     parser.add_argument("--decode-workers", type=int, default=2, help="threads decoding ahead")
     parser.add_argument(
         "--ray",
@@ -454,7 +445,7 @@ def cmd_batch(args) -> int:
 
     if args.decode_workers < 1:
         raise UsageError("--decode-workers must be at least 1")
-    fields = ("negative_prompt", "seed", "steps", "cfg", "duration", "start")
+    fields = ("negative_prompt", "seed", "steps", "cfg", "duration", "start", *DELIVERY)
     defaults = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     entries = read_jobs(args.jobs, args.prompts, defaults)
     options = dict(
@@ -479,13 +470,7 @@ def cmd_batch(args) -> int:
             pipe = Pipeline.from_pretrained(device=args.device, quiet=args.quiet, **options)
             return LocalEngine(pipe, args.decode_workers)
 
-    settings = Settings(
-        variant=args.variant,
-        precision=resolve_precision(args.precision, device),
-        format=args.format,
-        sample_rate=args.sample_rate,
-        video=not args.no_video,
-    )
+    settings = Settings(variant=args.variant, precision=resolve_precision(args.precision, device))
     try:
         with Results(args.out) as results:
             summary = run_batch(

@@ -1,8 +1,9 @@
-"""A job: one clip, its prompts and the sampler options, as `selva-rt batch` reads it from a JSONL
-line and the HTTP server from a request body.
+"""A job: one clip, its prompts, the sampler options and the delivery options, as `selva-rt batch`
+reads it from a JSONL line and the HTTP server from a request body.
 
     job = Job.from_dict({"clip": "a.mp4", "prompts": ["dog barking"], "seed": 7}, base=Path("."))
     job.to_dict()  # the canonical form: every field, the clip as an absolute path
+    plan = job.plan(out_dir)  # its files, as `generate` with the same options writes them
 
 A job's clip is a file, or an edit: source ranges of several clips played back to back
 (`{"segments": [{"path": "a.mov", "start": 12, "duration": "5/2"}, ...]}`, times in seconds,
@@ -24,7 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..checks import check_negative_prompt, check_options, check_prompts
-from ..delivery.outputs import OutputPlan
+from ..delivery.outputs import AUDIO_FORMATS, LOUDNESS_TARGETS, OUT_RATES, OutputPlan, plan_outputs
 from ..delivery.timecode import Timecode, rate_text
 from ..errors import JobError, SelvaError
 from ..media import Edit
@@ -46,6 +47,12 @@ class Job:
     duration: float | None = None  # seconds from start; None: to the clip's end
     name: str | None = None  # output file prefix; default: the clip's stem
     timecode: Timecode | None = None  # of the picture's first frame; None: the clip's own
+    # Delivery, as `generate`'s options of the same names: they change the files, not the sound.
+    format: str = "wav"  # wav (Broadcast WAV) or flac
+    sample_rate: int | None = None  # None: the model's rate; 48000 for video delivery
+    loudness: float | None = None  # LUFS each stem is normalised to; None: as generated
+    otio: bool = False  # also write <name>.otio (needs opentimelineio)
+    no_video: bool = False  # stems only, no muxed video
 
     @classmethod
     def from_dict(cls, data: object, *, base: Path, defaults: dict | None = None) -> "Job":
@@ -79,6 +86,7 @@ class Job:
             duration=None if options["duration"] is None else float(options["duration"]),
             name=_check_name(values.get("name")),
             timecode=_timecode(values.get("timecode")),
+            **_check_delivery(values),
         )
 
     def to_dict(self) -> dict:
@@ -92,8 +100,26 @@ class Job:
             d["timecode"] = {"start": str(self.timecode), "rate": rate_text(self.timecode.rate)}
         return d
 
+    def plan(self, out_dir: Path, *, prompts: list[str] | None = None, force: bool = False):
+        """The job's OutputPlan in `out_dir` (`prompts`: those of the result, default the job's);
+        refuses what `plan_outputs` refuses."""
+        return plan_outputs(
+            self.clip,
+            list(self.prompts if prompts is None else prompts),
+            out_dir,
+            fmt=self.format,
+            video=not self.no_video,
+            sample_rate=self.sample_rate,
+            force=force,
+            name=self.name,
+            otio=self.otio,
+            loudness=self.loudness,
+            timecode=self.timecode,
+        )
+
 
 FIELDS = {f.name for f in dataclasses.fields(Job)}
+DELIVERY = ("format", "sample_rate", "loudness", "otio", "no_video")
 OPTION_DEFAULTS = {
     f.name: f.default
     for f in dataclasses.fields(Job)
@@ -151,6 +177,41 @@ def _check_name(name: object) -> str | None:
             "no slashes, not starting with '.'"
         )
     return name
+
+
+def _check_delivery(values: dict) -> dict:
+    """The delivery fields of `values`, checked (defaults for those it leaves out)."""
+    from ..delivery.timeline import require_otio
+
+    out = {
+        f.name: values.get(f.name, f.default) for f in dataclasses.fields(Job) if f.name in DELIVERY
+    }
+    if out["format"] not in AUDIO_FORMATS:
+        raise JobError(
+            f"format must be {' or '.join(map(repr, AUDIO_FORMATS))}, not {out['format']!r}"
+        )
+    rate = out["sample_rate"]
+    if rate is not None and (isinstance(rate, bool) or rate not in OUT_RATES):
+        raise JobError(f"sample_rate must be null (the model's rate) or one of {list(OUT_RATES)}")
+    low, high = LOUDNESS_TARGETS
+    level = out["loudness"]
+    if level is not None:
+        if (
+            isinstance(level, bool)
+            or not isinstance(level, int | float)
+            or not low <= level <= high
+        ):
+            raise JobError(f"loudness must be null or a number of LUFS in {low:g}..{high:g}")
+        out["loudness"] = float(level)
+    for flag in ("otio", "no_video"):
+        if not isinstance(out[flag], bool):
+            raise JobError(f"{flag} must be true or false, not {_json_type(out[flag])}")
+    if out["otio"]:
+        try:
+            require_otio()
+        except SelvaError as err:
+            raise JobError(str(err)) from None
+    return out
 
 
 def _no_constant(name: str):

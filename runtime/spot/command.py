@@ -106,6 +106,9 @@ def cmd_spot(args) -> int:
                 cfg=args.cfg,
                 name=name,
                 timecode=cut.timecode(cue.record),
+                format=args.format,
+                sample_rate=args.sample_rate,
+                no_video=True,  # the cut's picture stays in the editor's timeline
             )
             entries.append(Entry(cue.number, job))
         except SelvaError as err:
@@ -132,13 +135,7 @@ def cmd_spot(args) -> int:
             pipe = Pipeline.from_pretrained(device=args.device, quiet=args.quiet, **options)
             return LocalEngine(pipe, args.decode_workers)
 
-    settings = Settings(
-        variant=args.variant,
-        precision=resolve_precision(args.precision, device),
-        format=args.format,
-        sample_rate=args.sample_rate,
-        video=False,
-    )
+    settings = Settings(variant=args.variant, precision=resolve_precision(args.precision, device))
     out = Path(args.out)
     try:
         with Results(out) as results:
@@ -151,7 +148,7 @@ def cmd_spot(args) -> int:
                 entries, out, settings, factory, results, force=args.force,
                 progress=not args.quiet,
             )  # fmt: skip
-            done = _stems(results, entries, cues, out, settings)
+            done = _stems(results, entries, cues, out, args.sample_rate)
             placed = place(cut, done, args.variant)
             written = write_timelines(cut, placed, out)
             results.append({"status": "timeline", "outputs": [{"audio": p.name} for p in written]})
@@ -180,7 +177,7 @@ def cmd_spot(args) -> int:
     return 0 if summary.failed == 0 else 1
 
 
-def _stems(results: Results, entries: list[Entry], cues, out: Path, settings: Settings) -> list:
+def _stems(results: Results, entries: list[Entry], cues, out: Path, sample_rate) -> list:
     """(cue, stem file, sample rate, seed) of every cue whose stem is in place."""
     by_number = {c.number: c for c in cues}
     done = []
@@ -189,7 +186,7 @@ def _stems(results: Results, entries: list[Entry], cues, out: Path, settings: Se
         if record is None:
             continue
         (output,) = record["outputs"]
-        rate = record.get("sample_rate") or settings.sample_rate or 0
+        rate = record.get("sample_rate") or sample_rate or 0
         done.append((by_number[entry.line], out / output["audio"], rate, entry.job.seed))
     return done
 
