@@ -86,12 +86,9 @@ def build_parser(prog: str = "selva-rt export") -> argparse.ArgumentParser:
 
 
 def resolve_parts(variant, asked: list[str] | None) -> list[str]:
-    if variant.flowley:
-        raise UsageError(
-            f"{variant.name} has no engine backend yet; its step exports and is checked in "
-            "ONNX Runtime by export/flowley_onnx.py"
-        )
     have = plan.part_names(variant)
+    if not have:
+        raise UsageError(f"{variant.name} has no graph parts; it runs on --backend torch only")
     if not asked:
         return list(have)
     asked = [p for item in asked for p in item.split(",") if p]
@@ -197,8 +194,8 @@ def build(args, nets=None) -> Manifest:
         q = exported.quantized
         int8 = f", {q['quantized_nodes']} linear layers int8" if q else ""
         _say(f"  {name}: exported in {exported.seconds:.1f} s{int8}", args.quiet)
-    empty_clip_feat = nets.generator.empty_clip_feat.detach().float().cpu().contiguous()
-    save_file({"empty_clip_feat": empty_clip_feat}, str(out / CONSTANTS))
+    constants = ox.graph_constants(variant, nets)
+    save_file(constants, str(out / CONSTANTS))
     os.chmod(out / CONSTANTS, file_mode())  # safetensors writes 0600, unlike every other file
 
     manifest = Manifest(
@@ -215,7 +212,7 @@ def build(args, nets=None) -> Manifest:
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         parts=entries,
     )
-    failed = check(args, variant, nets, manifest, out, empty_clip_feat)
+    failed = check(args, variant, nets, manifest, out, constants)
     if not args.onnx_only:
         failed += [
             f"{n} (TensorRT: {e.trt_problems[0]})" for n, e in entries.items() if e.trt_problems
@@ -239,7 +236,7 @@ def build(args, nets=None) -> Manifest:
     return manifest
 
 
-def check(args, variant, nets, manifest: Manifest, out: Path, empty_clip_feat) -> list[str]:
+def check(args, variant, nets, manifest: Manifest, out: Path, constants: dict) -> list[str]:
     """Run every exported part with ONNX Runtime against the fp32 torch backend and record the
     errors in the manifest's entries; the parts whose error exceeds CHECK_RTOL."""
     import onnxruntime as ort
@@ -260,9 +257,7 @@ def check(args, variant, nets, manifest: Manifest, out: Path, empty_clip_feat) -
             return []
         device, provider = "cuda", "CUDAExecutionProvider"
     graphs = {n: out / e.onnx for n, e in entries.items()}
-    ort_parts = OrtParts(
-        variant, manifest, graphs, empty_clip_feat, device, [provider], args.threads
-    )
+    ort_parts = OrtParts(variant, manifest, graphs, constants, device, [provider], args.threads)
     rtol = CHECK_RTOL[args.precision]
     failed = []
     for name, outs in ox.check_parts(list(entries), variant, nets, ort_parts).items():

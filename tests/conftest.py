@@ -47,13 +47,30 @@ def tiny_nets() -> Networks:
     return build_networks(TINY, {})
 
 
+def onnx_build(tmp_path_factory, variant: str) -> Path:
+    """`selva-rt export --variant VARIANT --onnx-only` (fp32) into a fresh folder."""
+    out = tmp_path_factory.mktemp("engines") / variant
+    argv = ["--variant", variant, "--out", str(out), "--onnx-only", "--threads", "2", "--quiet"]
+    assert build_engines.main(argv) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_engines(tmp_path_factory) -> Path:
     """One fp32 ONNX build of every tiny part per session (the export and ORT backend tests)."""
-    out = tmp_path_factory.mktemp("engines") / "tiny"
-    argv = ["--variant", "tiny", "--out", str(out), "--onnx-only", "--threads", "2", "--quiet"]
-    assert build_engines.main(argv) == 0
-    return out
+    return onnx_build(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_sep_engines(tmp_path_factory) -> Path:
+    """One fp32 ONNX build of every tiny-sep part per session (separation on the graphs)."""
+    return onnx_build(tmp_path_factory, "tiny-sep")
+
+
+@pytest.fixture(scope="session")
+def tiny_flowley_engines(tmp_path_factory) -> Path:
+    """One fp32 ONNX build of every tiny-flowley part per session (Flowley on the graphs)."""
+    return onnx_build(tmp_path_factory, "tiny-flowley")
 
 
 @pytest.fixture(scope="session")

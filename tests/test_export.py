@@ -269,7 +269,7 @@ def test_plain_mmaudio_parts(tmp_path):
         variant,
         manifest,
         {n: tmp_path / f"{n}.onnx" for n in parts},
-        nets.generator.empty_clip_feat.detach(),
+        onnx_export.graph_constants(variant, nets),
         threads=2,
     )
     report = onnx_export.check_parts(parts, variant, nets, ort_parts)
