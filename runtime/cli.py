@@ -416,10 +416,24 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
 
 
 def add_variant_option(parser: argparse.ArgumentParser, default: str, names: list[str]) -> None:
+    def variant_name(name: str) -> str:
+        if name in names:
+            return name
+        if name in VARIANTS:  # a real variant, for the other command
+            kind, other = (
+                ("separation", "separate")
+                if VARIANTS[name].separation
+                else ("generation", "generate")
+            )
+            raise argparse.ArgumentTypeError(
+                f"{name} is a {kind} variant: use selva-rt {other} --variant {name}"
+            )
+        raise argparse.ArgumentTypeError(f"unknown variant {name!r} (one of {', '.join(names)})")
+
     parser.add_argument(
         "--variant",
         default=default,
-        choices=names,
+        type=variant_name,
         metavar="VARIANT",
         help=f"one of {', '.join(names)} (default {default})",
     )

@@ -232,10 +232,19 @@ def test_missing_weights_one_line_without_traceback(tmp_path, sample_clip):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["generate", "x.mp4", "rain", "--variant", "nope"], "argument --variant: invalid choice"),
+        (
+            ["generate", "x.mp4", "rain", "--variant", "nope"],
+            "argument --variant: unknown variant 'nope'",
+        ),
         (["generate", "x.mp4", "rain", "--sample-rate", "44100"], "argument --sample-rate"),
-        (["generate", "x.mp4", "rain", "--variant", "tiny-sep"], "invalid choice: 'tiny-sep'"),
-        (["separate", "x.mp4", "rain", "--variant", "tiny"], "invalid choice: 'tiny'"),
+        (
+            ["generate", "x.mp4", "rain", "--variant", "tiny-sep"],
+            "use selva-rt separate --variant tiny-sep",
+        ),
+        (
+            ["separate", "x.mp4", "rain", "--variant", "tiny"],
+            "use selva-rt generate --variant tiny",
+        ),
         (["batch", "jobs.jsonl", "--bogus"], "unrecognized arguments: --bogus"),
         (["bench", "--bogus"], "unrecognized arguments: --bogus"),
         (["export", "--variant", "tiny"], "the following arguments are required: --out"),
