@@ -152,7 +152,7 @@ def check_mixture(path: str) -> None:
 def finish(args, plan, result, pipe, t_start: float) -> int:
     """Write the outputs of `generate`/`separate` and tell the user (or a tool, with --json)."""
     t_write = time.perf_counter()
-    delivered = write_outputs(plan, result, variant=pipe.variant.name)
+    delivered = write_outputs(plan, result)
     now = time.perf_counter()
     timings = dict(result.timings, write=now - t_write, total=now - t_start)
     for done in delivered:

@@ -56,6 +56,7 @@ class GenerationResult:
     steps: int
     cfg: float
     timings: dict[str, float] = field(default_factory=dict)  # seconds per part
+    variant: str = ""  # the model that made it, named in the stems' metadata
 
 
 class Pipeline:
@@ -294,6 +295,7 @@ class Pipeline:
             steps=steps,
             cfg=cfg,
             timings=run.timings,
+            variant=self.variant.name,
         )
 
 

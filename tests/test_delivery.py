@@ -307,6 +307,7 @@ def result_of(audio: np.ndarray, rate: int, start: float = 0.0, prompts=None) ->
         seed=7,
         steps=25,
         cfg=4.5,
+        variant="tiny",
     )
 
 
@@ -323,7 +324,7 @@ def test_bwf_chunks_read_back_with_wavinfo(tmp_path):
     prompts = ["sheep bleating", "café ambience"]
     result = result_of(np.stack([x, 0.5 * x]), 16000, start=0.4, prompts=prompts)
     plan = plan_outputs(clip, prompts, tmp_path / "out", video=False)
-    delivered = write_outputs(plan, result, variant="tiny")
+    delivered = write_outputs(plan, result)
     entries = report(plan, result, FakePipe, delivered=delivered)["outputs"]
 
     for done, entry, prompt, level in zip(
@@ -379,7 +380,7 @@ def test_flac_stems_carry_vorbis_comments(tmp_path):
     x = sine(16000, 1.0, -20.0)
     result = result_of(x[None], 16000, start=0.5, prompts=["door slam"])
     plan = plan_outputs(clip, ["door slam"], tmp_path / "out", fmt="flac", video=False)
-    (done,) = write_outputs(plan, result, variant="tiny")
+    (done,) = write_outputs(plan, result)
     with av.open(str(done.stem.audio)) as container:
         tags = {k.upper(): v for k, v in container.metadata.items()}
     assert tags["TITLE"] == "door slam" and tags["COMMENT"] == "door slam"

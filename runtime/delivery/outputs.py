@@ -186,9 +186,9 @@ def _read_only(path: Path) -> bool:
         return True
 
 
-def write_outputs(plan: OutputPlan, result, variant: str = "") -> list[Delivered]:
+def write_outputs(plan: OutputPlan, result) -> list[Delivered]:
     """Write every stem (and muxed video, and the timeline) of `result` (a GenerationResult for
-    the plan's prompts; `variant` names the model in the stems' coding history): each file goes
+    the plan's prompts): each file goes
     to a temporary name beside its target, and only when all are complete are they renamed into
     place, so a failure leaves none of them."""
     from .. import media
@@ -212,7 +212,7 @@ def write_outputs(plan: OutputPlan, result, variant: str = "") -> list[Delivered
     try:
         delivered = []
         for stem, wav in zip(plan.stems, result.audio, strict=True):
-            done, audio = _write_stem(plan, stem, wav, result, timecode, variant, stage)
+            done, audio = _write_stem(plan, stem, wav, result, timecode, stage)
             delivered.append(done)
             if stem.video is not None:  # the stem as written: the same rate, gain and length
                 media.mux(
@@ -249,7 +249,7 @@ def write_outputs(plan: OutputPlan, result, variant: str = "") -> list[Delivered
     return delivered
 
 
-def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Delivered, np.ndarray]:
+def _write_stem(plan, stem, wav, result, timecode, stage) -> tuple[Delivered, np.ndarray]:
     """Write one stem at the plan's rate, normalised if asked, and measure the file as written;
     WAV stems get their bext and iXML chunks. -> (what was written, the audio [C, T] written:
     resampled and gained, what the muxed video carries)."""
@@ -285,7 +285,7 @@ def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Deli
             ("TITLE", stem.prompt),
             ("DESCRIPTION", stem.prompt),
             ("ENCODER", f"selva-rt {__version__}"),
-            ("SELVA_VARIANT", variant),
+            ("SELVA_VARIANT", result.variant),
             ("SELVA_SEED", str(result.seed)),
             ("SELVA_STEPS", str(result.steps)),
             ("SELVA_CFG", f"{result.cfg:g}"),
@@ -296,7 +296,7 @@ def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Deli
         vorbis.flac_comments(tmp, f"selva-rt {__version__}", comments)
     if plan.fmt == "wav":
         model = " ".join(
-            str(p) for p in ("selva-rt", __version__, variant, "seed", result.seed) if p
+            str(p) for p in ("selva-rt", __version__, result.variant, "seed", result.seed) if p
         )
         history = [bwf.coding_history_line(result.sample_rate, 32, len(x), model)]
         if rate != result.sample_rate:

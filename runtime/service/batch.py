@@ -344,7 +344,7 @@ def run_batch(
             )
             t_write = time.perf_counter()
             try:
-                write_outputs(entry.plan, outcome, variant=settings.variant)
+                write_outputs(entry.plan, outcome)
             except SelvaError as err:
                 record(entry, "failed", error=f"line {entry.line}: {err}", worker=where)
                 continue

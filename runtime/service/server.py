@@ -246,7 +246,7 @@ class Worker(threading.Thread):
         try:
             job = Job.from_dict(record.job, base=Path("/"))  # every field, also of old journals
             plan = job.plan(folder, prompts=result.prompts, force=True)
-            delivered = write_outputs(plan, result, variant=self.pipe.variant.name)
+            delivered = write_outputs(plan, result)
         except SelvaError as e:
             self.journal.finish(record.id, "failed", error=str(e))
             return
