@@ -6,8 +6,8 @@ job's `step`-th Euler step is done (before the caller's own progress callback se
 `after_write(monkeypatch, count, hold)` makes the batch driver call `hold()` right after the
 `count`-th job's files were renamed into place, before its `ok` record.
 
-In a subprocess: `python tests/pause.py ARGS...` runs `selva-rt ARGS` with the point taken from
-$SELVA_RT_TEST_PAUSE, a JSON object {"at": "step" | "write", "count": N, "marker": PATH,
+In a subprocess: `python tests/pause.py ARGS...` runs `selva-rt ARGS`, with the point (if any) taken
+from $SELVA_RT_TEST_PAUSE, a JSON object {"at": "step" | "write", "count": N, "marker": PATH,
 "hold": "forever" | "stop" | "requeue"}: at that point it writes PATH (its pid) and then waits
 forever (for kill -9), until the server's worker is told to stop (a graceful shutdown), or until
 the worker's drain time is over.
@@ -88,9 +88,10 @@ class _Patch:
 def main(argv: list[str]) -> int:
     from selva_rt.__main__ import main as selva_rt_main
 
-    spec = json.loads(os.environ[ENV])
-    install = at_step if spec["at"] == "step" else after_write
-    install(_Patch, spec["count"], holder(spec))
+    if os.environ.get(ENV):  # unset: plain selva-rt
+        spec = json.loads(os.environ[ENV])
+        install = at_step if spec["at"] == "step" else after_write
+        install(_Patch, spec["count"], holder(spec))
     return selva_rt_main(argv)
 
 
