@@ -115,3 +115,14 @@ def test_the_installed_package_runs_outside_the_checkout(installed, tmp_path):
     report = json.loads(result.stdout)
     (entry,) = report["outputs"]
     assert Path(entry["audio"]).is_file() and Path(entry["video"]).is_file()
+
+
+def test_the_panel_ships_in_the_wheel(installed):
+    """The panel's files (served by `selva-rt serve`) are package data: each is in the wheel."""
+    _, wheel = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folder = ROOT / "runtime" / "service" / "panel"
+    files = {p.name for p in folder.iterdir() if p.is_file()}
+    assert {"index.html", "panel.css", "panel.js"} <= files
+    missing = {f for f in files if f"selva_rt/runtime/service/panel/{f}" not in names}
+    assert not missing, missing
