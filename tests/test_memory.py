@@ -1,4 +1,4 @@
-""""Frames are decoded in one pass, window by window, so memory does not grow with the clip's
+""" "Frames are decoded in one pass, window by window, so memory does not grow with the clip's
 length beyond its features": the peak resident memory of `Pipeline.generate` on a 40 s clip
 against a 10 s one, each in a process of its own.
 
