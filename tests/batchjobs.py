@@ -7,7 +7,8 @@ import numpy as np
 import soundfile
 from clips import make_clip
 
-FAST = ["--variant", "tiny", "--steps", "2", "--duration", "1", "--quiet"]
+# fp32: `auto` would pick bf16 or fp32 by the host CPU's flags, and so change the numbers.
+FAST = ["--variant", "tiny", "--precision", "fp32", "--steps", "2", "--duration", "1", "--quiet"]
 GOOD = [
     {"clip": "a.mp4", "prompts": ["sheep bleating"], "seed": 1},
     {"clip": "a.mp4", "prompts": ["dog barking", "car horn"], "seed": 2, "name": "a_two"},

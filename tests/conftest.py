@@ -4,6 +4,8 @@ sizes, duration and settings the case records."""
 
 import selva_rt  # noqa: F401, I001  (first: it takes the checkout's folders off sys.path)
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +35,22 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section(f"golden ({GOLDEN}): worst relative L2 error per output")
         for name in sorted(ERRORS):
             terminalreporter.write_line(f"{name:48s} {ERRORS[name]:.3e}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_temp_dir():
+    """Ray's session folders (of clusters started here and in the subprocesses the tests start)
+    in a folder of the run's own, removed at its end: Ray keeps them in /tmp/ray otherwise."""
+    # Short and under /tmp: Ray's socket paths in it must stay under 108 characters.
+    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = folder
+    yield Path(folder)
+    if before is None:
+        del os.environ["RAY_TMPDIR"]
+    else:
+        os.environ["RAY_TMPDIR"] = before
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

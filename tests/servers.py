@@ -1,6 +1,7 @@
 """`selva-rt serve --variant tiny` as a real server process on a free loopback port, for the
 tests that need one (a kill -9, a browser, TLS, Ray)."""
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,9 @@ import time
 from pathlib import Path
 
 import httpx
+from pause import ENV as PAUSE_ENV
+
+PAUSE_SCRIPT = str(Path(__file__).with_name("pause.py"))  # selva-rt, optionally paused
 
 
 def free_port() -> int:
@@ -31,13 +35,16 @@ class Server:
         verify: str | bool = True,
         port: int | None = None,
         timeout: float = 120,
+        pause: dict | None = None,
     ):
+        """`pause`: stop the first job at a known point (tests/pause.py)."""
         self.port = port or free_port()
         argv = ["serve", "--variant", "tiny", "--root", str(roots), "--out", str(out)]
-        argv += ["--port", str(self.port), "--device", "cpu", "--quiet", *extra]
-        code = "import sys; from selva_rt.runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+        argv += ["--port", str(self.port), "--device", "cpu", "--precision", "fp32", "--quiet"]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env)
+        if pause is not None:
+            env[PAUSE_ENV] = json.dumps(pause)
+        self.proc = subprocess.Popen([sys.executable, PAUSE_SCRIPT, *argv, *extra], env=env)
         self.url = f"{'https' if https else 'http'}://127.0.0.1:{self.port}"
         if isinstance(verify, str):  # a certificate to trust: the server's self-signed one
             verify = ssl.create_default_context(cafile=verify)
@@ -52,6 +59,17 @@ class Server:
                 time.sleep(0.2)
         self.stop(signal.SIGKILL)
         raise AssertionError(f"the server did not come up in {timeout} s")
+
+    def listening(self) -> set[str]:
+        """The local addresses the server process listens on at its port (from /proc)."""
+        found = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, port = local.split(":")
+                if int(port, 16) == self.port and state == "0A":  # LISTEN
+                    found.add(address)
+        return found
 
     def stop(self, sig=signal.SIGTERM) -> None:
         self.proc.send_signal(sig)

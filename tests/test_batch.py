@@ -15,6 +15,7 @@ import soundfile
 import torch
 from batchjobs import BAD, FAST, final, hidden_files, make_jobs, records, stems, visible_files
 from clips import make_clip
+from pause import ENV as PAUSE_ENV
 from selva_rt.runtime import cli
 from selva_rt.runtime.delivery.outputs import plan_outputs, write_outputs
 from selva_rt.runtime.errors import JobError, OutputError
@@ -26,6 +27,7 @@ torch.set_num_threads(1)
 
 SCRIPT = Path(sys.executable).parent / "selva-rt"
 CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "selva_rt.runtime.cli"]
+PAUSE_SCRIPT = str(Path(__file__).with_name("pause.py"))  # selva-rt, stopped at a known point
 
 
 @pytest.mark.parametrize(
@@ -114,36 +116,42 @@ def test_six_jobs_two_bad_then_resume_then_retry(tmp_path, capsys):
 
 
 def test_kill_mid_batch_loses_nothing_and_resumes(tmp_path):
-    """kill -9 of a running batch: what was recorded stays, no visible file is partial, and the
-    rerun does only what is left, each job once."""
+    """kill -9 of a running batch right after the third job's files were renamed into place,
+    before its `ok` record (tests/pause.py holds it there): what was recorded stays, no
+    visible file is partial, and the rerun rewrites the third job's files (its `writing` record
+    says they are its own, so no --force is needed) and does only what is left, each job once."""
     jobs = [{"clip": "a.mp4", "prompts": ["rain"], "seed": s, "name": f"j{s}"} for s in range(8)]
     path, out = make_jobs(tmp_path / "in", jobs), tmp_path / "out"
-    args = [*CMD, "batch", str(path), "--out", str(out), *FAST, "--steps", "6"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = ["batch", str(path), "--out", str(out), *FAST, "--steps", "3"]
+    marker = tmp_path / "paused"
+    pause = {"at": "write", "count": 3, "marker": str(marker), "hold": "forever"}
+    env = {**os.environ, PAUSE_ENV: json.dumps(pause)}
+    proc = subprocess.Popen([sys.executable, PAUSE_SCRIPT, *args], env=env, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "results.jsonl").exists() and sum(
-                r["status"] == "ok" for r in records(out)
-            ) >= 2:
-                break
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the batch never wrote its third job"
             time.sleep(0.05)
-        assert proc.poll() is None, "the batch ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait(timeout=60)
     before = (out / "results.jsonl").read_bytes()
-    done = {r["id"] for r in records(out) if r["status"] == "ok"}
-    assert 2 <= len(done) < 8
-    for name in visible_files(out) - {"results.jsonl"}:  # whatever has its name is whole
+    statuses = [(r["status"], r["line"]) for r in records(out)]
+    assert statuses == [("writing", 1), ("ok", 1), ("writing", 2), ("ok", 2), ("writing", 3)]
+    assert visible_files(out) == {f"j{s}_rain.{x}" for s in range(3) for x in ("wav", "mp4")} | {
+        "results.jsonl"
+    }  # the third job's files are in place, whole, and not yet recorded
+    for name in visible_files(out) - {"results.jsonl"}:
         if name.endswith(".wav"):
             assert soundfile.info(str(out / name)).frames == 16000
         else:
             with av.open(str(out / name)) as c:
                 assert c.streams.audio and c.streams.video
+    third = (out / "j2_rain.wav").stat().st_mtime_ns
 
-    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert (out / "results.jsonl").read_bytes().startswith(before)
     assert visible_files(out) == {f"j{s}_rain.{x}" for s in range(8) for x in ("wav", "mp4")} | {
@@ -151,9 +159,47 @@ def test_kill_mid_batch_loses_nothing_and_resumes(tmp_path):
     }
     assert not hidden_files(out), "temporaries of the killed run must be gone"
     later = [r for r in final(out) if r["run"] != records(out)[0]["run"]]
+    assert sorted((r["line"], r["status"]) for r in later) == [(1, "skipped"), (2, "skipped")] + [
+        (line, "ok") for line in range(3, 9)
+    ]
+    assert (out / "j2_rain.wav").stat().st_mtime_ns != third  # rewritten, not refused
     oks = [r["id"] for r in final(out) if r["status"] == "ok"]
     assert len(oks) == len(set(oks)) == 8
-    assert {r["id"] for r in later if r["status"] == "skipped"} == done
+
+
+def test_force_is_needed_for_files_that_are_not_the_jobs(tmp_path):
+    """An editor's file where a job would write: that job fails alone and the file is kept;
+    --force overwrites it. Changing a job's parameters makes it another job: its old files are
+    no longer its own, so the rerun refuses them until --force, then skips the new job."""
+    jobs = [
+        {"clip": "a.mp4", "prompts": ["rain"], "seed": 1},
+        {"clip": "b.mp4", "prompts": ["wind"]},
+    ]
+    path, out = make_jobs(tmp_path / "in", jobs), tmp_path / "out"
+    out.mkdir()
+    (out / "a_rain.wav").write_bytes(b"an editor's file")
+    args = ["batch", str(path), "--out", str(out), *FAST, "--no-video"]
+    assert cli.main(args) == 1
+    first = {r["line"]: r for r in final(out)}
+    assert first[1]["status"] == "failed" and "already exists" in first[1]["error"]
+    assert "--force" in first[1]["error"] and first[2]["status"] == "ok"
+    assert (out / "a_rain.wav").read_bytes() == b"an editor's file"
+    assert cli.main([*args, "--force"]) == 0
+    assert soundfile.info(str(out / "a_rain.wav")).frames == 16000
+    assert sorted((r["line"], r["status"]) for r in final(out)[2:]) == [(1, "ok"), (2, "skipped")]
+    seed_1 = soundfile.read(out / "a_rain.wav")[0]
+
+    jobs[0]["seed"] = 2  # another job now, writing the same file names
+    path.write_text("".join(json.dumps(j) + "\n" for j in jobs))
+    assert cli.main(args) == 1
+    third = {r["line"]: r for r in final(out)[4:]}
+    assert third[1]["status"] == "failed" and "already exists" in third[1]["error"]
+    assert third[2]["status"] == "skipped"
+    assert (soundfile.read(out / "a_rain.wav")[0] == seed_1).all()
+    assert cli.main([*args, "--force"]) == 0
+    assert not (soundfile.read(out / "a_rain.wav")[0] == seed_1).all()
+    assert cli.main(args) == 0
+    assert [r["status"] for r in final(out)[-2:]] == ["skipped", "skipped"]
 
 
 def test_folder_of_clips_equals_generate(tmp_path):
@@ -177,7 +223,7 @@ def test_folder_of_clips_equals_generate(tmp_path):
         "a_rain.flac", "a_dog_barking.flac", "b_rain.flac", "b_dog_barking.flac", "results.jsonl",
     }  # fmt: skip
 
-    pipe = Pipeline.from_pretrained("tiny", device="cpu")  # the batch default: auto
+    pipe = Pipeline.from_pretrained("tiny", device="cpu", precision="fp32")  # as FAST
     result = pipe.generate(folder / "a.mp4", ["rain", "dog barking"], seed=3, steps=2, duration=1)
     plan = plan_outputs(folder / "a.mp4", result.prompts, tmp_path / "gen", fmt="flac", video=False)
     write_outputs(plan, result)

@@ -56,7 +56,12 @@ def test_json_schema(report):
                 assert x["rel_l2_vs_reference"]["audio"] < 2e-3  # the golden e2e tolerance
         if x["precision"] == "bf16":
             assert x["speedup_vs_reference_fp32"] > 0
-            assert 0 < x["rel_l2_vs_fp32"]["audio"] < 1  # rounded, yet the same signal
+            # Rounded, yet the same signal; bounds from measurement (test_precision_bounds.py
+            # measures the tiny parts and 8.3e-2 end to end at 2 steps; full size, 25 steps:
+            # sync 1.6e-2, audio 0.13-0.14 in benchmarks/results/cpu-fp32-bf16.json).
+            errors = x["rel_l2_vs_fp32"]
+            assert 1e-3 < errors["sync_features"] < 5e-2, errors
+            assert 1e-2 < errors["audio"] < 0.25, errors
         else:
             assert "speedup_vs_reference_fp32" not in x and "rel_l2_vs_fp32" not in x
     assert r["results"][3]["cost_vs_one_prompt"] > 0

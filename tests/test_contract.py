@@ -65,7 +65,9 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
-def test_api_and_cli_refuse_bad_requests_with_the_same_line(case, tiny, sample_clip, tmp_path):
+def test_api_and_cli_refuse_bad_requests_with_the_same_line(
+    case, tiny, sample_clip, tmp_path, capsys
+):
     kwargs, argv, message = BAD_REQUESTS[case]
     kwargs = {"prompts": "rain", **kwargs}
     with pytest.raises(SelvaError, match=message) as err:
@@ -73,10 +75,12 @@ def test_api_and_cli_refuse_bad_requests_with_the_same_line(case, tiny, sample_c
     assert "\n" not in str(err.value)
     if argv is not None:
         out = tmp_path / "out"
+        capsys.readouterr()
         code = cli.main(
             ["generate", str(sample_clip), *argv, "--variant", "tiny", "--out", str(out)]
         )
-        assert code != 0 and not out.exists()
+        assert code == err.value.exit_code and not out.exists()
+        assert capsys.readouterr().err == f"selva-rt: error: {err.value}\n"
 
 
 def test_outputs_are_written_all_or_nothing(tiny, sample_clip, tmp_path, monkeypatch):

@@ -552,6 +552,7 @@ def test_cli_otio_and_loudness_with_tiny(tmp_path, capsys, name, fps, label, ext
     """The flags through `selva-rt generate`, on the tiny model's real output."""
     clip = timecoded(tmp_path / name, fps, label, frames=40)
     args = ["generate", str(clip), "sheep bleating", "--variant", "tiny", "--steps", "2", *extra]
+    args += ["--precision", "fp32"]
     args += ["--out", str(tmp_path / "o"), "--otio", "--loudness", "-20", "--json", "--quiet"]
     assert cli.main(args) == 0
     out = json.loads(capsys.readouterr().out)

@@ -13,8 +13,9 @@ import pytest
 import torch
 from cligenerate import cli_generate
 from selva_rt.benchmarks import bench
-from selva_rt.export import build_engines, plan
+from selva_rt.export import build_engines, onnx_export, plan
 from selva_rt.runtime.backends.ort_parts import OrtParts
+from selva_rt.runtime.backends.torch_parts import TorchParts
 from selva_rt.runtime.errors import UsageError
 from selva_rt.runtime.variants import get_variant
 
@@ -58,6 +59,38 @@ def test_linear_layers_of_the_chosen_parts_are_int8(int8_engines):
             assert "MatMulInteger" not in ops
             assert worst <= FP32_RTOL, name
         assert entry["check"]["rtol"] == RTOL
+
+
+# Measured (2-core AMD EPYC, onnxruntime 1.32, three input seeds; relative L2 of the int8 graph
+# against the fp32 torch part, computed here): video_trunk 2.2e-2, video_select 2.3-3.4e-2; the
+# build's own check recorded 2.3e-2 and 3.6e-2. Bounds about twice the worst.
+INT8_BOUNDS = {"video_trunk": 5e-2, "video_select": 7e-2}
+SIZES = onnx_export.Sizes(prompts=2, tokens=9, duration=2.56)  # neither traced nor checked at
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_int8_parts_recomputed_against_torch(int8_engines, tiny_nets, seed):
+    """The quantised parts in ONNX Runtime against the fp32 torch parts, errors computed here:
+    rounded by int8 and within the measured bounds; the other parts stay fp32-exact."""
+    assert set(INT8_BOUNDS) == set(plan.INT8_PARTS)
+    ours = OrtParts.load(int8_engines, TINY, device="cpu", threads=2)
+    theirs = TorchParts(TINY, tiny_nets, torch.device("cpu"), torch.float32)
+    for part in plan.part_names(TINY):
+        args = onnx_export.sample_args(part, TINY, SIZES, seed=seed)
+        if part == "dit_step":
+            d = plan.dims(TINY, SIZES.prompts, SIZES.tokens, SIZES.duration)
+            tiny_nets.generator.update_seq_lengths(d["latent"], d["clip_frames"], d["8*segments"])
+        outputs = zip(
+            onnx_export._outputs(getattr(ours, part)(*args)),
+            onnx_export._outputs(getattr(theirs, part)(*args)),
+            strict=True,
+        )
+        for a, e in outputs:
+            err = float((a.double() - e.double()).norm() / e.double().norm())
+            if part in INT8_BOUNDS:
+                assert 1e-3 < err < INT8_BOUNDS[part], (part, err)
+            else:
+                assert err <= FP32_RTOL, (part, err)
 
 
 def test_generate_with_the_int8_build(int8_engines, sample_clip, tmp_path):
@@ -127,8 +160,8 @@ def test_bench_with_onnxruntime(tiny_engines, int8_engines, tmp_path):
             if config == "onnxruntime/fp32":
                 assert value < FP32_RTOL, (config, part)
             elif config == "onnxruntime/int8":
-                quantised = part in plan.INT8_PARTS
-                assert (FP32_RTOL < value <= RTOL) if quantised else value < FP32_RTOL, part
+                bound = INT8_BOUNDS.get(part)
+                assert (1e-3 < value < bound) if bound else value < FP32_RTOL, part
             else:
                 assert FP32_RTOL < value < 0.1, (config, part)  # bf16 rounding
     assert "Single pass per part" in md and "| onnxruntime/int8 |" in md

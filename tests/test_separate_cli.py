@@ -48,6 +48,7 @@ def test_separate_subprocess_writes_stem_and_muxed_video(tmp_path):
     out = tmp_path / "out"
     cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "selva_rt.runtime.cli"]
     args = [str(SAMPLE), "dog barking", "--variant", "tiny-sep", "--out", str(out), "--steps", "3"]
+    args += ["--precision", "fp32"]
     result = subprocess.run([*cmd, "separate", *args], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     stem, video = out / "sample_dog_barking.wav", out / "sample_dog_barking.mp4"

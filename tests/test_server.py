@@ -8,6 +8,7 @@ import signal
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,15 +163,38 @@ def test_bad_requests_get_a_clear_4xx_and_write_nothing(tiny, roots, tmp_path):
     assert list((out / "uploads").iterdir()) == []
 
 
-def test_a_token_guards_every_endpoint_but_health(tiny, roots, tmp_path):
-    client = TestClient(create_app(tiny, [roots], tmp_path / "out", token="s3cret"))
-    assert client.get("/healthz").status_code == 200
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
-        r = client.post("/v1/jobs", json=job(roots / "a.mp4"), headers=headers)
-        assert r.status_code == 401 and "token" in r.json()["error"]
-        assert client.get("/v1/info", headers=headers).status_code == 401
+def test_a_token_guards_every_endpoint_but_health_and_the_api_description(tiny, roots, tmp_path):
+    app = create_app(tiny, [roots], tmp_path / "out", token="s3cret")
+    client = TestClient(app)  # no lifespan: the job stays queued
     ok = {"Authorization": "Bearer s3cret"}
-    assert client.post("/v1/jobs", json=job(roots / "a.mp4"), headers=ok).status_code == 202
+    job_id = client.post("/v1/jobs", json=job(roots / "a.mp4"), headers=ok).json()["id"]
+    guarded = [
+        ("GET", "/v1/info", None),
+        ("POST", "/v1/jobs", job(roots / "a.mp4")),
+        ("GET", f"/v1/jobs/{job_id}", None),
+        ("GET", f"/v1/jobs/{job_id}/files/a_rain.wav", None),
+        ("DELETE", f"/v1/jobs/{job_id}", None),
+    ]
+    routes = {(m, r.path) for r in app.routes for m in r.methods - {"HEAD"}}
+    assert routes == {
+        ("GET", "/healthz"),
+        ("GET", "/openapi.json"),
+        ("GET", "/v1/info"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/{id}"),
+        ("DELETE", "/v1/jobs/{id}"),
+        ("GET", "/v1/jobs/{id}/files/{name}"),
+    }  # every route is either open below or guarded here
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        for method, path, body in guarded:
+            r = client.request(method, path, json=body, headers=headers)
+            assert r.status_code == 401 and "token" in r.json()["error"], (method, path, headers)
+            assert r.headers["www-authenticate"] == "Bearer"
+    assert client.get(f"/v1/jobs/{job_id}", headers=ok).json()["state"] == "queued"
+    for path in ("/healthz", "/openapi.json"):
+        assert client.get(path).status_code == 200
+    for method, path, body in guarded:  # the right token gets past the guard
+        assert client.request(method, path, json=body, headers=ok).status_code != 401, path
 
 
 def test_serving_beyond_loopback_needs_a_token(roots, tmp_path, capsys):
@@ -184,28 +208,45 @@ def test_serving_beyond_loopback_needs_a_token(roots, tmp_path, capsys):
 
 
 def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
-    server = Server(roots, tmp_path / "out", "--max-queue", "16")
+    """50 clients at once against a queue of 16: each gets 202 or 429 (with Retry-After); the
+    queue fills before anyone is turned away; every accepted job is journaled and done with its
+    own prompt's stem. The server listens on loopback only (its default)."""
+    out = tmp_path / "out"
+    server = Server(roots, out, "--max-queue", "16")
     try:
-        answers: list[tuple[int, str | None]] = []
-        lock = threading.Lock()
+        assert server.listening() == {"0100007F"}  # 127.0.0.1, and nothing else
+        answers: dict[int, httpx.Response] = {}
+        start = threading.Barrier(50)
 
         def submit(i: int) -> None:
             with httpx.Client(base_url=server.client.base_url, timeout=60) as c:
-                r = c.post("/v1/jobs", json=job(roots / "a.mp4", f"sound {i}", duration=1.0))
-            with lock:
-                answers.append((r.status_code, r.json().get("id")))
+                start.wait()
+                answers[i] = c.post(
+                    "/v1/jobs", json=job(roots / "a.mp4", f"sound {i}", duration=1.0)
+                )
 
         threads = [threading.Thread(target=submit, args=(i,)) for i in range(50)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=120)
-        assert len(answers) == 50 and {code for code, _ in answers} <= {202, 429}
-        accepted = [i for code, i in answers if code == 202]
-        assert 1 <= len(accepted) and len(set(accepted)) == len(accepted)
-        for job_id in accepted:
-            record = wait(server.client, job_id, timeout=300)
-            assert record["state"] == "done" and len(record["outputs"]) == 1, record
+        assert sorted(answers) == list(range(50))
+        assert {r.status_code for r in answers.values()} <= {202, 429}
+        accepted = {i: r.json()["id"] for i, r in answers.items() if r.status_code == 202}
+        refused = [r for r in answers.values() if r.status_code == 429]
+        assert len(accepted) >= 16 and len(set(accepted.values())) == len(accepted)
+        assert all(r.headers["retry-after"].isdigit() for r in refused)
+        with sqlite3.connect(out / "journal.sqlite3") as db:
+            journaled = {row[0] for row in db.execute("SELECT id FROM jobs")}
+        assert journaled == set(accepted.values())
+        for i, job_id in accepted.items():
+            record = wait(server.client, job_id, timeout=600)
+            assert record["state"] == "done", record
+            (output,) = record["outputs"]
+            assert output["prompt"] == f"sound {i}" and output["audio"] == f"a_sound_{i}.wav"
+            assert (
+                server.client.get(f"/v1/jobs/{job_id}/files/{output['audio']}").status_code == 200
+            )
         assert server.client.get("/v1/info").json()["queued"] == 0
     finally:
         server.stop()
@@ -213,19 +254,28 @@ def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill -9", "SIGTERM"])
 def test_a_job_interrupted_by_a_crash_or_shutdown_completes(roots, tmp_path, sig):
-    """kill -9: the journal requeues the running job on restart. SIGTERM: the server drains
-    (finishes the job, or requeues it after the drain time) before it exits."""
+    """The job is stopped at its first step (tests/pause.py), then the server gets the signal.
+    kill -9: the job is left running in the journal, and the next start requeues and runs it.
+    SIGTERM: the server drains, finishing the job before it exits."""
     out = tmp_path / "out"
-    server = Server(roots, out)
+    marker = tmp_path / "paused"
+    hold = "forever" if sig == signal.SIGKILL else "stop"
+    server = Server(
+        roots, out, pause={"at": "step", "count": 1, "marker": str(marker), "hold": hold}
+    )
     try:
-        job_id = server.client.post("/v1/jobs", json=job(roots / "a.mp4", steps=200)).json()["id"]
-        wait(server.client, job_id, states=("running",), timeout=120)
+        clip = roots / "a.mp4"
+        job_id = server.client.post("/v1/jobs", json=job(clip, steps=4, duration=1.0)).json()["id"]
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the job never reached its first step"
+            time.sleep(0.05)
+        assert server.client.get(f"/v1/jobs/{job_id}").json()["state"] == "running"
     finally:
         server.stop(sig)
     with sqlite3.connect(out / "journal.sqlite3") as db:
         (left,) = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-    # A crash leaves the job running (the next start requeues it); a shutdown drained it.
-    assert left == "running" if sig == signal.SIGKILL else left in ("done", "queued")
+    assert left == ("running" if sig == signal.SIGKILL else "done")
     server = Server(roots, out)
     try:
         record = wait(server.client, job_id, timeout=600)
