@@ -102,7 +102,8 @@ def test_negative_prompt_refused(capsys, tmp_path, sample_clip):
 def test_generate_writes_a_stem(tmp_path, capsys, sample_clip):
     code = cli.main(
         ["generate", str(sample_clip), "sheep bleating", "--variant", "tiny-flowley",
-         "--out", str(tmp_path), "--duration", "1.0", "--no-video", "--quiet", "--precision", "fp32"]
+         "--out", str(tmp_path), "--duration", "1.0", "--no-video", "--quiet",
+         "--precision", "fp32"]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     (stem,) = tmp_path.iterdir()
