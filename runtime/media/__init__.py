@@ -13,6 +13,7 @@ from .files import existing_file
 from .mux import FALLBACK_CONTAINER, MUX_FORMATS, mux, mux_suffix
 from .video import (
     ClipInfo,
+    FrameTrack,
     Video,
     clip_duration,
     decode_video,
@@ -28,6 +29,7 @@ __all__ = [
     "FALLBACK_CONTAINER",
     "MUX_FORMATS",
     "ClipInfo",
+    "FrameTrack",
     "Video",
     "clip_duration",
     "decode_video",
