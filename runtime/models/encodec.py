@@ -28,6 +28,9 @@ from .vocoder import WEIGHT_NORM_LAYOUTS
 
 _CODEBOOK = re.compile(r"^quantizer\.vq\.layers\.(\d+)\._codebook\.(\w+)$")
 _TRAINING_BUFFERS = ("inited", "cluster_size", "embed_avg")
+# Frames of context either side of a chunk in a chunked decode (the receptive field of the
+# upsampling stack: each transposed convolution overlaps 2 frames, the rest is sub-frame).
+DECODE_MARGIN = 8
 
 
 class SConv1d(nn.Conv1d):
@@ -146,9 +149,26 @@ class Encodec(nn.Module):
             latent = latent + F.embedding(codes[:, k], self.codebooks[k]).transpose(1, 2)
         return latent
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, K, T] int64 -> waveform [B, channels, T * hop] float."""
-        return self.decoder(self.decode_latent(codes))
+    def decode(self, codes: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """codes [B, K, T] int64 -> waveform [B, channels, T * hop] float.
+
+        `chunk` (frames): past the LSTM, which runs over the whole sequence, the decoder's
+        upsampling stack runs on `chunk` frames at a time, each with DECODE_MARGIN frames of
+        its neighbours (its receptive field is under two frames), so memory stays that of one
+        chunk while the result is the whole pass's (within float rounding)."""
+        split = 2 if self.config.lstm_layers else 1  # the first convolution and the LSTM
+        x = self.decoder.model[:split](self.decode_latent(codes))
+        tail = self.decoder.model[split:]
+        t = x.shape[-1]
+        if chunk is None or t <= chunk:
+            return tail(x)
+        hop, m, out = self.config.hop, DECODE_MARGIN, []
+        for a in range(0, t, chunk):
+            b = min(a + chunk, t)
+            lo, hi = max(0, a - m), min(t, b + m)
+            y = tail(x[..., lo:hi])
+            out.append(y[..., (a - lo) * hop : (b - lo) * hop])
+        return torch.cat(out, -1)
 
     def quantize(self, latent: torch.Tensor) -> torch.Tensor:
         """latent [B, dimension, T] -> codes [B, K, T] int64: greedy residual nearest codes,
