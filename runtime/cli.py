@@ -29,19 +29,23 @@ from .variants import (
     DEFAULT_STEPS,
     FLOWLEY_CFG,
     VARIANTS,
+    VATT_LLAMA,
     get_variant,
 )
 
 
 def checked_request(args: argparse.Namespace, separation: bool) -> tuple[list[str], str, float]:
     """(prompts, negative prompt, cfg) of a `generate`/`separate` command line, checked with
-    every option that needs no model, so a bad argument costs no loading."""
+    every option that needs no model, so a bad argument costs no loading; `args.steps` left out
+    becomes the variant's."""
     from .device import resolve_device
 
     variant = get_variant(args.variant)
     prompts = check_prompts(args.prompts)
     negative = check_negative_prompt(args.negative_prompt, variant)
     cfg = variant.cfg if args.cfg is None else args.cfg
+    if args.steps is None:
+        args.steps = variant.steps
     check_options(
         steps=args.steps, cfg=cfg, seed=args.seed, duration=args.duration, start=args.start
     )
@@ -206,7 +210,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
             for f in variant.files:
                 state = "missing" if f.path in missing else "present"
                 hand = f" (by hand from {f.source})" if f.source else ""
-                print(f"  [{state:7s}] {f.repo}/{f.path}{hand}")
+                print(f"  [{state:7s}] {f.repo}/{f.path}{hand}{weights.licence_note(f)}")
         return 0
     if args.action == "download":
         if not args.variant:
@@ -230,7 +234,8 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     top-level entry point (selva_rt/__main__.py) hands to their own parsers."""
     parser = argparse.ArgumentParser(
         prog="selva-rt",
-        description="Text-conditioned selective video-to-audio generation (SELVA / MMAudio).",
+        description="Text-conditioned selective video-to-audio generation (SELVA / MMAudio / "
+        "MMAudioSep / Flowley / VATT).",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -321,19 +326,25 @@ def add_run_options(gen: argparse.ArgumentParser) -> None:
     """The options `generate` and `separate` share."""
     gen.add_argument("--negative-prompt", default="", help="what not to hear (default: '')")
     gen.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Euler steps")
+    gen.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"sampling steps (default: the variant's, {DEFAULT_STEPS} Euler steps; VATT "
+        f"{VATT_LLAMA.steps} MaskGIT steps)",
+    )
     gen.add_argument(
         "--cfg",
         type=float,
         help=f"classifier-free guidance (default: the variant's, {DEFAULT_CFG:g}; Flowley "
-        f"{FLOWLEY_CFG:g})",
+        f"{FLOWLEY_CFG:g}; VATT {VATT_LLAMA.cfg:g})",
     )
     gen.add_argument(
         "--duration",
         type=float,
         default=None,
-        help="seconds from --start (default: to the clip's end; beyond "
-        f"{DEFAULT_DURATION:g} s in overlapping {DEFAULT_DURATION:g} s windows)",
+        help="seconds from --start (default: to the clip's end; beyond the trained "
+        f"{DEFAULT_DURATION:g} s, VATT {VATT_LLAMA.generator.window:g} s, in overlapping windows)",
     )
     gen.add_argument("--start", type=float, default=0.0, help="start time in the clip (s)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

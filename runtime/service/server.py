@@ -295,7 +295,7 @@ def create_app(
                     return fail(403, str(e))
                 except FileNotFoundError as e:
                     return fail(404, str(e))
-        job = Job.from_dict(data, base=Path("/"))
+        job = Job.from_dict(data, base=Path("/"), defaults={"steps": pipe.variant.steps})
         await run_in_threadpool(media.probe, job.clip)  # not a video: 422 now, not a failed job
         job_id = journal.add(job.to_dict())
         worker.wake.set()
