@@ -88,7 +88,6 @@ class VattTorchParts:
             out.append(tower(images.to(self.dtype)).float())
         return torch.cat(out)
 
-    @torch.inference_mode()
     def conditions(
         self, ids: Sequence[torch.Tensor], video: torch.Tensor
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -97,22 +96,7 @@ class VattTorchParts:
         [10 + L_p] float32 of ones): `encode_all_states` as `V2TA.generate_audio` calls it
         (B=1, no padding, the mask all ones)."""
         llm = self._use(self.nets.converter)
-        video = video.to(self.device, self.dtype)[None]
-        if self.reference:
-            groups = [[p] for p in range(len(ids))]
-        else:
-            by_length: dict[int, list[int]] = {}
-            for p, x in enumerate(ids):
-                by_length.setdefault(len(x), []).append(p)
-            groups = list(by_length.values())
-        out: list = [None] * len(ids)
-        for index in groups:
-            batch = torch.stack([ids[p] for p in index]).to(self.device)
-            mask = torch.ones(len(index), self.config.converter.video_tokens + batch.shape[1])
-            states = llm(batch, video.expand(len(index), -1, -1), mask.to(self.device)).float()
-            for j, p in enumerate(index):
-                out[p] = (states[j], mask[j].to(self.device))
-        return out
+        return converter_states(llm, ids, video, self.device, self.dtype, self.reference)
 
     @torch.inference_mode()
     def logits(
@@ -136,6 +120,35 @@ class VattTorchParts:
         codec = self._use(self.nets.encodec)
         out = [codec.decode(t[None].to(self.device), chunk=DECODE_CHUNK)[0, 0] for t in tokens]
         return torch.stack(out).float()
+
+
+@torch.inference_mode()
+def converter_states(
+    llm: nn.Module,
+    ids: Sequence[torch.Tensor],
+    video: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+    reference: bool,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`VattTorchParts.conditions` with the converter `llm` on `device`: one call per prompt
+    (reference), or per group of prompts whose ids have the same length."""
+    video = video.to(device, dtype)[None]
+    if reference:
+        groups = [[p] for p in range(len(ids))]
+    else:
+        by_length: dict[int, list[int]] = {}
+        for p, x in enumerate(ids):
+            by_length.setdefault(len(x), []).append(p)
+        groups = list(by_length.values())
+    out: list = [None] * len(ids)
+    for index in groups:
+        batch = torch.stack([ids[p] for p in index]).to(device)
+        mask = torch.ones(len(index), llm.config.video_tokens + batch.shape[1], device=device)
+        states = llm(batch, video.expand(len(index), -1, -1), mask).float()
+        for j, p in enumerate(index):
+            out[p] = (states[j], mask[j])
+    return out
 
 
 def needs_low_memory(nets: VattNetworks, device: torch.device) -> bool:

@@ -41,8 +41,11 @@ class SConv1d(nn.Conv1d):
         kernel = (self.kernel_size[0] - 1) * self.dilation[0] + 1
         stride = self.stride[0]
         total = kernel - stride
-        frames = (x.shape[-1] - kernel + total) / stride + 1
-        extra = (math.ceil(frames) - 1) * stride + (kernel - total) - x.shape[-1]
+        # audiocraft's (ceil((L - kernel + total) / stride + 1) - 1) * stride + kernel - total
+        # - L, in integers (the same for every length; a traced graph keeps L dynamic).
+        length = x.shape[-1]
+        frames = -(-(length - kernel + total) // stride)
+        extra = frames * stride + kernel - total - length
         x = F.pad(x, (total - total // 2, total // 2 + extra))
         return super().forward(x)
 
@@ -54,7 +57,10 @@ class SConvTranspose1d(nn.ConvTranspose1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
         total = self.kernel_size[0] - self.stride[0]
-        return y[..., total - total // 2 : y.shape[-1] - total // 2]
+        right = total // 2
+        # Trimmed without reading the length (a traced graph keeps its time axis dynamic).
+        y = y[..., total - right :]
+        return y[..., :-right] if right else y
 
 
 class ResBlock(nn.Module):
