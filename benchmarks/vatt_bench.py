@@ -149,6 +149,7 @@ def run_once(pipe: Pipeline, crops: torch.Tensor, prompts: list[str], args) -> d
     with PeakMemory(pipe.device) as peak:
         t0 = time.perf_counter()
         text = pipe.family.encode_text(prompts)
+        timings["text"] = time.perf_counter() - t0
         layout = pipe.family.plan(pipe.variant.generator.window)
         out = pipe.synthesize(
             [{FRAMES: crops}], text, layout, seed=args.seed, steps=args.steps, timings=timings
