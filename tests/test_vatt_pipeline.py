@@ -176,3 +176,15 @@ def test_layout_is_the_pipelines():
 
 class _Stub:
     device, dtype, precision = torch.device("cpu"), torch.float32, "fp32"
+
+
+def test_both_backends_offer_the_same_parts():
+    """VATT's torch and ONNX Runtime parts: the same methods with the same signatures."""
+    import inspect
+
+    from selva_rt.runtime.backends.vatt_ort_parts import VattOrtParts
+
+    names = ("image_features", "conditions", "logits", "decode")
+    for name in names:
+        a, b = getattr(VattTorchParts, name), getattr(VattOrtParts, name)
+        assert list(inspect.signature(a).parameters) == list(inspect.signature(b).parameters)
