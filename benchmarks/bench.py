@@ -66,6 +66,7 @@ import torch
 
 from ..runtime import media
 from ..runtime.backends import torch_parts_class
+from ..runtime.cli import Parser
 from ..runtime.delivery.outputs import plan_outputs, write_outputs
 from ..runtime.device import DTYPES, cpu_has_native_bf16, resolve_device, resolve_precision
 from ..runtime.families import family_of
@@ -103,7 +104,7 @@ class Config:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="selva-rt bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="selva-rt bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", default="selva-small-16k")
     p.add_argument("--weights", choices=("random", "local"), default="random")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -573,6 +574,7 @@ def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def compare_outputs(out, ref) -> dict[str, float]:
     """Relative L2 distance of a configuration's outputs from another's (same seed, inputs)."""
+
     def outputs(o) -> dict:  # sync_features: none for Flowley
         traced = {f: o.trace.get(f) for f in ("sync_features", "mel")}
         return {**traced, "latent": o.latent, "audio": o.audio}

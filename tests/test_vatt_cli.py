@@ -47,11 +47,13 @@ def test_steps_and_cfg_override_and_one_line_errors(tmp_path, capsys):
     assert "takes no negative prompt" in err and err.count("\n") == 1
 
 
-def test_help_names_vatt_defaults(capsys):
+def test_help_names_vatt_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping inside the variants' names
     with pytest.raises(SystemExit):
         cli.main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "VATT 16 MaskGIT steps" in text and "VATT 5" in text
+    assert "MaskGIT (default: 25; 16 for vatt-llama, vatt-gemma, tiny-vatt)" in text
+    assert "5 for vatt-llama, vatt-gemma, tiny-vatt" in text
 
 
 @pytest.mark.parametrize("name", ["vatt-llama", "vatt-gemma"])

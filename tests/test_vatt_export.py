@@ -55,7 +55,9 @@ def test_manifest(engines):
 def test_graph_against_torch(engines, torch_parts, part, sizes):
     """Sizes other than the traced and the build's checks (a new condition length, prompt
     count, frame count): fp32 rounding only (golden README: 1e-4)."""
-    session = ort.InferenceSession(str(engines / f"{part}.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(engines / f"{part}.onnx"), providers=["CPUExecutionProvider"]
+    )
     feeds = vatt_onnx.sample_inputs(part, TINY_VATT, sizes, seed=777)
     expected = vatt_onnx.torch_outputs(part, torch_parts, feeds)
     actual = session.run(None, {k: v.numpy() for k, v in feeds.items()})
