@@ -1,6 +1,6 @@
 """How VATT's windows are joined: the measurement behind runtime/families/vatt.py.
 
-    python -m selva_rt.benchmarks.vatt_seams        # tiny-vatt, 25 s, 16 steps, 2 seeds
+    python -m selva_rt.benchmarks.vatt_seams --overlaps 1,2,4 --seeds 0,1,2   # the results
 
 VATT fills 10 s of discrete Encodec tokens with MaskGIT; a longer clip runs in overlapping 10 s
 windows, each conditioned on its own picture. Tokens cannot be averaged like latents, so the
@@ -261,7 +261,7 @@ def measure(pipe: Pipeline, duration: float, overlap: float, steps: int, seed: i
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=float, default=25.0)
-    p.add_argument("--overlaps", default="2", help="comma list of least overlaps (s)")
+    p.add_argument("--overlaps", default="2,4", help="comma list of least overlaps (s)")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--output", type=Path, default=RESULTS / "vatt-seams-tiny.json")

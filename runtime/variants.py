@@ -331,9 +331,10 @@ class VattConfig:
     window: float = 10.0
     feature_fps: int = 5
     # Least overlap of the windows of a longer clip (seconds): each window keeps the tokens of
-    # its overlap with the one before and samples the rest (families/vatt.py; the measurement
-    # behind it: benchmarks/vatt_seams.py).
-    overlap: float = 2.0
+    # its overlap with the one before and samples the rest (families/vatt.py). 4, not 2: with
+    # 2.5 s kept the network scores the join 3.4 nats worse than a window's middle, with 5 s
+    # kept no worse (benchmarks/vatt_seams.py; results/vatt-seams-tiny.json).
+    overlap: float = 4.0
 
     def __post_init__(self):
         frames = self.window * self.feature_fps
