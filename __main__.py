@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return build_engines.main(argv[1:])
     if argv[:1] == ["bench"]:
-        from .benchmarks import bench
+        from .benchmarks import bench, vatt_bench
 
-        return bench.main(argv[1:])
+        return (vatt_bench if vatt_bench.handles(argv[1:]) else bench).main(argv[1:])
     return cli.main(argv, DELEGATED)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from selva_rt.export import plan
 from selva_rt.runtime.backends.graphs import CONSTANTS, MANIFEST, Manifest, PartEntry
+from selva_rt.runtime.backends.vatt_ort_parts import PARTS as VATT_PARTS
 from selva_rt.runtime.cli import Parser
 from selva_rt.runtime.errors import OutputError, SelvaError, UsageError
 from selva_rt.runtime.media.write import file_mode
@@ -56,7 +57,8 @@ def build_parser(prog: str = "selva-rt export") -> argparse.ArgumentParser:
         "--parts",
         nargs="+",
         metavar="PART",
-        help=f"subset of {' '.join(plan.PARTS)} (default: all the variant has)",
+        help=f"subset of {' '.join(plan.PARTS)} (VATT: {' '.join(VATT_PARTS)}; default: all "
+        "the variant has)",
     )
     p.add_argument(
         "--precision",
@@ -163,6 +165,12 @@ def build(args, nets=None) -> Manifest:
 
     check_arguments(args)
     variant = get_variant(args.variant)
+    if variant.vatt:  # its own graphs and checks
+        from selva_rt.export import vatt_onnx
+
+        parts = vatt_onnx.resolve_parts(args.parts)
+        previous = plan_output(Path(args.out), parts, args.force)
+        return vatt_onnx.build(args, parts, previous, tool_versions(), nets)
     parts = resolve_parts(variant, args.parts)
     out = Path(args.out)
     previous = plan_output(out, parts, args.force)

@@ -57,7 +57,7 @@ def check_options(
     """Sampler and time-window options (cfg None: the variant's default); a UsageError naming
     the option and its range."""
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise UsageError(f"steps {steps!r} is out of range; use 1..{MAX_STEPS} (default 25)")
+        raise UsageError(f"steps {steps!r} is out of range; use 1..{MAX_STEPS}")
     if cfg is not None and (not _number(cfg) or not 0 <= cfg <= MAX_CFG):
         raise UsageError(f"cfg {cfg!r} is out of range; use 0..{MAX_CFG:g}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:

@@ -26,8 +26,8 @@ from .errors import SelvaError, UsageError
 from .variants import (
     DEFAULT_DURATION,
     DEFAULT_SEED,
-    DEFAULT_STEPS,
     VARIANTS,
+    VATT_LLAMA,
     generating_variants,
     get_variant,
     separating_variants,
@@ -44,13 +44,16 @@ class Parser(argparse.ArgumentParser):
 
 def checked_request(args: argparse.Namespace, separation: bool) -> tuple[list[str], str, float]:
     """(prompts, negative prompt, cfg) of a `generate`/`separate` command line, checked with
-    every option that needs no model, so a bad argument costs no loading."""
+    every option that needs no model, so a bad argument costs no loading; `args.steps` left out
+    becomes the variant's."""
     from .device import resolve_device
 
     variant = get_variant(args.variant)
     prompts = check_prompts(args.prompts)
     negative = check_negative_prompt(args.negative_prompt, variant)
     cfg = variant.cfg if args.cfg is None else args.cfg
+    if args.steps is None:
+        args.steps = variant.steps
     check_options(
         steps=args.steps, cfg=cfg, seed=args.seed, duration=args.duration, start=args.start
     )
@@ -266,7 +269,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
             for f in variant.files:
                 state = "missing" if f.path in missing else "present"
                 hand = f" (by hand from {f.source})" if f.source else ""
-                print(f"  [{state:7s}] {f.repo}/{f.path}{hand}")
+                print(f"  [{state:7s}] {f.repo}/{f.path}{hand}{weights.licence_note(f)}")
         return 0
     if args.action == "download":
         if not args.variant:
@@ -290,7 +293,8 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     top-level entry point (selva_rt/__main__.py) hands to their own parsers."""
     parser = Parser(
         prog="selva-rt",
-        description="Text-conditioned selective video-to-audio generation (SELVA / MMAudio).",
+        description="Text-conditioned selective video-to-audio generation (SELVA / MMAudio / "
+        "MMAudioSep / Flowley / VATT).",
     )
     parser.add_argument("--version", action="version", version=f"selva-rt {__version__}")
     common = Parser(add_help=False)
@@ -302,8 +306,8 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
         parents=[common],
         help="generate one audio stem per prompt for a clip",
         description="Generate each prompt's sound for a clip, in sync with its picture: one "
-        "stem per prompt (the whole clip, in windows beyond 8 s), and the clip muxed with each "
-        "stem.",
+        "stem per prompt (the whole clip, in windows beyond the trained 8 s, VATT 10 s), and the "
+        "clip muxed with each stem.",
     )
     gen.add_argument("clip", help="input video file")
     gen.add_argument("prompts", nargs="+", help="what to hear, e.g. 'sheep bleating'")
@@ -443,14 +447,21 @@ def add_run_options(gen: argparse.ArgumentParser, names: list[str]) -> None:
     """The options `generate` and `separate` share; `names`: the variants the command runs."""
     gen.add_argument("--negative-prompt", default="", help="what not to hear (default: '')")
     gen.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="sampling steps")
-    gen.add_argument("--cfg", type=float, help=f"classifier-free guidance ({cfg_defaults(names)})")
+    gen.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"sampling steps, Euler or VATT's MaskGIT ({variant_defaults(names, 'steps')})",
+    )
+    gen.add_argument(
+        "--cfg", type=float, help=f"classifier-free guidance ({variant_defaults(names, 'cfg')})"
+    )
     gen.add_argument(
         "--duration",
         type=float,
         default=None,
-        help="seconds from --start (default: to the clip's end; beyond "
-        f"{DEFAULT_DURATION:g} s in overlapping {DEFAULT_DURATION:g} s windows)",
+        help="seconds from --start (default: to the clip's end; beyond the trained "
+        f"{DEFAULT_DURATION:g} s, VATT {VATT_LLAMA.generator.window:g} s, in overlapping windows)",
     )
     gen.add_argument("--start", type=float, default=0.0, help="start time in the clip (s)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -500,14 +511,14 @@ def add_run_options(gen: argparse.ArgumentParser, names: list[str]) -> None:
     gen.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
-def cfg_defaults(names: list[str]) -> str:
-    """ "default: 4.5; 7.5 for flowley, tiny-flowley": each guidance default of `names`, the
-    most common first."""
-    by_cfg: dict[float, list[str]] = {}
+def variant_defaults(names: list[str], field: str) -> str:
+    """ "default: 4.5; 7.5 for flowley, tiny-flowley": each default of `names` for the Variant
+    `field` (cfg, steps), the most common first."""
+    by_value: dict[float, list[str]] = {}
     for name in names:
-        by_cfg.setdefault(VARIANTS[name].cfg, []).append(name)
-    common, *others = sorted(by_cfg, key=lambda c: -len(by_cfg[c]))
-    rest = "".join(f"; {c:g} for {', '.join(by_cfg[c])}" for c in others)
+        by_value.setdefault(getattr(VARIANTS[name], field), []).append(name)
+    common, *others = sorted(by_value, key=lambda c: -len(by_value[c]))
+    rest = "".join(f"; {c:g} for {', '.join(by_value[c])}" for c in others)
     return f"default: {common:g}{rest}"
 
 

@@ -6,9 +6,10 @@
 
 The pipeline reads the request's input window by window and hands it to the variant's model
 family (runtime/families), which owns text, conditions, sampler and decoder; so this file knows
-neither the model nor the backend. A clip longer than the trained 8 s becomes overlapping
-windows of its own frames (runtime/windows.py); up to 8 s it is one window, as the official
-code runs it. Separation reads the mixture over the same windows.
+neither the model nor the backend. A clip longer than the family's trained window (8 s; VATT
+10 s) becomes overlapping windows of its own frames, as the family plans them (runtime/
+windows.py); up to it, one window, as the official code runs it. Separation reads the mixture
+over the same windows.
 """
 
 import itertools
@@ -27,7 +28,7 @@ from .checks import check_negative_prompt, check_options, check_prompts
 from .errors import MediaError
 from .families import Family, load_family, needs
 from .families.family import Run
-from .variants import DEFAULT_SEED, DEFAULT_STEPS, Variant, get_variant
+from .variants import DEFAULT_SEED, Variant, get_variant
 from .windows import Layout
 
 
@@ -110,22 +111,23 @@ class Pipeline:
         *,
         negative_prompt: str = "",
         seed: int = DEFAULT_SEED,
-        steps: int = DEFAULT_STEPS,
+        steps: int | None = None,
         cfg: float | None = None,
         duration: float | None = None,
         start: float = 0.0,
         progress: "bool | Progress" = False,
     ) -> GenerationResult:
         """One stem per prompt for `clip`, from `start` for `duration` seconds (None: to the
-        clip's end; beyond the trained 8 s in overlapping windows denoised in lockstep) with
-        guidance `cfg` (None: the variant's). The stem covers the picture to the end of its last
+        clip's end; beyond the family's trained window in overlapping windows, as it plans
+        them), with `steps` and guidance `cfg` (None: the variant's: 25 and 4.5; Flowley cfg
+        7.5; VATT's MaskGIT 16 steps, cfg 5). The stem covers the picture to the end of its last
         frame (the official frame-count rule can stop short of it). `clip` may be a
         `media.Edit` (source ranges of several clips as one picture), or the Video of its first
         window that `media.decode_video` made ahead (a batch decodes the next clips while this one
         generates); its start is then the Video's own. Bad values raise a SelvaError with the
         one-line message the CLI prints. `progress`: True for progress bars on a terminal, or a
         function told of every finished sampling step (it may raise to stop the generation)."""
-        prompts, negative_prompt, cfg = self._checked(
+        prompts, negative_prompt, steps, cfg = self._checked(
             prompts, negative_prompt, seed, steps, cfg, duration, start, mixture=False
         )
         timings: dict[str, float] = {}
@@ -148,7 +150,7 @@ class Pipeline:
         video: bool = True,
         negative_prompt: str = "",
         seed: int = DEFAULT_SEED,
-        steps: int = DEFAULT_STEPS,
+        steps: int | None = None,
         cfg: float | None = None,
         duration: float | None = None,
         start: float = 0.0,
@@ -164,13 +166,13 @@ class Pipeline:
         The mixture is downmixed to mono and resampled to the variant's rate (`media.read_audio`),
         zero-padded where shorter than the picture (the official demo asserts instead) and the
         stems cut back to it. `normalize_mixture_latent`: see `TorchParts.mixture_conditions`."""
-        prompts, negative_prompt, cfg = self._checked(
+        prompts, negative_prompt, steps, cfg = self._checked(
             prompts, negative_prompt, seed, steps, cfg, duration, start, mixture=True
         )
         timings: dict[str, float] = {}
         options = {"normalize_mixture_latent": normalize_mixture_latent}
         run = Run(self.device, torch.Generator(self.device).manual_seed(seed), timings, {}, options)
-        rate = self.variant.audio.sample_rate
+        rate = self.family.sample_rate
         with run.timed("decode"):
             if video and media.has_video(source):
                 first = self._first_window(source, start, duration, progress)
@@ -197,7 +199,7 @@ class Pipeline:
         layout: Layout,
         *,
         seed: int = DEFAULT_SEED,
-        steps: int = DEFAULT_STEPS,
+        steps: int | None = None,
         cfg: float | None = None,
         progress: "bool | Progress" = False,
         timings: dict[str, float] | None = None,
@@ -209,19 +211,22 @@ class Pipeline:
         a single-prompt call with the same seed gets, so a stem does not depend on which prompts
         share the call."""
         cfg = self.variant.cfg if cfg is None else cfg
+        steps = self.variant.steps if steps is None else steps
         gen = torch.Generator(self.device).manual_seed(seed)
         run = Run(self.device, gen, {} if timings is None else timings, {}, options or {})
         return self._sample(inputs, text, layout, steps, cfg, progress, run)
 
     def _checked(self, prompts, negative_prompt, seed, steps, cfg, duration, start, mixture):
-        """Checked (prompts, negative prompt, cfg) of a request; the family refuses a request
-        of the wrong kind (a mixture to a generating model, or none to a separating one)."""
+        """Checked (prompts, negative prompt, steps, cfg) of a request (steps and cfg None:
+        the variant's); the family refuses a request of the wrong kind (a mixture to a
+        generating model, or none to a separating one)."""
         prompts = check_prompts(prompts)
         negative_prompt = check_negative_prompt(negative_prompt, self.variant)
         cfg = self.variant.cfg if cfg is None else cfg
+        steps = self.variant.steps if steps is None else steps
         check_options(steps=steps, cfg=cfg, seed=seed, duration=duration, start=start)
         self.family.check(mixture)
-        return prompts, negative_prompt, cfg
+        return prompts, negative_prompt, steps, cfg
 
     def _first_window(self, clip, start: float, duration: float | None, progress: bool):
         return first_window(clip, self.variant, start, duration, progress)
@@ -282,9 +287,9 @@ class Pipeline:
         return Synthesis(x0, x1, audio, run.trace, conditions)
 
     def _result(self, audio, duration, start, prompts, seed, steps, cfg, run) -> GenerationResult:
-        # The model's audio overruns the picture by up to one latent frame (spec §1.4); a stem
-        # for an editor's timeline ends with the picture.
-        rate = self.variant.audio.sample_rate
+        # The model's audio overruns the picture (by up to one latent frame, spec §1.4; VATT's
+        # by the rest of its 10 s window); a stem for an editor's timeline ends with the picture.
+        rate = self.family.sample_rate
         return GenerationResult(
             audio=audio[:, : round(duration * rate)].float().cpu().numpy(),
             sample_rate=rate,

@@ -330,6 +330,11 @@ class VattConfig:
     sampler: MaskGitConfig = MaskGitConfig()
     window: float = 10.0
     feature_fps: int = 5
+    # Least overlap of the windows of a longer clip (seconds): each window keeps the tokens of
+    # its overlap with the one before and samples the rest (families/vatt.py). 4, not 2: with
+    # 2.5 s kept the network scores the join 3.4 nats worse than a window's middle, with 5 s
+    # kept no worse (benchmarks/vatt_seams.py; results/vatt-seams-tiny.json).
+    overlap: float = 4.0
 
     def __post_init__(self):
         frames = self.window * self.feature_fps
@@ -372,6 +377,7 @@ class Variant:
     description: str = ""
     random_weights: bool = False  # `tiny`: weights are made locally, never downloaded
     cfg: float = DEFAULT_CFG  # default guidance strength
+    steps: int = DEFAULT_STEPS  # default sampling steps (Euler; VATT: MaskGIT)
     # MMAudioSep's own video reader scales the short side to 224 and centre-crops the
     # Synchformer frames; SELVA and MMAudio's demo squash them to 224x224.
     sync_center_crop: bool = False
@@ -397,13 +403,13 @@ class Variant:
 
     @property
     def family(self) -> str:
-        """The model family that runs the variant (runtime/families): mmaudio or flowley."""
-        return "flowley" if self.flowley else "mmaudio"
+        """The model family that runs the variant (runtime/families): mmaudio, flowley, vatt."""
+        return "vatt" if self.vatt else "flowley" if self.flowley else "mmaudio"
 
     @property
     def takes_negative_prompt(self) -> bool:
-        """Flowley's unconditional branch is zero features: it has no negative prompt."""
-        return not self.flowley
+        """Flowley's and VATT's unconditional branches are zero features: no negative prompt."""
+        return not (self.flowley or self.vatt)
 
     def file(self, role: str) -> WeightFile:
         for f in self.files:
@@ -771,6 +777,7 @@ def _vatt(name: str, config: VattConfig, files: tuple, description: str, **kw) -
         files=files,
         description=description,
         cfg=config.sampler.cfg,
+        steps=config.sampler.steps,
         **kw,
     )
 
@@ -869,9 +876,6 @@ TINY_VATT = _vatt(
     random_weights=True,
 )
 
-# VATT is not yet served by the pipeline, the CLI or the weights command (issue 22, phase 2
-# registers these in VARIANTS); its networks, loaders and sampler are in runtime/models/vatt_*.py,
-# runtime/models/eva02.py, runtime/models/encodec.py and runtime/maskgit.py.
 VATT_VARIANTS: dict[str, Variant] = {v.name: v for v in (VATT_LLAMA, VATT_GEMMA, TINY_VATT)}
 
 VARIANTS: dict[str, Variant] = {
@@ -891,6 +895,7 @@ VARIANTS: dict[str, Variant] = {
         FLOWLEY,
         TINY_FLOWLEY,
         TINY_SEP,
+        *VATT_VARIANTS.values(),
     )
 }
 

@@ -198,7 +198,7 @@ def download(variant: Variant, quiet: bool = False, endpoint: str | None = None)
     if todo and huggingface_hub.constants.is_offline_mode():
         raise _offline_error(todo)
     for file in todo:
-        _say(f"downloading {_name(file)} to {local_path(file)}", quiet)
+        _say(f"downloading {_name(file)} to {local_path(file)}{licence_note(file)}", quiet)
         _fetch(file, endpoint, quiet)
     for file in by_hand:
         if not local_path(file).is_file():
@@ -208,11 +208,17 @@ def download(variant: Variant, quiet: bool = False, endpoint: str | None = None)
 
 
 def by_hand_message(file: WeightFile) -> str:
-    """Where a file outside the hub comes from and where it goes (one line)."""
+    """Where a file outside the hub comes from, where it goes and its licence (one line)."""
     return (
         f"{Path(file.path).name} is not on the Hugging Face hub: download it from {file.source} "
-        f"and put it at {local_path(file)}"
+        f"(unpack it there if it is an archive) and put it at {local_path(file)}"
+        f"{licence_note(file)}"
     )
+
+
+def licence_note(file: WeightFile) -> str:
+    """ " (licence: ...)" for a file whose weights have terms of their own, else ""."""
+    return f" (licence: {file.licence})" if file.licence else ""
 
 
 def resolve(

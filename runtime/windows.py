@@ -92,6 +92,28 @@ def plan_windows(
     return Layout(duration, length, frames, offsets, n, total)
 
 
+def plan_fixed_windows(duration: float, window: float, rate: int, overlap: float) -> Layout:
+    """Windows of exactly `window` seconds, for a model trained on that length only (VATT: 10 s
+    of 50 Hz tokens): one for a request up to `window` (a shorter picture is filled in by the
+    family), else the fewest windows overlapping by at least `overlap` seconds, spread evenly
+    on the 25 fps frame grid, the last one ending at the first frame boundary at or after the
+    picture's end. Offsets, `latent` and `total` count the model's frames (`rate` per second, a
+    whole number per 25 fps frame)."""
+    per_frame = Fraction(rate, SYNC_FPS)
+    if per_frame.denominator != 1:
+        raise ValueError(f"{rate} frames per second is not a whole number per sync frame")
+    n = round(window * rate)
+    if duration <= window:
+        return Layout(duration, window, (0,), (0,), n, n)
+    length = round(window * SYNC_FPS)  # sync frames per window
+    last = math.ceil(duration * SYNC_FPS - 1e-9) - length  # the last window's first frame
+    max_hop = int((window - overlap) * SYNC_FPS + 1e-9)
+    count = math.ceil(last / max_hop) + 1
+    frames = tuple(round(j * last / (count - 1)) for j in range(count))
+    offsets = tuple(int(f * per_frame) for f in frames)
+    return Layout(duration, window, frames, offsets, n, offsets[-1] + n)
+
+
 def _window_length(duration: float, last: int) -> float:
     """duration - last / 25 as a float whose 25 fps frame count is exactly the clip's minus
     `last` (the plain difference can land an ulp below a whole frame)."""

@@ -3,115 +3,24 @@ states -> seeded MaskGIT tokens -> Encodec waveform) through networks built by
 `build_vatt_networks` from files in the official layouts, and the tiny-vatt variant end to end."""
 
 import dataclasses
-import io
 import json
 
 import pytest
-import sentencepiece
 import torch
 from golden import assert_close, load_case
-from safetensors.torch import save_file
 from selva_rt.runtime import maskgit
 from selva_rt.runtime.errors import CheckpointError
 from selva_rt.runtime.models.eva02 import preprocess
 from selva_rt.runtime.models.vatt_networks import build_vatt_networks
-from selva_rt.runtime.variants import TINY_VATT, VattConfig
-from vatt_cases import (
-    audio_config,
-    converter_config,
-    encodec_config,
-    eva02_config,
-    sampler_config,
-    state,
-)
+from selva_rt.runtime.variants import TINY_VATT
+from vatt_cases import golden_install, sampler_config
 
 CASE = "vatt_e2e_tiny"
 
 
-def _sentencepiece_model(vocab_size: int) -> bytes:
-    """A small LLaMA-style sentencepiece model (unk 0, BOS 1, EOS 2), trained here."""
-    lines = ["### Instruction:", "### Response:", "sheep bleating on a farm", "a dog barks"] * 20
-    out = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=out,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        character_coverage=1.0,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def golden_files(tmp_path_factory):
-    """The golden weights written as the official files of a VATT-LLaMA install (VATT.md §3),
-    and the variant whose configuration the cases record."""
-    root = tmp_path_factory.mktemp("vatt")
-    audio_meta, audio_t = load_case("vatt_audio_small")
-    conv_meta, conv_t = load_case("vatt_converter_small")
-    eva_meta, eva_t = load_case("vatt_eva02_small")
-    e2e_meta, e2e_t = load_case(CASE)
-    books = audio_t["file.meta_pretrain_vgg_encodec_embed"]
-    conv = converter_config(conv_meta)
-    audio = audio_config(audio_meta)
-    config = VattConfig(
-        image=eva02_config(eva_meta),
-        converter=conv,
-        audio=audio,
-        encodec=encodec_config(e2e_meta, audio.num_tokens),
-        sampler=sampler_config(load_case("vatt_sampler_small")[0]),
-    )
-    variant = dataclasses.replace(
-        TINY_VATT, name="golden-vatt", generator=config, random_weights=False
-    )
-
-    peft = state(conv_t)
-    prefix = "base_model.model.model."
-    folder = root / "vicuna"
-    folder.mkdir()
-    base = {
-        "model." + k[len(prefix) :]: v
-        for k, v in peft.items()
-        if "lora_" not in k and "video_proj" not in k
-    }
-    base["lm_head.weight"] = torch.randn(conv.vocab_size, conv.hidden)
-    save_file({k: v.contiguous() for k, v in base.items()}, folder / "model.safetensors")
-    hf = dict(conv_meta["constructor_kwargs"], architectures=["LlamaForCausalLM"])
-    (folder / "config.json").write_text(json.dumps(hf))
-    (folder / "tokenizer.model").write_bytes(_sentencepiece_model(min(48, conv.vocab_size)))
-    # The delta: the PeftModel state dict (LoRA with `.default.`, video_proj, the base weights).
-    (root / "checkpoint-117000").mkdir()
-    torch.save(peft, root / "checkpoint-117000" / "pytorch_model.bin")
-    sd = {f"audio_token_decoder.{k}": v for k, v in state(audio_t).items()}
-    torch.save({"epoch": 1, "global_step": 2, "state_dict": sd}, root / "vatt.ckpt")
-    torch.save(books, root / "meta_pretrain_vgg_encodec_embed.pt")
-    # The e2e case's Encodec codebooks are VATT's (golden README).
-    encodec = state(e2e_t, "state.encodec.")
-    for k in range(books.shape[0]):
-        encodec[f"quantizer.vq.layers.{k}._codebook.embed"] = books[k]
-    torch.save(
-        {"xp.cfg": "sample_rate: 16000\n", "best_state": encodec},
-        root / "compression_state_dict.bin",
-    )
-    clip = {k: v for k, v in state(eva_t).items()}
-    clip["text.token_embedding.weight"] = torch.zeros(4, 4)
-    clip["logit_scale"] = torch.tensor(4.6)
-    torch.save(clip, root / "open_clip_pytorch_model.bin")
-    paths = {
-        "vatt": root / "vatt.ckpt",
-        "llm": folder,
-        "llm_delta": root / "checkpoint-117000" / "pytorch_model.bin",
-        "codebooks": root / "meta_pretrain_vgg_encodec_embed.pt",
-        "encodec": root / "compression_state_dict.bin",
-        "eva02": root / "open_clip_pytorch_model.bin",
-    }
-    return variant, paths
+    return golden_install(tmp_path_factory.mktemp("vatt"))
 
 
 @pytest.fixture(scope="module")

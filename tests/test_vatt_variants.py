@@ -53,8 +53,10 @@ def test_files_say_where_they_come_from():
         assert variant.file("encodec").licence.startswith("CC-BY-NC 4.0")
 
 
-def test_not_yet_served_by_the_pipeline():
-    """Phase 2 registers VATT in VARIANTS (CLI, weights, pipeline); until then it is apart."""
-    assert not set(VATT_VARIANTS) & set(VARIANTS)
-    assert all(v.vatt and not v.separation and not v.flowley for v in VATT_VARIANTS.values())
-    assert not any(v.vatt for v in VARIANTS.values())
+def test_served_by_the_vatt_family():
+    """The VATT variants are in the variant table, run by the VATT family, with its defaults
+    (MaskGIT 16 steps, CFG 5) and no negative prompt."""
+    assert set(VATT_VARIANTS) <= set(VARIANTS)
+    for v in VATT_VARIANTS.values():
+        assert v.vatt and not v.separation and not v.flowley and v.family == "vatt"
+        assert (v.steps, v.cfg) == (16, 5.0) and not v.takes_negative_prompt

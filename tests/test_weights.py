@@ -350,3 +350,28 @@ def test_flowley_files_name_their_sources():
     generator = flowley.file("generator")
     assert generator.source and generator.path == "ema_final_0-60000_step=5000.pth"
     assert all(f.source is None for f in flowley.files if f.role != "generator")
+
+
+@pytest.mark.parametrize("name", ["vatt-llama", "vatt-gemma"])
+def test_vatt_download_says_where_each_file_comes_from(hub, capsys, name):
+    """The hub files (AudioGen's Encodec, eva02) are fetched, each with its licence; every other
+    file is named with its source (the authors' Dropbox / Google Drive), destination and licence;
+    the command ends with one line."""
+    variant = VARIANTS[name]
+    for i, f in enumerate(variant.files):
+        if f.source is None:  # small stand-ins at the real repos and paths
+            hub.files[f"{f.repo}/{f.path}"] = blob(i, 3_000)
+    with pytest.raises(WeightsMissingError) as err:
+        weights.download(variant, endpoint=hub.url)
+    told = capsys.readouterr().err
+    assert "\n" not in str(err.value)
+    for f in variant.files:
+        assert f.licence in told
+        if f.source is None:
+            assert f"downloading {f.repo}/{f.path}" in told
+            assert weights.local_path(f).is_file()
+        else:
+            assert weights.by_hand_message(f) in told
+            assert f.source in told and str(weights.local_path(f)) in told
+    assert "CC-BY-NC 4.0" in told
+    assert ("LLaMA licence" if name == "vatt-llama" else "Gemma Terms of Use") in told

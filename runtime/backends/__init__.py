@@ -139,6 +139,8 @@ def load_parts(
     on the torch backend, these parts run from the ONNX Runtime graphs in `engines` instead
     (`mixed.MixedParts`)."""
     dev = resolve_device(device)
+    if variant.vatt:
+        return _vatt_parts(variant, backend, dev, precision, reference, engines, quiet, checkpoint)
     if graph_parts:
         return _mixed_parts(variant, backend, dev, precision, reference, engines, graph_parts)
     if backend == "torch":
@@ -174,6 +176,31 @@ def load_parts(
     from .trt_parts import TrtParts
 
     return TrtParts.load(engines, variant, dev)
+
+
+def _vatt_parts(variant, backend, device, precision, reference, engines, quiet, checkpoint):
+    """VATT's parts (`vatt_parts`): its networks on torch, or its graphs on ONNX Runtime with
+    the LLM converter on torch (`vatt_ort_parts`)."""
+    from .. import weights
+    from ..models.vatt_networks import build_vatt_networks
+
+    if checkpoint is not None:
+        raise UsageError(f"--checkpoint replaces a generator file; {variant.name} has none")
+    if backend not in ("torch", "onnxruntime"):
+        raise UsageError(f"{variant.name} runs on --backend torch or onnxruntime")
+    if backend == "onnxruntime" and (engines is None or reference):
+        raise UsageError(
+            "VATT on onnxruntime needs --engines DIR (see selva-rt export) and no reference mode"
+        )
+    dtype = DTYPES[resolve_precision(precision, device)]
+    nets = build_vatt_networks(variant, weights.resolve(variant, quiet=quiet))
+    if backend == "onnxruntime":
+        from .vatt_ort_parts import VattOrtParts
+
+        return VattOrtParts.load(engines, variant, nets, device, dtype)
+    from .vatt_parts import VattTorchParts
+
+    return VattTorchParts(variant, nets, device, dtype, reference=reference)
 
 
 def _mixed_parts(variant, backend, device, precision, reference, engines, graph_parts) -> Parts:

@@ -4,6 +4,7 @@
 
 MMAudio (SELVA, MMAudio, MMAudioSep) and Flowley are flow-matching families (flow.py); each
 supplies its own text handling and conditions, so the pipeline never asks which one it runs.
+VATT (vatt.py) samples discrete tokens with MaskGIT over its own parts.
 """
 
 from ..backends import load_parts
@@ -11,8 +12,9 @@ from ..variants import Variant
 from .family import Family, Needs
 from .flowley import Flowley
 from .mmaudio import MMAudio
+from .vatt import Vatt
 
-FAMILIES = {"mmaudio": MMAudio, "flowley": Flowley}
+FAMILIES = {"mmaudio": MMAudio, "flowley": Flowley, "vatt": Vatt}
 
 
 def load_family(variant: Variant, backend: str = "torch", **options) -> Family:

@@ -65,14 +65,17 @@ class Run:
 
 
 class Family(Protocol):
-    """A model family over one backend's parts. Shapes: P prompts, W windows of `layout`."""
+    """A model family over one backend's parts. Shapes: P prompts, W windows of `layout`.
+    `parts` is the backend's parts object the family calls (`backends.Parts` for the flow
+    families, `backends.vatt_parts.VattTorchParts` for VATT): opaque to the pipeline."""
 
     variant: Variant
-    parts: object  # the backend's parts (`backends.Parts` for the flow families)
+    parts: object
     device: torch.device
     dtype: torch.dtype
     precision: str  # what the parts compute in: fp32, bf16, fp16, int8
     needs: Needs
+    sample_rate: int  # of the waveform `decode` returns
 
     def plan(self, duration: float) -> Layout:
         """The windows covering `duration` seconds (one up to `needs.window`)."""
@@ -110,4 +113,4 @@ class Family(Protocol):
         """x0 -> the generated latent or tokens of the whole request."""
 
     def decode(self, x1: torch.Tensor, layout: Layout, run: Run) -> torch.Tensor:
-        """The sampler's output -> waveform [P, samples] at variant.audio.sample_rate."""
+        """The sampler's output -> waveform [P, samples] at `sample_rate`."""

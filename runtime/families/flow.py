@@ -46,6 +46,7 @@ class FlowFamily:
         self.variant, self.parts = variant, parts
         self.tokenizers = tokenizers or Tokenizers.load(variant)
         self.device, self.dtype, self.precision = parts.device, parts.dtype, parts.precision
+        self.sample_rate = variant.audio.sample_rate
         self.needs = self.needs_of(variant)
 
     @staticmethod

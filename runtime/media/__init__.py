@@ -15,6 +15,7 @@ from .files import existing_file
 from .mux import FALLBACK_CONTAINER, MUX_FORMATS, mux, mux_suffix
 from .video import (
     ClipInfo,
+    FrameTrack,
     Video,
     clip_duration,
     decode_video,
@@ -31,6 +32,7 @@ __all__ = [
     "MUX_FORMATS",
     "ClipInfo",
     "Edit",
+    "FrameTrack",
     "Segment",
     "Video",
     "clip_duration",

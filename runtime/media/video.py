@@ -10,7 +10,10 @@ from what the official code would do with the same file, it says so:
     failing deep inside the model. Variable-frame-rate clips (phone footage) are taken as shot:
     the timing rule picks frames by presentation time, as the official code would;
   * clips longer than the trained 8 s are decoded window by window in one pass
-    (`decode_windows`), each window timed from its own start.
+    (`decode_windows`), each window timed from its own start;
+  * a family may ask for frames of its own (`FrameTrack`: VATT's eva02 frames at 5 fps, picked
+    by their own rule) and leave the sync frames out (`need_sync=False`; they are still counted,
+    since their count sets the window's duration).
 """
 
 from __future__ import annotations  # PyAV types in signatures stay unevaluated (OnFirstUse)
@@ -19,8 +22,8 @@ import dataclasses
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -47,6 +50,27 @@ TRUNCATION_SLACK = 0.5
 EPSILON = 1e-6
 
 
+@dataclass(frozen=True)
+class FrameTrack:
+    """Frames a model family reads besides the sync and CLIP frames (VATT: eva02's 5 fps).
+
+    Frame i of a window is the last source frame shown at or before start + i / fps (sample and
+    hold; the first frame for times before it), exactly as `models.eva02.pick_frames` picks from
+    the frames' presentation times, for every such time inside the window's picture:
+    ceil(duration * fps) frames. `picture` makes what is kept of a source frame from its upright
+    RGB [3, H, W] uint8, once per source frame however often it is held (VATT: the PIL-exact
+    336 px crop, so a window holds crops, not source frames). `Video.frames[name]` stacks them.
+    """
+
+    name: str
+    fps: int
+    picture: Callable[[torch.Tensor], torch.Tensor]
+
+    def count(self, duration: float) -> int:
+        """Frames of a window of `duration` seconds: the times i / fps < duration."""
+        return math.ceil(Fraction(duration) * self.fps)
+
+
 @dataclass
 class Video:
     """The model's view of a clip's window [start, start + duration].
@@ -57,6 +81,8 @@ class Video:
     sync_index / clip_index: [T] int64, decode-order number of the source frame behind each
         output frame (counted from the stream's first frame; from `start` > 0 on a variable
         frame rate, the first one is estimated from the stream's average rate)
+    frames / frame_index: per FrameTrack name, its pictures [n, ...] and source frame numbers
+    Decoded with need_sync=False, sync_frames is empty ([0, 3, 224, 224]).
     """
 
     sync_frames: torch.Tensor
@@ -71,12 +97,16 @@ class Video:
     decoded_frames: int  # frames the decoder produced (a measure of work done)
     source: Path | Edit | None = None  # the clip (or edit) it was decoded from
     more: bool = False  # the clip has more picture after the window (`decode_video(peek=True)`)
+    tracks: tuple[FrameTrack, ...] = ()
+    frames: dict[str, torch.Tensor] = field(default_factory=dict)
+    frame_index: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def head(self, duration: float) -> Video:
         """The window's first `duration` seconds: the frames a decode of that window picks
         (the timing rule counts from the same start, so they are a prefix of these)."""
         n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration)
         clip = None if self.clip_frames is None else self.clip_frames[:n_clip]
+        count = {t.name: t.count(duration) for t in self.tracks}
         return dataclasses.replace(
             self,
             sync_frames=self.sync_frames[:n_sync],
@@ -85,14 +115,20 @@ class Video:
             sync_index=self.sync_index[:n_sync],
             clip_index=self.clip_index[:n_clip],
             more=True,
+            frames={k: v[: count[k]] for k, v in self.frames.items()},
+            frame_index={k: v[: count[k]] for k, v in self.frame_index.items()},
         )
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """The pictures as the networks take them: sync [1, T, 3, 224, 224] float32 in [-1, 1]
-        and, when decoded, clip [T_clip, 3, S, S] float32 in [0, 1]."""
-        inputs = {"sync": to_model_input(self.sync_frames)[None]}
+        (unless left out), clip [T_clip, 3, S, S] float32 in [0, 1] when decoded, and each
+        FrameTrack's pictures under its name, as its `picture` made them."""
+        inputs = {}
+        if len(self.sync_frames):
+            inputs["sync"] = to_model_input(self.sync_frames)[None]
         if self.clip_frames is not None:
             inputs["clip"] = self.clip_frames.float() / 255
+        inputs.update(self.frames)
         return inputs
 
 
@@ -126,6 +162,41 @@ def resize(image: torch.Tensor, size: int, center_crop: bool = False) -> torch.T
     return image
 
 
+class _HeldTrack:
+    """A FrameTrack's selection in one window, as frames arrive in presentation order: when a
+    frame arrives, the times before it that are still open are shown the frame before it (or this
+    one, before the first frame), so a frame's picture is made only once it is shown."""
+
+    def __init__(self, spec: FrameTrack, start: float, keep: int):
+        self.spec, self.keep = spec, keep
+        self.start = Fraction(start).limit_denominator(1_000_000)  # as eva02.frame_times
+        self.frames: list[torch.Tensor] = []
+        self.index: list[int] = []
+        self.held: list | None = None  # [frame, index, rotation, picture]: the latest offered
+
+    def full(self) -> bool:
+        return len(self.frames) >= self.keep
+
+    def offer(self, frame: av.VideoFrame, t: Fraction, index: int, rotation: int) -> None:
+        """`frame`, shown from time `t` (exact: the picture's time base)."""
+        current = [frame, index, rotation, None]
+        shown = self.held or current
+        while not self.full() and self.start + Fraction(len(self.frames), self.spec.fps) < t:
+            self._show(shown)
+        self.held = current
+
+    def finish(self, count: int) -> None:
+        """The stream or window ended: the open times up to `count` hold the last frame."""
+        while len(self.frames) < min(count, self.keep) and self.held is not None:
+            self._show(self.held)
+
+    def _show(self, held: list) -> None:
+        if held[3] is None:
+            held[3] = self.spec.picture(_upright(held[0], held[2]))
+        self.frames.append(held[3])
+        self.index.append(held[1])
+
+
 class _Track:
     """Sample-and-hold selection at one target rate (spec §1.2).
 
@@ -156,6 +227,8 @@ def decode_video(
     sync_center_crop: bool = False,
     peek: bool = False,
     to_end: bool = False,
+    need_sync: bool = True,
+    tracks: Sequence[FrameTrack] = (),
 ) -> Video:
     """Decode the window [start, start + duration] of a clip's first video stream (or of an
     `Edit`'s picture).
@@ -172,10 +245,14 @@ def decode_video(
     picture ends inside the window, the window's duration is the exact time from `start` to the
     end of the last frame, not the official frame-count rule's (which can drop the last frames:
     2.96 s of a 3.00 s clip), and the last frame is held for the model's frames past it.
+
+    `need_sync=False` keeps no sync frames; `tracks` adds a family's own frames (`FrameTrack`).
     """
     source = _source(path)
     _check_window(duration, start)
-    window = _Window(start, duration, need_clip, clip_size, sync_center_crop, peek)
+    window = _Window(
+        start, duration, need_clip, clip_size, sync_center_crop, peek, need_sync, tuple(tracks)
+    )
     decoded = next(_decode(source, [window], progress))
     left = None if decoded.end is None else decoded.end - Fraction(start)  # picture from start
     more, exact = window.more(), to_end or isinstance(source, Edit)
@@ -203,6 +280,8 @@ def decode_windows(
     progress: bool = False,
     clip_size: int = CLIP_SIZE,
     sync_center_crop: bool = False,
+    need_sync: bool = True,
+    tracks: Sequence[FrameTrack] = (),
 ) -> Iterator[Video]:
     """The windows [s, s + duration] of a clip for increasing starts s, each decoded as
     `decode_video(path, duration, s)` would, in one pass over the stream; yielded as each
@@ -217,11 +296,16 @@ def decode_windows(
     source = _source(path)
     for s in starts:
         _check_window(duration, s)
-    windows = [_Window(s, duration, need_clip, clip_size, sync_center_crop) for s in starts]
+    spec = (need_clip, clip_size, sync_center_crop, False, need_sync, tuple(tracks))
+    windows = [_Window(s, duration, *spec) for s in starts]
     n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration) if need_clip else 0
     for decoded, window in zip(_decode(source, windows, progress), windows, strict=True):
         window.hold(duration, MAX_END_REPEATS)
-        if len(window.sync.frames) < n_sync or len(window.clip.frames) < n_clip:
+        if (
+            window.sync.count < n_sync
+            or len(window.sync.frames) < window.sync.keep
+            or len(window.clip.frames) < n_clip
+        ):
             raise MediaError(
                 f"{_name(source)} ends at {window.start + window.sync.seconds():.2f} s, before "
                 f"{window.start + duration:.2f} s: its frames stop short of its timestamps "
@@ -304,16 +388,23 @@ class _Window:
         clip_size: int = CLIP_SIZE,
         sync_center_crop: bool = False,
         peek: bool = False,
+        need_sync: bool = True,
+        tracks: tuple[FrameTrack, ...] = (),
     ):
         self.start, self.duration, self.peek = start, duration, peek
-        self.sync = _Track(SYNC_FPS, SYNC_SIZE, int(SYNC_FPS * duration), sync_center_crop)
+        keep_sync = int(SYNC_FPS * duration) if need_sync else 0
+        self.sync = _Track(SYNC_FPS, SYNC_SIZE, keep_sync, sync_center_crop)
         self.clip = _Track(CLIP_FPS, clip_size, int(CLIP_FPS * duration) if need_clip else 0)
         self.tracks = [self.sync, self.clip]
+        self.specs = tracks
+        self.held = [_HeldTrack(t, start, t.count(duration)) for t in tracks]
         self.need_clip = need_clip
         self.done = False
 
     def full(self) -> bool:
         """Later frames cannot change the result (peeking: a frame after the window counted)."""
+        if not all(h.full() for h in self.held):
+            return False
         if self.peek:
             return self.more()
         return all(track.seconds() >= self.duration for track in self.tracks)
@@ -323,11 +414,20 @@ class _Window:
         it) is longer than the window's."""
         return all(track.seconds() > self.duration for track in self.tracks)
 
+    def offer(self, frame: av.VideoFrame, t: Fraction, index: int, rotation: int, previous):
+        """Offer a frame shown from time `t` to the FrameTracks; the window's first frame comes
+        after the frame shown at its start (`previous`: (frame, t, index, rotation) decoded
+        before it), which is offered first."""
+        for track in self.held:
+            if track.held is None and previous is not None:
+                track.offer(*previous)
+            track.offer(frame, t, index, rotation)
+
     def hold(self, duration: float, most: int | None = None) -> None:
         """Hold each track's last frame for the frames `duration` needs that the picture did
         not fill (at most `most` per track; None: any number)."""
         for track, fps, keep in (
-            (self.sync, SYNC_FPS, True),
+            (self.sync, SYNC_FPS, self.sync.keep > 0),
             (self.clip, CLIP_FPS, self.need_clip),
         ):
             n = int(fps * duration)
@@ -342,8 +442,13 @@ class _Window:
     def video(self, decoded: _Decoded, duration: float, more: bool | None = None) -> Video:
         """The window's Video, `duration` seconds of it (its frames move into the Video)."""
         n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration)
+        for track in self.held:
+            track.finish(track.spec.count(duration))
+        sync = self.sync.frames[:n_sync]
         video = Video(
-            sync_frames=torch.stack(self.sync.frames[:n_sync]),
+            sync_frames=(
+                torch.stack(sync) if sync else torch.empty(0, 3, SYNC_SIZE, SYNC_SIZE).byte()
+            ),
             clip_frames=torch.stack(self.clip.frames[:n_clip]) if self.need_clip else None,
             duration=duration,
             start=self.start,
@@ -355,8 +460,18 @@ class _Window:
             decoded_frames=decoded.frames,
             source=decoded.source,
             more=self.more() if more is None else more,
+            tracks=self.specs,
+            frames={
+                t.spec.name: torch.stack(t.frames[: t.spec.count(duration)]) for t in self.held
+            },
+            frame_index={
+                t.spec.name: torch.tensor(t.index[: t.spec.count(duration)], dtype=torch.int64)
+                for t in self.held
+            },
         )
         self.sync.frames, self.clip.frames = [], []
+        for track in self.held:
+            track.frames, track.held = [], None
         return video
 
 
@@ -389,7 +504,10 @@ def _decode(source: Path | Edit, windows: list[_Window], progress: bool) -> Iter
     )
     try:
         pending = 0  # the first window not yet yielded
+        previous = None  # the frame decoded before this one: shown at a FrameTrack's start
         for frame, t, index, rotation in frames:
+            # The exact time (the picture's time base; floats of such times round-trip).
+            shown = (frame, Fraction(t).limit_denominator(1_000_000), index, rotation)
             info.frames += 1
             pictures: dict[int, torch.Tensor] = {}
             for window in windows[pending:]:
@@ -400,7 +518,10 @@ def _decode(source: Path | Edit, windows: list[_Window], progress: bool) -> Iter
                     window.done = True
                     continue
                 _take(frame, t - window.start, index, rotation, window.tracks, pictures)
+                if window.held:
+                    window.offer(*shown, previous)
                 window.done = window.full()
+            previous = shown
             bar.update(round(min(t - first, end - first), 2) - bar.n)
             while pending < len(windows) and windows[pending].done:
                 pending += 1
@@ -562,15 +683,20 @@ def _take(
             if len(track.frames) < track.keep:
                 if key not in pictures:
                     if 0 not in pictures:
-                        rgb = frame.to_ndarray(format="rgb24")  # [H, W, 3], as official
-                        if rotation:
-                            rgb = np.ascontiguousarray(np.rot90(rgb, rotation // 90))
-                        pictures[0] = torch.from_numpy(rgb).permute(2, 0, 1)
+                        pictures[0] = _upright(frame, rotation)
                     pictures[key] = resize(pictures[0], track.size, track.center_crop)
                 track.frames.append(pictures[key])
             track.index.append(index)
             track.count += 1
             track.next_t += track.step
+
+
+def _upright(frame: av.VideoFrame, rotation: int) -> torch.Tensor:
+    """The frame as RGB [3, H, W] uint8, turned upright."""
+    rgb = frame.to_ndarray(format="rgb24")  # [H, W, 3], as official
+    if rotation:
+        rgb = np.ascontiguousarray(np.rot90(rgb, rotation // 90))
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def _check_size(stream: av.VideoStream, path: Path) -> tuple[int, int]:

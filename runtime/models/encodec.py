@@ -28,6 +28,9 @@ from .vocoder import WEIGHT_NORM_LAYOUTS
 
 _CODEBOOK = re.compile(r"^quantizer\.vq\.layers\.(\d+)\._codebook\.(\w+)$")
 _TRAINING_BUFFERS = ("inited", "cluster_size", "embed_avg")
+# Frames of context either side of a chunk in a chunked decode (the receptive field of the
+# upsampling stack: each transposed convolution overlaps 2 frames, the rest is sub-frame).
+DECODE_MARGIN = 8
 
 
 class SConv1d(nn.Conv1d):
@@ -38,8 +41,11 @@ class SConv1d(nn.Conv1d):
         kernel = (self.kernel_size[0] - 1) * self.dilation[0] + 1
         stride = self.stride[0]
         total = kernel - stride
-        frames = (x.shape[-1] - kernel + total) / stride + 1
-        extra = (math.ceil(frames) - 1) * stride + (kernel - total) - x.shape[-1]
+        # audiocraft's (ceil((L - kernel + total) / stride + 1) - 1) * stride + kernel - total
+        # - L, in integers (the same for every length; a traced graph keeps L dynamic).
+        length = x.shape[-1]
+        frames = -(-(length - kernel + total) // stride)
+        extra = frames * stride + kernel - total - length
         x = F.pad(x, (total - total // 2, total // 2 + extra))
         return super().forward(x)
 
@@ -51,7 +57,10 @@ class SConvTranspose1d(nn.ConvTranspose1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
         total = self.kernel_size[0] - self.stride[0]
-        return y[..., total - total // 2 : y.shape[-1] - total // 2]
+        right = total // 2
+        # Trimmed without reading the length (a traced graph keeps its time axis dynamic).
+        y = y[..., total - right :]
+        return y[..., :-right] if right else y
 
 
 class ResBlock(nn.Module):
@@ -146,9 +155,26 @@ class Encodec(nn.Module):
             latent = latent + F.embedding(codes[:, k], self.codebooks[k]).transpose(1, 2)
         return latent
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, K, T] int64 -> waveform [B, channels, T * hop] float."""
-        return self.decoder(self.decode_latent(codes))
+    def decode(self, codes: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """codes [B, K, T] int64 -> waveform [B, channels, T * hop] float.
+
+        `chunk` (frames): past the LSTM, which runs over the whole sequence, the decoder's
+        upsampling stack runs on `chunk` frames at a time, each with DECODE_MARGIN frames of
+        its neighbours (its receptive field is under two frames), so memory stays that of one
+        chunk while the result is the whole pass's (within float rounding)."""
+        split = 2 if self.config.lstm_layers else 1  # the first convolution and the LSTM
+        x = self.decoder.model[:split](self.decode_latent(codes))
+        tail = self.decoder.model[split:]
+        t = x.shape[-1]
+        if chunk is None or t <= chunk:
+            return tail(x)
+        hop, m, out = self.config.hop, DECODE_MARGIN, []
+        for a in range(0, t, chunk):
+            b = min(a + chunk, t)
+            lo, hi = max(0, a - m), min(t, b + m)
+            y = tail(x[..., lo:hi])
+            out.append(y[..., (a - lo) * hop : (b - lo) * hop])
+        return torch.cat(out, -1)
 
     def quantize(self, latent: torch.Tensor) -> torch.Tensor:
         """latent [B, dimension, T] -> codes [B, K, T] int64: greedy residual nearest codes,

@@ -5,10 +5,10 @@ The authors extract them with an external script (`extract_vggs_clip_5fps.py`, D
 uses open_clip `EVA02-L-14-336` (timm `eva02_large_patch14_clip_336`,
 `timm/eva02_large_patch14_clip_336.merged2b_s6b_b61k`). What is reproduced here is open_clip's own
 eval transform and `encode_image(normalize=False)`:
-  * preprocessing (`preprocess`): PIL bicubic resize of the short side to 336 px, centre crop
-    336 x 336, /255, OpenAI mean/std. PIL's uint8 resampler (fixed-point two-pass convolution,
-    horizontal first, rounding to uint8 in between) is re-implemented bit for bit in torch, so no
-    PIL is needed;
+  * preprocessing (`preprocess` = `normalize(resize_crop(...))`): PIL bicubic resize of the
+    short side to 336 px, centre crop 336 x 336, /255, OpenAI mean/std. PIL's uint8 resampler
+    (fixed-point two-pass convolution, horizontal first, rounding to uint8 in between) is
+    re-implemented bit for bit in torch, so no PIL is needed;
   * the tower (`Eva02Vision`): patch 14 conv, class token + absolute positions, blocks of
     [LayerNorm, attention (q and v biased, 2-D RoPE on the patch tokens, LayerNorm before the
     output projection), LayerNorm, SwiGLU with a LayerNorm before fc2], final LayerNorm, the class
@@ -111,16 +111,28 @@ def preprocess(frames: torch.Tensor, config: Eva02Config) -> torch.Tensor:
     transform (torchvision Resize(S) on PIL images, CenterCrop(S), ToTensor, Normalize)."""
     if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [N, H, W, 3] uint8, got {tuple(frames.shape)}")
+    return normalize(resize_crop(frames.permute(0, 3, 1, 2), config), config)
+
+
+def resize_crop(images: torch.Tensor, config: Eva02Config) -> torch.Tensor:
+    """images [..., 3, H, W] uint8 RGB -> [..., 3, S, S] uint8: the resize and centre crop of
+    open_clip's eval transform, PIL-exact (what a decoder keeps per frame: `media.FrameTrack`)."""
+    if images.dtype != torch.uint8 or images.dim() < 3 or images.shape[-3] != 3:
+        raise ValueError(f"images must be [..., 3, H, W] uint8, got {tuple(images.shape)}")
     s = config.image_size
-    h, w = frames.shape[1:3]
+    h, w = images.shape[-2:]
     # torchvision's resized size: the short side to s, the long side int(s * long / short);
     # CenterCrop's offsets round((n - s) / 2).
     size = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
     crop = tuple(slice(o, o + s) for o in (int(round((n - s) / 2.0)) for n in size))
-    image = pil_bicubic_resize(frames.permute(0, 3, 1, 2), size, crop)
-    mean = torch.tensor(config.mean)[:, None, None]
-    std = torch.tensor(config.std)[:, None, None]
-    return (image.float().div(255) - mean) / std
+    return pil_bicubic_resize(images, size, crop)
+
+
+def normalize(images: torch.Tensor, config: Eva02Config) -> torch.Tensor:
+    """images [..., 3, S, S] uint8 (`resize_crop`) -> float32: ToTensor, then OpenAI mean/std."""
+    mean = torch.tensor(config.mean, device=images.device)[:, None, None]
+    std = torch.tensor(config.std, device=images.device)[:, None, None]
+    return (images.float().div(255) - mean) / std
 
 
 def frame_times(start: float, count: int, fps: int) -> list[Fraction]:

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from ..delivery.outputs import OutputPlan, write_outputs
 from ..errors import JobError, OutputError, SelvaError, UsageError
+from ..variants import get_variant
 from .jobs import DELIVERY, Entry, Job, decode, generate, parse_line
 
 RESULTS = "results.jsonl"
@@ -391,7 +392,9 @@ def add_arguments(parser) -> None:
     job = parser.add_argument_group("defaults for jobs that do not set them")
     job.add_argument("--negative-prompt", default=None)
     job.add_argument("--seed", type=int, default=None)
-    job.add_argument("--steps", type=int, default=None, help="sampling steps")
+    job.add_argument(
+        "--steps", type=int, default=None, help="sampling steps (default: the variant's)"
+    )
     job.add_argument("--cfg", type=float, default=None, help="classifier-free guidance")
     job.add_argument("--duration", type=float, default=None, help="seconds")
     job.add_argument("--start", type=float, default=None, help="start time in the clip (s)")
@@ -447,6 +450,7 @@ def cmd_batch(args) -> int:
         raise UsageError("--decode-workers must be at least 1")
     fields = ("negative_prompt", "seed", "steps", "cfg", "duration", "start", *DELIVERY)
     defaults = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    defaults.setdefault("steps", get_variant(args.variant).steps)
     entries = read_jobs(args.jobs, args.prompts, defaults)
     options = dict(
         variant=args.variant, precision=args.precision, backend=args.backend, engines=args.engines

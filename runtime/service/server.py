@@ -421,7 +421,7 @@ def create_app(
                 except FileNotFoundError as e:
                     return fail(404, str(e))
         try:
-            job = Job.from_dict(data, base=Path("/"))
+            job = Job.from_dict(data, base=Path("/"), defaults={"steps": pipes[0].variant.steps})
             await run_in_threadpool(media.probe, job.clip)  # not a video: 422 now, not later
             job_id = journal.add(job.to_dict())
         except SelvaError as e:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import SelvaError, UsageError
 from ..service.batch import RESULTS, LocalEngine, Results, Settings, run_batch
 from ..service.jobs import Entry, Job
-from ..variants import DEFAULT_SEED, DEFAULT_STEPS
+from ..variants import DEFAULT_SEED, VARIANTS
 from . import cues as cue_rules
 from .cut import require_otio, timeline_format
 from .deliver import place, timeline_paths, write_timelines
@@ -28,7 +28,6 @@ SHEETS = (".csv", ".json")
 def add_arguments(parser) -> None:
     from ..backends import BACKENDS
     from ..delivery.outputs import AUDIO_FORMATS, OUT_RATES
-    from ..variants import VARIANTS
 
     parser.add_argument(
         "timeline",
@@ -51,7 +50,9 @@ def add_arguments(parser) -> None:
     )  # fmt: skip
     parser.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="for cues without one")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Euler steps")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="sampling steps (default: the variant's)"
+    )
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance")
     parser.add_argument("--negative-prompt", default="", help="for cues without one")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -102,7 +103,7 @@ def cmd_spot(args) -> int:
                 prompts=(cue.prompt,),
                 negative_prompt=cue.negative_prompt or args.negative_prompt,
                 seed=args.seed if cue.seed is None else cue.seed,
-                steps=args.steps,
+                steps=VARIANTS[args.variant].steps if args.steps is None else args.steps,
                 cfg=args.cfg,
                 name=name,
                 timecode=cut.timecode(cue.record),
