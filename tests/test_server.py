@@ -163,7 +163,7 @@ def test_bad_requests_get_a_clear_4xx_and_write_nothing(tiny, roots, tmp_path):
     assert list((out / "uploads").iterdir()) == []
 
 
-def test_a_token_guards_every_endpoint_but_health_the_api_description_and_the_panel(tiny, roots, tmp_path):
+def test_a_token_guards_every_endpoint_but_health_openapi_and_the_panel(tiny, roots, tmp_path):
     app = create_app(tiny, [roots], tmp_path / "out", token="s3cret")
     client = TestClient(app)  # no lifespan: the job stays queued
     ok = {"Authorization": "Bearer s3cret"}
