@@ -163,13 +163,17 @@ def test_bad_requests_get_a_clear_4xx_and_write_nothing(tiny, roots, tmp_path):
     assert list((out / "uploads").iterdir()) == []
 
 
-def test_a_token_guards_every_endpoint_but_health_and_the_api_description(tiny, roots, tmp_path):
+def test_a_token_guards_every_endpoint_but_health_the_api_description_and_the_panel(
+    tiny, roots, tmp_path
+):
     app = create_app(tiny, [roots], tmp_path / "out", token="s3cret")
     client = TestClient(app)  # no lifespan: the job stays queued
     ok = {"Authorization": "Bearer s3cret"}
     job_id = client.post("/v1/jobs", json=job(roots / "a.mp4"), headers=ok).json()["id"]
     guarded = [
         ("GET", "/v1/info", None),
+        ("GET", "/v1/clips", None),
+        ("GET", "/v1/jobs", None),
         ("POST", "/v1/jobs", job(roots / "a.mp4")),
         ("GET", f"/v1/jobs/{job_id}", None),
         ("GET", f"/v1/jobs/{job_id}/files/a_rain.wav", None),
@@ -177,9 +181,13 @@ def test_a_token_guards_every_endpoint_but_health_and_the_api_description(tiny, 
     ]
     routes = {(m, r.path) for r in app.routes for m in r.methods - {"HEAD"}}
     assert routes == {
+        ("GET", "/"),
+        ("GET", "/panel/{name}"),
         ("GET", "/healthz"),
         ("GET", "/openapi.json"),
         ("GET", "/v1/info"),
+        ("GET", "/v1/clips"),
+        ("GET", "/v1/jobs"),
         ("POST", "/v1/jobs"),
         ("GET", "/v1/jobs/{id}"),
         ("DELETE", "/v1/jobs/{id}"),
@@ -191,8 +199,8 @@ def test_a_token_guards_every_endpoint_but_health_and_the_api_description(tiny, 
             assert r.status_code == 401 and "token" in r.json()["error"], (method, path, headers)
             assert r.headers["www-authenticate"] == "Bearer"
     assert client.get(f"/v1/jobs/{job_id}", headers=ok).json()["state"] == "queued"
-    for path in ("/healthz", "/openapi.json"):
-        assert client.get(path).status_code == 200
+    for path in ("/healthz", "/openapi.json", "/", "/panel/panel.js"):  # the panel asks for it
+        assert client.get(path).status_code == 200, path
     for method, path, body in guarded:  # the right token gets past the guard
         assert client.request(method, path, json=body, headers=ok).status_code != 401, path
 
