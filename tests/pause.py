@@ -8,10 +8,10 @@ job's `step`-th Euler step is done (before the caller's own progress callback se
 
 In a subprocess: `python tests/pause.py ARGS...` runs `selva-rt ARGS`, with the point (if any) taken
 from $SELVA_RT_TEST_PAUSE, a JSON object {"at": "step" | "write", "count": N, "marker": PATH,
-"hold": "forever" | "stop" | "requeue"}: at that point it writes PATH (its pid) and then waits
-forever (for kill -9), until the server's worker is told to stop (a graceful shutdown), or until
-the worker's drain time is over.
-"""
+"hold": "forever" | "stop" | "requeue" | "release", "release": PATH}: at that point it writes PATH
+(its pid) and then waits forever (for kill -9), until the server's worker is told to stop (a
+graceful shutdown), until the worker's drain time is over, or until the test makes the file
+"release" (every job passes the point once that file exists)."""
 
 import json
 import os
@@ -69,6 +69,10 @@ def worker_event(name: str) -> threading.Event:
 def holder(spec: dict) -> Callable[[], None]:
     def hold() -> None:
         Path(spec["marker"]).write_text(str(os.getpid()))
+        if spec["hold"] == "release":
+            while not Path(spec["release"]).exists():
+                time.sleep(0.05)
+            return
         if spec["hold"] == "forever":
             while True:
                 time.sleep(60)

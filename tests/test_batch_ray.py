@@ -23,7 +23,9 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'selv
 torch.set_num_threads(1)
 
 SAMPLE = Path(cli.__file__).parent / "assets" / "sample.mp4"
-KILL_JOBS = [{"clip": "a.mp4", "prompts": ["rain"], "seed": s, "name": f"j{s}"} for s in range(6)]
+# Four jobs: the killed actor has done two before the paused third (its pid is in their records)
+# and has one more queued (DEPTH 2); an interrupted run has one done, one half written, one left.
+KILL_JOBS = [{"clip": "a.mp4", "prompts": ["rain"], "seed": s, "name": f"j{s}"} for s in range(4)]
 
 
 def actor_pause_hook(spec: str):
@@ -84,12 +86,13 @@ def cluster(pause_spec, ray_temp_dir):
 def in_process(tmp_path_factory) -> Path:
     """The in-process runs of the six-job list (in/, out/) and of the kill test's jobs (kill_in/,
     kill_out/): the references. The Ray runs read the same clips (x264 does not promise the same
-    bytes twice)."""
+    bytes twice). two/: the kill test's first two jobs, for counting actors."""
     root = tmp_path_factory.mktemp("local")
     jobs = make_jobs(root / "in")
     assert cli.main(["batch", str(jobs), "--out", str(root / "out"), *FAST]) == 1
     kill_jobs = make_jobs(root / "kill_in", KILL_JOBS)
     assert cli.main(["batch", str(kill_jobs), "--out", str(root / "kill_out"), *FAST]) == 0
+    make_jobs(root / "two", KILL_JOBS[:2])
     return root
 
 
@@ -136,13 +139,13 @@ def test_worker_killed_mid_batch(cluster, in_process, pause_spec, tmp_path):
     run.join(timeout=300)
     assert not run.is_alive() and codes == [0]
     ok = [r for r in final(out) if r["status"] == "ok"]
-    assert len(ok) == len({r["id"] for r in ok}) == 6 and len(final(out)) == 6
+    assert len(ok) == len({r["id"] for r in ok}) == len(KILL_JOBS) == len(final(out))
     workers = {r["worker"] for r in ok}
     assert any(w.endswith(f":{killed}") for w in workers) and len(workers) == 2
     assert not any(r["worker"].endswith(f":{killed}") for r in ok if r["job"]["seed"] == 2)
     assert not hidden_files(out)
     local, remote = stems(in_process / "kill_out"), stems(out)
-    assert set(local) == set(remote) and len(local) == 6
+    assert set(local) == set(remote) and len(local) == len(KILL_JOBS)
     for name in local:
         assert rel_l2(remote[name], local[name]) <= 1e-4, name
 
@@ -179,8 +182,9 @@ def test_stems_equal_in_process_and_on_ray_whatever_ray_reserves(tmp_path, ray_t
 
 def test_ray_workers_sets_the_actors(cluster, in_process, tmp_path, capsys):
     """Default on this 3-CPU cluster: two actors (one CPU left for decoding); --ray-workers 1:
-    one; 0: a one-line error before any work."""
-    jobs = in_process / "kill_in" / "jobs.jsonl"
+    one; 0: a one-line error before any work. Two jobs are enough: the first round hands one
+    job to each actor (RayEngine.run), so two actors show as two workers in the records."""
+    jobs = in_process / "two" / "jobs.jsonl"
     for extra, count in (([], 2), (["--ray-workers", "1"], 1)):
         out = tmp_path / f"out{count}"
         assert (
@@ -221,7 +225,7 @@ def test_an_interrupted_run_resumes_in_the_other_mode(
     later = final(out)[1:]
     done = records(out)[0]["line"]
     assert sorted((r["line"], r["status"]) for r in later) == sorted(
-        (line, "skipped" if line == done else "ok") for line in range(1, 7)
+        (line, "skipped" if line == done else "ok") for line in range(1, len(KILL_JOBS) + 1)
     )
     where = "ray:" if then == "ray" else "local:"
     assert all(r["worker"].startswith(where) for r in later if r["status"] == "ok")

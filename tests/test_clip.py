@@ -1,8 +1,11 @@
 """CLIP tokenizer and towers (spec §1.3, §2.2) against open_clip, without open_clip installed.
 
-The reference ids and values below come from the official code, open_clip_torch 3.3.0 from PyPI;
-`python tests/clip_reference.py --check` recomputes all of them with it (open_clip needs
-torchvision, which this suite does not install):
+The reference ids and values below come from the official code, open_clip_torch 3.3.0 from PyPI,
+as tests/clip_reference.py printed them in one recorded run (OFFICIAL_TEXT[0][2][2] is 0.2911175
+there; an earlier hand copy said 0.2911170). `python tests/clip_reference.py --check` recomputes
+all of them, but not in this suite's environment: open_clip needs torchvision, which is not
+installed here (nor in CI), so the check was not rerun after that run. How the references are
+made:
 `SimpleTokenizer(context_length=77, clean='lower')` (what
 `open_clip.get_tokenizer('ViT-H-14-378-quickgelu')` returns), `open_clip.model.CLIP` built from
 `model_configs/ViT-H-14-378-quickgelu.json` (quick_gelu) for the key list, and tiny `CLIP`s

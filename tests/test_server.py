@@ -214,13 +214,22 @@ def test_serving_beyond_loopback_needs_a_token(roots, tmp_path, capsys):
 
 
 def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
-    """50 clients at once against a queue of 16: each gets 202 or 429 (with Retry-After); the
-    queue fills before anyone is turned away; every accepted job is journaled and done with its
-    own prompt's stem. The server listens on loopback only (its default)."""
-    out = tmp_path / "out"
-    server = Server(roots, out, "--max-queue", "16")
+    """50 clients at once against a queue of 16, while a first job is held running at its first
+    step (tests/pause.py): exactly 16 get 202, the other 34 get 429 with Retry-After (the queue
+    fills before anyone is turned away); once the first job goes on, every accepted job is
+    journaled and done with its own prompt's stem. The server listens on loopback only (its
+    default)."""
+    out, marker, release = tmp_path / "out", tmp_path / "paused", tmp_path / "release"
+    pause = {"at": "step", "count": 1, "marker": str(marker), "hold": "release"}
+    server = Server(roots, out, "--max-queue", "16", pause=pause | {"release": str(release)})
     try:
         assert server.listening() == {"0100007F"}  # 127.0.0.1, and nothing else
+        held = server.client.post("/v1/jobs", json=job(roots / "a.mp4", "sound 50", duration=1.0))
+        assert held.status_code == 202, held.text
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the first job never reached its first step"
+            time.sleep(0.05)
         answers: dict[int, httpx.Response] = {}
         start = threading.Barrier(50)
 
@@ -240,11 +249,13 @@ def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
         assert {r.status_code for r in answers.values()} <= {202, 429}
         accepted = {i: r.json()["id"] for i, r in answers.items() if r.status_code == 202}
         refused = [r for r in answers.values() if r.status_code == 429]
-        assert len(accepted) >= 16 and len(set(accepted.values())) == len(accepted)
+        assert len(accepted) == len(set(accepted.values())) == 16 and len(refused) == 34
         assert all(r.headers["retry-after"].isdigit() for r in refused)
+        accepted[50] = held.json()["id"]
         with sqlite3.connect(out / "journal.sqlite3") as db:
             journaled = {row[0] for row in db.execute("SELECT id FROM jobs")}
         assert journaled == set(accepted.values())
+        release.touch()
         for i, job_id in accepted.items():
             record = wait(server.client, job_id, timeout=600)
             assert record["state"] == "done", record

@@ -423,6 +423,8 @@ def create_app(
         try:
             job = Job.from_dict(data, base=Path("/"), defaults={"steps": pipes[0].variant.steps})
             await run_in_threadpool(media.probe, job.clip)  # not a video: 422 now, not later
+            if journal.count("queued") >= limits.queue:  # again: others came in while it probed
+                return fail(429, "the queue is full; retry later", {"Retry-After": "5"})
             job_id = journal.add(job.to_dict())
         except SelvaError as e:
             if stored is None:
