@@ -10,7 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under pytest-xdist (`-n 2`, as .ci/run runs the suite) each worker, and every process it
+# starts, computes on one thread: two workers then share the two cores instead of fighting over
+# them. Set before torch is imported, which reads it once.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
 
 # Triton runs a whole process either compiled or interpreted (kernels/jit.py). Without a GPU the
 # kernel tests interpret it on the CPU: set before the imports below bring Triton in.
@@ -28,6 +35,17 @@ from selva_rt.runtime import media
 from selva_rt.runtime.models.networks import Networks, build_networks
 from selva_rt.runtime.pipeline import Pipeline
 from selva_rt.runtime.variants import TINY
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: hand its errors over
+        session.config.workeroutput["golden_errors"] = dict(ERRORS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for name, err in getattr(node, "workeroutput", {}).get("golden_errors", {}).items():
+        ERRORS[name] = max(err, ERRORS.get(name, 0.0))
 
 
 def pytest_terminal_summary(terminalreporter):
