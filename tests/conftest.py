@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import torch
 # Triton runs a whole process either compiled or interpreted (kernels/jit.py). Without a GPU the
 # kernel tests interpret it on the CPU: set before the imports below bring Triton in.
 os.environ.setdefault("TRITON_INTERPRET", "0" if torch.cuda.is_available() else "1")
+# Commands keep video and text features (and low-memory weights) under $SELVA_RT_HOME: a test run
+# without one set keeps them in a folder of its own, which its subprocesses inherit.
+os.environ.setdefault("SELVA_RT_HOME", tempfile.mkdtemp(prefix="selva-rt-tests-"))
 
 from golden import (
     ERRORS,
