@@ -31,6 +31,7 @@ from .checks import check_negative_prompt, check_options, check_prompts
 from .errors import MediaError, SelvaError
 from .families import Family, load_family, needs
 from .families.family import Run
+from .memory import PeakMeter
 from .variants import DEFAULT_SEED, DEFAULT_STEPS, Variant, get_variant
 from .windows import Layout
 
@@ -68,6 +69,7 @@ class Pipeline:
 
     def __init__(self, family: Family, cache: FeatureCache | None = None):
         self.family, self.cache = family, cache
+        self.meter: PeakMeter | None = None  # set by a benchmark: peak memory per part
         self.variant, self.parts = family.variant, family.parts
         self.device, self.dtype, self.precision = family.device, family.dtype, family.precision
 
@@ -135,7 +137,9 @@ class Pipeline:
             prompts, negative_prompt, seed, steps, cfg, duration, start, mixture=False
         )
         timings: dict[str, float] = {}
-        run = Run(self.device, torch.Generator(self.device).manual_seed(seed), timings)
+        run = Run(
+            self.device, torch.Generator(self.device).manual_seed(seed), timings, meter=self.meter
+        )
         with run.timed("decode"):
             video = clip
             if not isinstance(video, media.Video):
@@ -176,6 +180,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         options = {"normalize_mixture_latent": normalize_mixture_latent}
         run = Run(self.device, torch.Generator(self.device).manual_seed(seed), timings, {}, options)
+        run.meter = self.meter
         rate = self.variant.audio.sample_rate
         with run.timed("decode"):
             if video and media.has_video(source):
@@ -217,6 +222,7 @@ class Pipeline:
         cfg = self.variant.cfg if cfg is None else cfg
         gen = torch.Generator(self.device).manual_seed(seed)
         run = Run(self.device, gen, {} if timings is None else timings, {}, options or {})
+        run.meter = self.meter
         return self._sample(inputs, text, layout, steps, cfg, progress, run)
 
     def _checked(self, prompts, negative_prompt, seed, steps, cfg, duration, start, mixture):
@@ -378,7 +384,7 @@ class Pipeline:
             conditions = self.family.join_conditions([item.conditions for item in group], rows)
             first = group[0]
             shared: dict[str, float] = {}  # each request waited for these calls: all count them
-            run = Run(self.device, first.run.rng, shared, first.run.trace)
+            run = Run(self.device, first.run.rng, shared, first.run.trace, meter=self.meter)
             _, audio = self._denoise(
                 x0, conditions, first.layout, first.steps, first.cfg, tell, run
             )
@@ -409,6 +415,7 @@ class Pipeline:
             mixture=False,
         )
         run = Run(self.device, torch.Generator(self.device).manual_seed(req.seed), {})
+        run.meter = self.meter
         with run.timed("decode"):
             video = req.clip
             if not isinstance(video, media.Video):

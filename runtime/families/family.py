@@ -20,13 +20,14 @@ conditions may draw before the noise: MMAudioSep's posterior).
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from ..backends import Progress
+from ..memory import PeakMeter
 from ..variants import DEFAULT_DURATION, Variant
 from ..windows import Layout
 
@@ -54,17 +55,20 @@ class Run:
     trace: dict[str, torch.Tensor] = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     shared: dict = field(default_factory=dict)  # what the windows share (trunk segments)
+    meter: "PeakMeter | None" = None  # peak memory per part, when measured (benchmarks)
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
-        """Adds the seconds of the block to timings[name] (CUDA work included)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        """Adds the seconds of the block to timings[name] (CUDA work included); with a meter,
+        its peak memory to meter.parts[name]."""
+        with self.meter.part(name) if self.meter is not None else nullcontext():
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            t0 = time.perf_counter()
+            yield
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 class Family(Protocol):
