@@ -63,10 +63,20 @@ def rope_table(length: int, head_dim: int, freq_scaling: float, device=None) -> 
 def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs (x[2i], x[2i+1]) of x [B, h, n, d] by rot [1, n, d/2, 2, 2].
 
-    Computed in fp32 whatever x's dtype (as the reference), and cast back.
+    Computed in fp32 whatever x's dtype (as the reference), and cast back. Bit for bit the
+    official rot[0] * x[2i] + rot[1] * x[2i+1] per output (each product rounded, then one
+    add), written as x * (r00, r11) + swapped(x) * (r01, r10) over whole rows: a product of
+    the 2x2 matrices followed by a sum over a dimension of 2 cost 10x more on the CPU (5.2 vs
+    0.47 ms one thread, [2, 7, 250, 64] fp32), about 9 % of a DiT step in fp32 and more in
+    bf16, where it made the doubled CFG batch slower than two passes (its intermediates leave
+    the cache).
     """
-    pairs = x.float().unflatten(-1, (-1, 1, 2))  # [B, h, n, d/2, 1, 2]: a row vector per pair
-    return (rot * pairs).sum(-1).flatten(-2).to(x.dtype)
+    cos = torch.stack([rot[..., 0, 0], rot[..., 1, 1]], -1).flatten(-2)  # [1, n, d]
+    sin = torch.stack([rot[..., 0, 1], rot[..., 1, 0]], -1).flatten(-2)  # -sin, sin per pair
+    xf = x.float()
+    pairs = xf.unflatten(-1, (-1, 2))
+    swapped = torch.stack([pairs[..., 1], pairs[..., 0]], -1).flatten(-2)  # per pair: y, x
+    return (xf * cos + swapped * sin).to(x.dtype)
 
 
 def nearest_exact_index(src_len: int, dst_len: int, device=None) -> torch.Tensor:
