@@ -66,6 +66,7 @@ import torch
 
 from ..runtime import media
 from ..runtime.backends import torch_parts_class
+from ..runtime.cli import Parser
 from ..runtime.delivery.outputs import plan_outputs, write_outputs
 from ..runtime.device import DTYPES, cpu_has_native_bf16, resolve_device, resolve_precision
 from ..runtime.families import family_of
@@ -73,14 +74,14 @@ from ..runtime.families.flow import Tokenizers
 from ..runtime.memory import PeakMeter
 from ..runtime.models.networks import Networks, build_networks
 from ..runtime.pipeline import Pipeline
-from ..runtime.variants import DEFAULT_SEED, DEFAULT_STEPS, SYNC_SIZE, get_variant
+from ..runtime.variants import DEFAULT_SEED, DEFAULT_STEPS, get_variant
 from ..runtime.windows import plan_windows
 from . import limits, memory
+from .inputs import PROMPTS, synthetic_extras, synthetic_frames
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 MODES = ("reference", "fast", "graphs")
-PROMPTS = ("dog barking", "car horn honking", "sheep bleating", "rain on a window")
 SCHEMA = 1
 
 
@@ -104,7 +105,7 @@ class Config:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="selva-rt bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="selva-rt bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", default="selva-small-16k")
     p.add_argument("--weights", choices=("random", "local"), default="random")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -474,29 +475,6 @@ def _reusable(out: Path, variant, precision: str, digest: str | None) -> bool:
         return False
     have = set(m.parts) >= set(plan.part_names(variant))
     return have and (m.precision, m.model_hash) == (precision, digest)
-
-
-def synthetic_frames(duration: float, seed: int) -> torch.Tensor:
-    """[1, int(25 * duration), 3, 224, 224] float32 in [-1, 1], deterministic."""
-    frames = int(25 * duration)
-    g = torch.Generator().manual_seed(seed)
-    u8 = torch.randint(0, 256, (frames, 3, SYNC_SIZE, SYNC_SIZE), dtype=torch.uint8, generator=g)
-    return media.to_model_input(u8)[None]
-
-
-def synthetic_extras(variant, duration: float, seed: int) -> dict[str, torch.Tensor]:
-    """The other inputs `synthesize` takes for `variant`: CLIP frames [8 * duration, 3, S, S]
-    in [0, 1] (plain MMAudio, MMAudioSep, Flowley; S = variant.clip.frame_size), and for
-    separation a noise mixture [1, S] at the variant's rate (the encoder's cost does not depend
-    on the content)."""
-    g = torch.Generator().manual_seed(seed + 1)
-    seq = variant.sequence_lengths(duration)
-    extras, size = {}, variant.clip.frame_size
-    if variant.uses_clip_video:
-        extras["clip"] = torch.rand(seq.clip, 3, size, size, generator=g)
-    if variant.separation:
-        extras["mixture"] = 0.3 * torch.randn(1, seq.audio_samples, generator=g)
-    return extras
 
 
 def run_once(

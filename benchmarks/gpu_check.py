@@ -218,7 +218,7 @@ def run_parts(pipe, frames, text, duration: float, x0, steps: int, cfg: float) -
 def tiny_inputs(prompts: int, seed: int = 0):
     """Synthetic frames [1, 25 * TINY_DURATION, 3, 224, 224] and noise [P, N, 20] for tiny."""
     import torch
-    from selva_rt.benchmarks.bench import synthetic_frames
+    from selva_rt.benchmarks.inputs import synthetic_frames
     from selva_rt.runtime.variants import TINY
 
     seq = TINY.sequence_lengths(TINY_DURATION)
@@ -238,81 +238,6 @@ def tiny_pipeline(device, dtype, nets=None, **options):
     nets = nets if nets is not None else build_networks(TINY, {})
     parts = TorchParts(TINY, nets, torch.device(device), dtype, **options)
     return Pipeline(family_of(TINY, parts))
-
-
-def golden_case():
-    """(json, tensors, sync frames [1, T, 3, 224, 224]) of e2e_tiny."""
-    from safetensors.torch import load_file
-
-    folder = golden_dir()
-    meta = json.loads((folder / "e2e_tiny.json").read_text())
-    tensors = load_file(str(folder / "e2e_tiny.safetensors"))
-    video = load_file(str(folder / "preproc_video.safetensors"))
-    # The json's duration is exact; in.duration holds it in float32 (1.6 as 1.6000000238).
-    frames = video["out.sync_frames_u8"][: int(25 * meta["args"]["duration"])]
-    return meta, tensors, ((frames.float() * (1 / 255) - 0.5) / 0.5)[None]
-
-
-def golden_networks(meta: dict):
-    """e2e_tiny's networks, each loaded from its golden weights file through the loaders real
-    checkpoints use, built from the configuration its json records (as tests/conftest.py does;
-    repeated here because this script runs where pytest is not installed)."""
-    import torch
-    from selva_rt.runtime.models.checkpoint import read_state_dict
-    from selva_rt.runtime.models.generator import Generator
-    from selva_rt.runtime.models.networks import Networks
-    from selva_rt.runtime.models.vae import VAE
-    from selva_rt.runtime.models.video_encoder import VideoEncoder
-    from selva_rt.runtime.models.vocoder import BigVGAN, vocoder_config_from_hparams
-    from selva_rt.runtime.variants import GeneratorConfig, VAEConfig, VideoEncoderConfig
-
-    folder = golden_dir()
-    cons = meta["constructors"]
-    kwargs = cons["generator"]["kwargs"]
-    fields = {f.name for f in dataclasses.fields(GeneratorConfig)} - {"mixture_dim"}
-    gen_config = GeneratorConfig(**{k: kwargs[k] for k in fields})  # MMAudio: no mixture input
-    lengths = (kwargs["latent_seq_len"], kwargs["clip_seq_len"], kwargs["sync_seq_len"])
-    venc, vit = cons["video_enc"]["kwargs"], cons["video_enc"]["motionformer_overrides"]
-    venc_config = VideoEncoderConfig(
-        embed_dim=vit["VIT.EMBED_DIM"],
-        depth=vit["VIT.DEPTH"],
-        num_heads=vit["VIT.NUM_HEADS"],
-        text_dim=venc["text_dim"],
-        num_sup_tokens=venc["num_sup_text_tokens"],
-        xattn_depth=venc["xattn_depth"],
-    )
-    case = {role: meta["weights"][role].split(".safetensors")[0] for role in meta["weights"]}
-    voc_meta = json.loads((folder / f"{case['vocoder']}.json").read_text())
-    with torch.device("meta"):
-        nets = Networks(
-            generator=Generator(gen_config, *lengths),
-            video_encoder=VideoEncoder(venc_config),
-            vae=VAE(VAEConfig(**cons["vae"]["kwargs"])),
-            vocoder=BigVGAN(vocoder_config_from_hparams(voc_meta["config"], "bigvgan golden")),
-            clip_text=None,  # the case gives CLIP text features
-        )
-    for role, net in (
-        ("generator", nets.generator),
-        ("video_enc", nets.video_encoder),
-        ("vae", nets.vae),
-        ("vocoder", nets.vocoder),
-    ):
-        state = read_state_dict(folder / f"{case[role]}.safetensors", prefix="state.")
-        if role == "vae":  # the golden VAE file also holds constants only the decoder uses
-            state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-        net.load_official(state, case[role])
-    return nets
-
-
-def golden_text(tensors: dict):
-    from selva_rt.runtime.families.flow import TextFeatures
-
-    return TextFeatures(
-        clip=tensors["in.text_clip_f"],
-        negative=tensors["in.neg_text_clip_f"],
-        t5=tensors["in.text_t5_f"],
-        t5_mask=tensors["in.text_t5_mask"],
-    )
 
 
 def text_to(text, device):
@@ -471,13 +396,10 @@ def check_golden(rec: Recorder) -> None:
     """e2e_tiny (the official code's output) through the parts on CUDA in fp32, from the
     golden noise, in every torch mode."""
     import torch
-    from selva_rt.runtime.backends.torch_parts import TorchParts
-    from selva_rt.runtime.families import family_of
-    from selva_rt.runtime.pipeline import Pipeline
-    from selva_rt.runtime.variants import TINY
+    from selva_rt.benchmarks.golden_e2e import e2e_pipeline, read_e2e
 
-    meta, tensors, frames = golden_case()
-    args = meta["args"]
+    case = read_e2e(golden_dir())
+    tensors, args = case.tensors, case.meta["args"]
     expected = {
         "sync_features": tensors["out.sync_features"],
         "x1": tensors["out.x1"],
@@ -491,14 +413,12 @@ def check_golden(rec: Recorder) -> None:
         modes |= {"reference": {"reference": True}, "fast + CUDA graphs": {"cuda_graphs": True}}
     for mode, options in modes.items():
         with rec.check(f"golden e2e_tiny on {DEVICE} fp32, {mode}") as r:
-            nets = golden_networks(meta)
-            parts = TorchParts(TINY, nets, torch.device(DEVICE), torch.float32, **options)
-            pipe = Pipeline(family_of(TINY, parts))
+            pipe = e2e_pipeline(case, DEVICE, torch.float32, **options)
             out = run_parts(
                 pipe,
-                frames,
-                text_to(golden_text(tensors), DEVICE),
-                args["duration"],
+                case.frames,
+                text_to(case.text, DEVICE),
+                case.duration,
                 tensors["out.x0"],
                 args["num_steps"],
                 args["cfg_strength"],
@@ -510,25 +430,17 @@ def check_bf16(rec: Recorder) -> None:
     """bf16 against fp32 on CUDA with e2e_tiny's golden networks: each part fed the same fp32
     inputs, then the whole chain."""
     import torch
-    from selva_rt.runtime.backends.torch_parts import TorchParts
-    from selva_rt.runtime.families import family_of
-    from selva_rt.runtime.pipeline import Pipeline
-    from selva_rt.runtime.variants import TINY
+    from selva_rt.benchmarks.golden_e2e import e2e_pipeline, read_e2e
 
-    meta, tensors, frames = golden_case()
-    duration = meta["args"]["duration"]
-    text = text_to(golden_text(tensors), DEVICE)
+    case = read_e2e(golden_dir())
+    tensors, duration, frames = case.tensors, case.duration, case.frames
+    text = text_to(case.text, DEVICE)
     pipes = {
-        name: Pipeline(
-            family_of(
-                TINY,
-                TorchParts(TINY, golden_networks(meta), torch.device(DEVICE), dtype),
-            )
-        )
+        name: e2e_pipeline(case, DEVICE, dtype)
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
     p32, p16 = pipes["fp32"].parts, pipes["bf16"].parts
-    seq = TINY.sequence_lengths(duration)
+    seq = pipes["fp32"].variant.sequence_lengths(duration)
     with torch.inference_mode():
         trunk = p32.video_trunk(frames)
         sync_f = p32.video_select(trunk, text.t5, text.t5_mask)

@@ -151,7 +151,7 @@ def child(spec: dict) -> dict:
     from ..runtime.memory import PeakMeter, peak_rss
     from ..runtime.pipeline import Pipeline
     from ..runtime.variants import get_variant
-    from .bench import PROMPTS, synthetic_extras, synthetic_frames
+    from .inputs import PROMPTS, synthetic_extras, synthetic_frames
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])

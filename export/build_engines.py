@@ -14,6 +14,7 @@ without --force.
 
 # Absolute imports: this file also runs as a script, with export/ (not the package) on sys.path.
 import argparse
+import os
 import platform
 import sys
 import time
@@ -23,7 +24,9 @@ from pathlib import Path
 
 from selva_rt.export import plan
 from selva_rt.runtime.backends.graphs import CONSTANTS, MANIFEST, Manifest, PartEntry
+from selva_rt.runtime.cli import Parser
 from selva_rt.runtime.errors import OutputError, SelvaError, UsageError
+from selva_rt.runtime.media.write import file_mode
 from selva_rt.runtime.variants import MIN_DURATION, T5_MAX_TOKENS, VARIANTS, get_variant
 
 # Worst relative L2 error per output the ONNX Runtime check accepts, against the fp32 torch
@@ -35,14 +38,8 @@ CHECK_RTOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2, "int8": 1e-1}
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "tensorrt", "selva-rt")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """Bad arguments: one line, exit status 2 (argparse prints the usage too)."""
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(prog: str = "selva-rt export") -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog=prog,
         description="Export every part to ONNX (checked against torch with "
         "ONNX Runtime) and build TensorRT engines, with a manifest.",
@@ -89,12 +86,9 @@ def build_parser(prog: str = "selva-rt export") -> argparse.ArgumentParser:
 
 
 def resolve_parts(variant, asked: list[str] | None) -> list[str]:
-    if variant.flowley:
-        raise UsageError(
-            f"{variant.name} has no engine backend yet; its step exports and is checked in "
-            "ONNX Runtime by export/flowley_onnx.py"
-        )
     have = plan.part_names(variant)
+    if not have:
+        raise UsageError(f"{variant.name} has no graph parts; it runs on --backend torch only")
     if not asked:
         return list(have)
     asked = [p for item in asked for p in item.split(",") if p]
@@ -200,8 +194,9 @@ def build(args, nets=None) -> Manifest:
         q = exported.quantized
         int8 = f", {q['quantized_nodes']} linear layers int8" if q else ""
         _say(f"  {name}: exported in {exported.seconds:.1f} s{int8}", args.quiet)
-    empty_clip_feat = nets.generator.empty_clip_feat.detach().float().cpu().contiguous()
-    save_file({"empty_clip_feat": empty_clip_feat}, str(out / CONSTANTS))
+    constants = ox.graph_constants(variant, nets)
+    save_file(constants, str(out / CONSTANTS))
+    os.chmod(out / CONSTANTS, file_mode())  # safetensors writes 0600, unlike every other file
 
     manifest = Manifest(
         variant=variant.name,
@@ -217,7 +212,7 @@ def build(args, nets=None) -> Manifest:
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         parts=entries,
     )
-    failed = check(args, variant, nets, manifest, out, empty_clip_feat)
+    failed = check(args, variant, nets, manifest, out, constants)
     if not args.onnx_only:
         failed += [
             f"{n} (TensorRT: {e.trt_problems[0]})" for n, e in entries.items() if e.trt_problems
@@ -241,7 +236,7 @@ def build(args, nets=None) -> Manifest:
     return manifest
 
 
-def check(args, variant, nets, manifest: Manifest, out: Path, empty_clip_feat) -> list[str]:
+def check(args, variant, nets, manifest: Manifest, out: Path, constants: dict) -> list[str]:
     """Run every exported part with ONNX Runtime against the fp32 torch backend and record the
     errors in the manifest's entries; the parts whose error exceeds CHECK_RTOL."""
     import onnxruntime as ort
@@ -262,9 +257,7 @@ def check(args, variant, nets, manifest: Manifest, out: Path, empty_clip_feat) -
             return []
         device, provider = "cuda", "CUDAExecutionProvider"
     graphs = {n: out / e.onnx for n, e in entries.items()}
-    ort_parts = OrtParts(
-        variant, manifest, graphs, empty_clip_feat, device, [provider], args.threads
-    )
+    ort_parts = OrtParts(variant, manifest, graphs, constants, device, [provider], args.threads)
     rtol = CHECK_RTOL[args.precision]
     failed = []
     for name, outs in ox.check_parts(list(entries), variant, nets, ort_parts).items():

@@ -29,6 +29,18 @@ the runtimes' rounding. The traps those methods avoid:
   (exported as SplitToSequence/SequenceAt, which TensorRT's parser lacks).
 * HF T5's SDPA attention decomposes into a view torch.export cannot prove valid for a dynamic
   token count; the eager attention (the same math) is traced instead.
+* MMAudioSep's mixture encoder: the graph is the VAE encoder's posterior of a log-mel
+  (`mixture_posterior`); the host makes the mel with the torch backend's `MelConverter` (ONNX
+  has no complex tensors for torch.stft, and a DFT written as a convolution moved tiny-sep's
+  separated stems by 1.2e-4 to 1.8e-4), and draws the posterior *sample* itself (eps comes
+  from the request's seeded generator). The step takes the mixture's share of the input
+  convolution, `mixture_bias`, as an input: the host computes it too
+  (graphs.GraphParts.mixture_conditions).
+* Flowley: its step is the network's `cfg_velocity_batched` with the RoPE tables and every
+  application's PSCA bias [L, La, Lv] as fp32 inputs (`psca_from_biases`: SDPA with the bias as
+  its mask, as the reference PSCA attention); the tied block runs N times on one set of weights,
+  which the file holds once. Its conditions graph L2-normalises the Flan-T5 states as the torch
+  backend does and counts each prompt's tokens from the mask (text_len, int64).
 
 Dynamic axes: every dim named in `plan.part_io`. Tracing uses sizes >= 2, all distinct, so that
 torch.export specialises on none of them; the checks run other sizes, one prompt among them.
@@ -45,13 +57,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..runtime.backends.graphs import GraphInputs, io_precision
+from ..runtime.backends import torch_parts_class
+from ..runtime.backends.graphs import constant_names, graph_inputs_of, io_precision
 from ..runtime.backends.ort_parts import OrtParts
-from ..runtime.backends.torch_parts import TorchParts
 from ..runtime.device import DTYPES
+from ..runtime.models.flowley import FlowleyConditions, normalize_text, psca_from_biases
 from ..runtime.models.generator import Conditions
+from ..runtime.models.mixture import mixture_posterior
 from ..runtime.models.networks import Networks, decode_latent
-from ..runtime.variants import CLIP_SIZE, SEGMENT_TOKENS, SYNC_SIZE, Variant
+from ..runtime.variants import SEGMENT_TOKENS, SYNC_SIZE, Variant
 from . import plan
 
 # Without torchvision the exporter logs a warning per torchvision op it cannot register.
@@ -132,17 +146,85 @@ class DitConditionsPart(nn.Module):
 
 
 class DitStepPart(nn.Module):
-    """`Generator.cfg_velocity_batched`, with the RoPE tables and the cfg inputs."""
+    """`Generator.cfg_velocity_batched`, with the RoPE tables and the cfg inputs; separation
+    generators also take `mixture_bias` [P, N, H] (both branches read it)."""
 
     def __init__(self, generator: nn.Module):
         super().__init__()
         self.g = generator
 
     def forward(
-        self, latent, t, clip_f, sync_f, text_f, clip_f_c, text_f_c, latent_rot, clip_rot, cfg
+        self,
+        latent,
+        t,
+        clip_f,
+        sync_f,
+        text_f,
+        clip_f_c,
+        text_f_c,
+        latent_rot,
+        clip_rot,
+        cfg,
+        mixture_bias=None,
     ):
         cond = Conditions(clip_f, sync_f, text_f, clip_f_c, text_f_c)
-        return self.g.cfg_velocity_batched(latent, t, cond, cfg, latent_rot, clip_rot)
+        mixture = {} if mixture_bias is None else {"mixture_bias": mixture_bias}
+        return self.g.cfg_velocity_batched(latent, t, cond, cfg, latent_rot, clip_rot, **mixture)
+
+
+class MixtureEncoderPart(nn.Module):
+    """MMAudioSep: the mixture's log-mel [1, M, T] -> posterior mean, std [1, E, T // 2]."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mixture_posterior(self.vae, mel)
+
+
+class FlowleyConditionsPart(nn.Module):
+    """`Flowley.cfg_conditions` of the L2-normalised Flan-T5 states, CLIP image features and
+    the real tokens per prompt (from the mask)."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.g = generator
+
+    def forward(self, clip_features, text_features, text_mask):
+        text = normalize_text(text_features, clip_features.dtype)
+        return tuple(self.g.cfg_conditions(text, clip_features, text_mask.sum(1)))
+
+
+class FlowleyStepPart(nn.Module):
+    """`Flowley.cfg_velocity_batched` with the RoPE tables, the PSCA biases and cfg inputs."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.g = generator
+
+    def forward(
+        self,
+        latent,
+        t,
+        text_f,
+        visual_f,
+        global_c,
+        text_len,
+        multi_audio_rot,
+        multi_visual_rot,
+        single_audio_rot,
+        psca_bias,
+        cfg,
+    ):
+        cond = FlowleyConditions(text_f, visual_f, global_c, text_len)
+        tables = {
+            "multi_audio_rot": multi_audio_rot,
+            "multi_visual_rot": multi_visual_rot,
+            "single_audio_rot": single_audio_rot,
+        }
+        psca = psca_from_biases(psca_bias)
+        return self.g.cfg_velocity_batched(latent, t, cond, cfg, psca, tables)
 
 
 class DecoderPart(nn.Module):
@@ -156,17 +238,21 @@ class DecoderPart(nn.Module):
         return decode_latent(self.g, self.vae, self.vocoder, latent)
 
 
-def part_module(name: str, nets: Networks) -> nn.Module:
+def part_module(name: str, variant: Variant, nets: Networks) -> nn.Module:
     makers = {
         "t5": lambda: T5Part(nets.t5.model),
         "clip_text": lambda: ClipTextPart(nets.clip_text),
         "clip_image": lambda: ClipImagePart(nets.clip_image),
         "video_trunk": lambda: VideoTrunkPart(nets.video_encoder),
         "video_select": lambda: VideoSelectPart(nets.video_encoder),
+        "mixture_encoder": lambda: MixtureEncoderPart(nets.vae),
         "dit_conditions": lambda: DitConditionsPart(nets.generator),
         "dit_step": lambda: DitStepPart(nets.generator),
         "decoder": lambda: DecoderPart(nets.generator, nets.vae, nets.vocoder),
     }
+    if variant.flowley:
+        makers["dit_conditions"] = lambda: FlowleyConditionsPart(nets.generator)
+        makers["dit_step"] = lambda: FlowleyStepPart(nets.generator)
     return makers[name]().eval()
 
 
@@ -188,7 +274,7 @@ CHECK_SIZES = (Sizes(prompts=1, tokens=11, duration=3.0), Sizes(prompts=3, token
 
 
 def sample_args(name: str, variant: Variant, sizes: Sizes, seed: int) -> tuple:
-    """Random arguments of TorchParts.<name> in realistic ranges (fp32)."""
+    """Random arguments of the torch backend's part <name> in realistic ranges (fp32)."""
     gen = torch.Generator().manual_seed(seed)
     d = plan.dims(variant, sizes.prompts, sizes.tokens, sizes.duration)
     P, L = sizes.prompts, sizes.tokens
@@ -197,10 +283,10 @@ def sample_args(name: str, variant: Variant, sizes: Sizes, seed: int) -> tuple:
     def randn(*shape):
         return torch.randn(shape, generator=gen)
 
-    def padding_mask() -> torch.Tensor:
-        lengths = torch.randint(1, L + 1, (P,), generator=gen)
-        lengths[0] = L  # the tokenizer pads to the longest prompt
-        return torch.arange(L)[None] < lengths[:, None]
+    def padding_mask(length: int = L) -> torch.Tensor:
+        lengths = torch.randint(1, length + 1, (P,), generator=gen)
+        lengths[0] = length  # the tokenizer pads to the longest prompt
+        return torch.arange(length)[None] < lengths[:, None]
 
     if name == "t5":
         return torch.randint(0, variant.t5.vocab_size, (P, L), generator=gen), padding_mask().long()
@@ -208,7 +294,14 @@ def sample_args(name: str, variant: Variant, sizes: Sizes, seed: int) -> tuple:
         ctx = variant.clip.context_length
         return (torch.randint(0, variant.clip.vocab_size, (P, ctx), generator=gen),)
     if name == "clip_image":
-        return (torch.rand(d["clip_frames"], 3, CLIP_SIZE, CLIP_SIZE, generator=gen),)
+        size = variant.clip.frame_size
+        return (torch.rand(d["clip_frames"], 3, size, size, generator=gen),)
+    if name == "mixture_encoder":
+        return (0.3 * randn(1, d["samples"]),)
+    if name == "decoder":
+        return (randn(P, d["latent"], g.latent_dim),)
+    if variant.flowley:
+        return _flowley_args(name, variant, d, P, randn, padding_mask, gen)
     if name == "video_trunk":
         return (torch.rand(1, d["frames"], 3, SYNC_SIZE, SYNC_SIZE, generator=gen) * 2 - 1,)
     if name == "video_select":
@@ -229,16 +322,51 @@ def sample_args(name: str, variant: Variant, sizes: Sizes, seed: int) -> tuple:
             "clip_f_c": randn(2 * P, H),
             "text_f_c": randn(2 * P, H),
         }
+        if variant.separation:  # P rows, both branches
+            conditions["mixture_bias"] = randn(P, N, H)
         return randn(P, N, g.latent_dim), torch.rand(P, generator=gen), conditions, 4.5
-    if name == "decoder":
-        return (randn(P, d["latent"], g.latent_dim),)
     raise ValueError(f"unknown part {name!r}")
 
 
+def _flowley_args(name: str, variant: Variant, d: dict, P: int, randn, padding_mask, gen) -> tuple:
+    """Flowley's conditions and step arguments: CLIP image features, Flan-T5 states padded to
+    the generator's text length with their mask; the step's [cond; uncond] conditions."""
+    g = variant.generator
+    N, Nv, Lt, H = d["latent"], d["clip_frames"], g.text_seq_len, g.hidden_dim
+    if name == "dit_conditions":
+        clip = torch.nn.functional.normalize(randn(P, Nv, g.video_dim), dim=-1)  # as CLIP's
+        return clip, None, randn(P, Lt, g.text_dim), None, N, Nv, padding_mask(Lt)
+    if name == "dit_step":
+        text_len = torch.randint(1, Lt + 1, (P,), generator=gen)
+        conditions = {
+            "text_f": randn(2 * P, Lt, H),
+            "visual_f": randn(2 * P, Nv, H),
+            "global_c": randn(2 * P, H),
+            "text_len": torch.cat([text_len, text_len]),
+        }
+        return randn(P, N, g.latent_dim), torch.rand(P, generator=gen), conditions, variant.cfg
+    raise ValueError(f"{variant.name} has no part {name!r}")
+
+
+def graph_constants(variant: Variant, nets: Networks) -> dict[str, torch.Tensor]:
+    """What an engines directory keeps beside its graphs (`graphs.constant_names`), fp32 CPU."""
+    g = nets.generator
+    sources = {
+        "empty_clip_feat": lambda: g.empty_clip_feat,
+        "empty_sync_feat": lambda: g.empty_sync_feat,
+        "mixture_weight": lambda: g.mixture_weight,
+        "latent_mean": lambda: g.latent_mean,
+        "latent_std": lambda: g.latent_std,
+    }
+    return {
+        name: sources[name]().detach().float().cpu().contiguous()
+        for name in constant_names(variant)
+    }
+
+
 def graph_inputs(name: str, variant: Variant, nets: Networks, args: tuple) -> dict:
-    """The graph inputs the ONNX backends feed for TorchParts-form `args`."""
-    empty_clip_feat = nets.generator.empty_clip_feat.detach().float().cpu()
-    inputs = GraphInputs(variant, empty_clip_feat, torch.device("cpu"))
+    """The graph inputs the ONNX backends feed for torch-backend-form `args`."""
+    inputs = graph_inputs_of(variant, graph_constants(variant, nets), torch.device("cpu"))
     if name == "video_select":
         args = args[:3]  # `prompts` only expands a prompt-independent result
     return getattr(inputs, name)(*args)
@@ -263,7 +391,7 @@ def export_part(
     fp32 and then quantised."""
     graph_precision = plan.graph_precision(name, precision)
     dtype = DTYPES[io_precision(graph_precision)]
-    module = part_module(name, nets)
+    module = part_module(name, variant, nets)
     if dtype != torch.float32:  # a cast copy: the fp32 networks stay the checks' reference
         module = copy.deepcopy(module).to(dtype)
     inputs, _ = plan.part_io(name, variant)
@@ -398,6 +526,8 @@ def export_dims() -> dict[str, torch.export.Dim]:
         "8*segments": 8 * segments,
         "latent": torch.export.Dim("latent", min=2, max=8192),
         "clip_frames": torch.export.Dim("clip_frames", min=2, max=4096),
+        # A mixture's mel of any length (the graph computes mel_frames // 2 latents).
+        "mel_frames": torch.export.Dim("mel_frames", min=4, max=16384),
     }
 
 
@@ -457,16 +587,15 @@ def check_parts(
     """Each part through ONNX Runtime (`ort_parts`) and through the fp32 torch backend on the
     same fresh random arguments, at sizes other than the traced ones (one prompt among them):
     part -> output -> worst {rel_l2, max_abs}."""
-    torch_parts = TorchParts(variant, nets, torch.device("cpu"), torch.float32)
+    torch_parts = torch_parts_class(variant)(variant, nets, torch.device("cpu"), torch.float32)
     report: dict[str, dict[str, dict[str, float]]] = {}
     for name in names:
         _, outputs = plan.part_io(name, variant)
         worst: dict[str, dict[str, float]] = {}
         for i, s in enumerate(sizes):
             args = sample_args(name, variant, s, seed=100 + i)
-            if name == "dit_step":  # TorchParts takes the lengths from its last dit_conditions
-                g, d = nets.generator, plan.dims(variant, s.prompts, s.tokens, s.duration)
-                g.update_seq_lengths(d["latent"], d["clip_frames"], d["8*segments"])
+            if name == "dit_step":  # the torch step takes the lengths of its last conditions
+                set_lengths(nets, variant, s)
             expected = _outputs(getattr(torch_parts, name)(*args))
             actual = _outputs(getattr(ort_parts, name)(*args))
             for spec, a, e in zip(outputs, actual, expected, strict=True):
@@ -475,6 +604,16 @@ def check_parts(
                     worst[spec.name] = err
         report[name] = worst
     return report
+
+
+def set_lengths(nets: Networks, variant: Variant, sizes: Sizes) -> None:
+    """Set the torch generator's sequence lengths to those of `sizes`, as the torch backend's
+    `dit_conditions` does before its `dit_step` runs."""
+    d = plan.dims(variant, sizes.prompts, sizes.tokens, sizes.duration)
+    if variant.flowley:
+        nets.generator.update_seq_lengths(d["latent"], d["clip_frames"])
+    else:
+        nets.generator.update_seq_lengths(d["latent"], d["clip_frames"], d["8*segments"])
 
 
 def model_hash(nets: Networks) -> str:

@@ -8,9 +8,10 @@ graph against the operators TensorRT's ONNX parser documents.
 
 from dataclasses import dataclass
 
-from ..runtime.backends.graphs import PARTS, io_precision
+from ..runtime.backends.graphs import PARTS as PARTS  # the parts a build may hold
+from ..runtime.backends.graphs import io_precision
+from ..runtime.backends.graphs import part_names as part_names  # the parts of a variant
 from ..runtime.variants import (
-    CLIP_SIZE,
     MIN_DURATION,
     SEGMENT_TOKENS,
     SYNC_SIZE,
@@ -24,16 +25,6 @@ DEFAULT_MAX_DURATION = 10.0
 DEFAULT_MAX_BATCH = 4
 DEFAULT_OPT_DURATION = 8.0  # the trained duration
 OPT_TOKENS = 16
-
-
-def part_names(variant: Variant) -> tuple[str, ...]:
-    """The parts `variant` has: t5 only with TextSynch, clip_image only for plain MMAudio."""
-    skip = set()
-    if variant.t5 is None:
-        skip.add("t5")
-    if not variant.uses_clip_video:
-        skip.add("clip_image")
-    return tuple(p for p in PARTS if p not in skip)
 
 
 # -- precision --------------------------------------------------------------------------------
@@ -127,12 +118,14 @@ def part_io(part: str, variant: Variant, d: dict | None = None):
     """(inputs, outputs) of part `part` as TensorSpec lists, shapes resolved with `d` (dim name ->
     size; symbolic names when None)."""
     d = symbolic_dims() if d is None else d
+    T = TensorSpec
+    if part in _SHARED_IO:
+        return _SHARED_IO[part](variant, d)
     if variant.flowley:
         return _flowley_io(part, variant, d)
-    g, enc, clip = variant.generator, variant.video_encoder, variant.clip
+    g, enc = variant.generator, variant.video_encoder
     H, P, P2 = g.hidden_dim, d["prompts"], d["2*prompts"]
     head_dim = H // g.num_heads
-    T = TensorSpec
     cond = [
         T("clip_f", "float", (P2, d["clip_frames"], H)),
         T("sync_f", "float", (P2, d["latent"], H)),
@@ -140,24 +133,11 @@ def part_io(part: str, variant: Variant, d: dict | None = None):
         T("clip_f_c", "float", (P2, H)),
         T("text_f_c", "float", (P2, H)),
     ]
-    if part == "t5":
-        width = variant.t5.d_model
-        return (
-            [
-                T("input_ids", "int64", (P, d["tokens"])),
-                T("attention_mask", "int64", (P, d["tokens"])),
-            ],
-            [T("t5_features", "float", (P, d["tokens"], width))],
-        )
     if part == "clip_text":
+        clip = variant.clip
         return (
             [T("tokens", "int64", (P, clip.context_length))],
             [T("clip_text_features", "float", (P, clip.context_length, clip.text_width))],
-        )
-    if part == "clip_image":
-        return (
-            [T("frames", "float", (d["clip_frames"], 3, CLIP_SIZE, CLIP_SIZE))],
-            [T("clip_image_features", "float", (d["clip_frames"], clip.embed_dim))],
         )
     if part == "video_trunk":
         return (
@@ -186,7 +166,17 @@ def part_io(part: str, variant: Variant, d: dict | None = None):
             ],
             cond,
         )
+    if part == "mixture_encoder":  # the host makes the mel (graphs.GraphInputs.mixture_encoder)
+        return (
+            [T("mel", "float", (1, variant.vae.data_dim, d["mel_frames"]))],
+            [
+                T("mixture_mean", "float", (1, g.latent_dim, d["latent"])),
+                T("mixture_std", "float", (1, g.latent_dim, d["latent"])),
+            ],
+        )
     if part == "dit_step":
+        # Separation: the mixture's share of the input convolution, P rows for both branches.
+        mixture = [T("mixture_bias", "float", (P, d["latent"], H))] if variant.separation else []
         return (
             [
                 T("latent", "float", (P, d["latent"], g.latent_dim)),
@@ -195,45 +185,82 @@ def part_io(part: str, variant: Variant, d: dict | None = None):
                 T("latent_rot", "float32", (1, d["latent"], head_dim // 2, 2, 2)),
                 T("clip_rot", "float32", (1, d["clip_frames"], head_dim // 2, 2, 2)),
                 T("cfg", "float32", ()),
+                *mixture,
             ],
             [T("velocity", "float", (P, d["latent"], g.latent_dim))],
         )
-    if part == "decoder":
-        return (
-            [T("latent", "float", (P, d["latent"], g.latent_dim))],
-            [
-                T("mel", "float", (P, variant.vae.data_dim, d["mel_frames"])),
-                T("waveform", "float", (P, d["samples"])),
-            ],
-        )
-    raise ValueError(f"unknown part {part!r}")
+    raise ValueError(f"{variant.name} has no part {part!r}")
+
+
+def _t5_io(variant: Variant, d: dict):
+    P, tokens, T = d["prompts"], d["tokens"], TensorSpec
+    return (
+        [T("input_ids", "int64", (P, tokens)), T("attention_mask", "int64", (P, tokens))],
+        [T("t5_features", "float", (P, tokens, variant.t5.d_model))],
+    )
+
+
+def _clip_image_io(variant: Variant, d: dict):
+    Nc, S, T = d["clip_frames"], variant.clip.frame_size, TensorSpec
+    return (
+        [T("frames", "float", (Nc, 3, S, S))],
+        [T("clip_image_features", "float", (Nc, variant.clip.embed_dim))],
+    )
+
+
+def _decoder_io(variant: Variant, d: dict):
+    P, T = d["prompts"], TensorSpec
+    return (
+        [T("latent", "float", (P, d["latent"], variant.generator.latent_dim))],
+        [
+            T("mel", "float", (P, variant.vae.data_dim, d["mel_frames"])),
+            T("waveform", "float", (P, d["samples"])),
+        ],
+    )
+
+
+# The parts every flow family has in the same form.
+_SHARED_IO = {"t5": _t5_io, "clip_image": _clip_image_io, "decoder": _decoder_io}
 
 
 def _flowley_io(part: str, variant: Variant, d: dict):
-    """Flowley's exported part: its step (`export/flowley_onnx.py`). Conditions are [cond;
-    uncond] rows; the RoPE tables and the N PSCA biases are fp32 inputs of one duration."""
-    if part != "dit_step":
-        raise ValueError(f"{variant.name} exports only its dit_step, not {part!r}")
+    """Flowley's conditions and step. Conditions are [cond; uncond] rows (text_len: the real
+    tokens of each row's prompt, from the mask); the step's RoPE tables and its N PSCA biases
+    are fp32 inputs of one duration, made on the host."""
     g, T = variant.generator, TensorSpec
     P, P2, N, Nv = d["prompts"], d["2*prompts"], d["latent"], d["clip_frames"]
     H, Lt = g.hidden_dim, g.text_seq_len
     multi, single = H // g.multi_heads // 2, H // g.single_heads // 2
-    return (
-        [
-            T("latent", "float", (P, N, g.latent_dim)),
-            T("t", "float", (P,)),
-            T("text_f", "float", (P2, Lt, H)),
-            T("visual_f", "float", (P2, Nv, H)),
-            T("global_c", "float", (P2, H)),
-            T("text_len", "int64", (P2,)),
-            T("multi_audio_rot", "float32", (1, N, multi, 2, 2)),
-            T("multi_visual_rot", "float32", (1, Nv, multi, 2, 2)),
-            T("single_audio_rot", "float32", (1, N, single, 2, 2)),
-            T("psca_bias", "float32", (g.single_depth, N, Nv)),
-            T("cfg", "float32", ()),
-        ],
-        [T("velocity", "float", (P, N, g.latent_dim))],
-    )
+    cond = [
+        T("text_f", "float", (P2, Lt, H)),
+        T("visual_f", "float", (P2, Nv, H)),
+        T("global_c", "float", (P2, H)),
+        T("text_len", "int64", (P2,)),
+    ]
+    if part == "dit_conditions":
+        return (
+            [
+                T("clip_features", "float", (P, Nv, g.video_dim)),
+                T("text_features", "float", (P, Lt, g.text_dim)),
+                T("text_mask", "bool", (P, Lt)),
+            ],
+            cond,
+        )
+    if part == "dit_step":
+        return (
+            [
+                T("latent", "float", (P, N, g.latent_dim)),
+                T("t", "float", (P,)),
+                *cond,
+                T("multi_audio_rot", "float32", (1, N, multi, 2, 2)),
+                T("multi_visual_rot", "float32", (1, Nv, multi, 2, 2)),
+                T("single_audio_rot", "float32", (1, N, single, 2, 2)),
+                T("psca_bias", "float32", (g.single_depth, N, Nv)),
+                T("cfg", "float32", ()),
+            ],
+            [T("velocity", "float", (P, N, g.latent_dim))],
+        )
+    raise ValueError(f"{variant.name} has no part {part!r}")
 
 
 def resolve_dtype(spec: TensorSpec, precision: str) -> str:
@@ -255,14 +282,19 @@ def profile(
 ) -> dict[str, tuple[tuple, tuple, tuple]]:
     """TensorRT profile of part `part`: input name -> (min, opt, max) shapes, for 1..max_batch
     prompts, 1..max_tokens T5 tokens and MIN_DURATION..max_duration seconds. opt is one prompt
-    of OPT_TOKENS tokens at the trained 8 s (or max_duration when shorter)."""
+    of OPT_TOKENS tokens at the trained 8 s (or max_duration when shorter). A tokenizer that
+    pads to a fixed length (Flowley's, `T5Config.pad_to`) gives that many tokens at every
+    corner."""
     if not MIN_DURATION <= max_duration:
         raise ValueError(f"max duration {max_duration} s is below {MIN_DURATION} s")
     opt_duration = min(DEFAULT_OPT_DURATION, max_duration)
+    tokens = (1, min(OPT_TOKENS, max_tokens), max_tokens)
+    if variant.t5 is not None and variant.t5.pad_to:
+        tokens = (variant.t5.pad_to,) * 3
     corners = [
-        part_io(part, variant, dims(variant, 1, 1, MIN_DURATION))[0],
-        part_io(part, variant, dims(variant, 1, min(OPT_TOKENS, max_tokens), opt_duration))[0],
-        part_io(part, variant, dims(variant, max_batch, max_tokens, max_duration))[0],
+        part_io(part, variant, dims(variant, 1, tokens[0], MIN_DURATION))[0],
+        part_io(part, variant, dims(variant, 1, tokens[1], opt_duration))[0],
+        part_io(part, variant, dims(variant, max_batch, tokens[2], max_duration))[0],
     ]
     return {lo.name: (lo.shape, opt.shape, hi.shape) for lo, opt, hi in zip(*corners, strict=True)}
 

@@ -23,6 +23,7 @@ Public API:
     psca_attention_reference(q, k, v, psca)              SDPA with the materialised bias
     psca_attention_triton(q, k, v, psca)                 the kernel
     psca_mask(psca, La, Lv) -> M: [La, Lv] float32
+    psca_bias(psca, La, Lv) -> log(M + eps): [La, Lv] float32
 
     q: [B, h, La, d], k, v: [B, h, Lv, d] (q and k already RMS-normed), scale 1/sqrt(d).
 
@@ -101,6 +102,11 @@ def psca_mask(psca: PSCALayer, la: int, lv: int) -> torch.Tensor:
     return _weights(psca, (torch.arange(lv).float()[None, :] - center[:, None]).abs())
 
 
+def psca_bias(psca: PSCALayer, la: int, lv: int) -> torch.Tensor:
+    """B_l = log(M_l + eps): [La, Lv] float32 on the CPU, the additive bias of `psca`'s layer."""
+    return (psca_mask(psca, la, lv) + psca.eps).log()
+
+
 def _weights(psca: PSCALayer, dist: torch.Tensor) -> torch.Tensor:
     """M for float distances |j - jc(i)|, with the released code's fp32 operations."""
     fade = 0.5 * (1 + torch.cos((dist - psca.window) / psca.fade_range * math.pi)) * psca.beta
@@ -113,7 +119,7 @@ def psca_attention_reference(
 ) -> torch.Tensor:
     """SDPA with the materialised [La, Lv] bias, rounded to q's dtype."""
     _check_shapes(q, k, v)
-    bias = (psca_mask(psca, q.shape[2], k.shape[2]) + psca.eps).log()
+    bias = psca_bias(psca, q.shape[2], k.shape[2])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.device, q.dtype))
 
 

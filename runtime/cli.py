@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import __version__
 from .backends import BACKENDS
 from .checks import check_negative_prompt, check_options, check_prompts
 from .delivery.outputs import (
@@ -23,14 +24,22 @@ from .delivery.outputs import (
 )
 from .errors import SelvaError, UsageError
 from .variants import (
-    DEFAULT_CFG,
     DEFAULT_DURATION,
     DEFAULT_SEED,
     DEFAULT_STEPS,
-    FLOWLEY_CFG,
     VARIANTS,
+    generating_variants,
     get_variant,
+    separating_variants,
 )
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line errors of every other failure: `prog: error: message` on
+    stderr, exit status 2, no usage block (`--help` shows that)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def checked_request(args: argparse.Namespace, separation: bool) -> tuple[list[str], str, float]:
@@ -92,7 +101,7 @@ def feature_cache(args: argparse.Namespace, memory_gb: float = 0.0):
 
 def add_memory_options(parser: argparse.ArgumentParser) -> None:
     """What to keep: features (--no-cache, --cache-gb) and weights (--low-memory); generate,
-    separate, batch and serve share these."""
+    separate, batch, spot and serve share these."""
     from .cache import DEFAULT_DISK_GB
 
     parser.add_argument(
@@ -200,35 +209,86 @@ def finish(args, plan, result, pipe, t_start: float) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .cache import SERVICE_MEMORY_GB
-    from .pipeline import Pipeline
-    from .service.server import Limits, is_loopback, serve
+    """Check every option, take the port and the journal, then load the model(s) and serve:
+    a second server on the same port or --out is refused in one line before it loads anything."""
+    from .service.server import JOURNAL, Limits, is_loopback, listen, serve
 
+    if args.make_cert:
+        from .service.tls import make_self_signed
+
+        cert, key = make_self_signed(Path(args.make_cert), force=args.force)
+        print(f"certificate {cert}\nkey         {key}")
+        print(f"serve with: selva-rt serve --tls-cert {cert} --tls-key {key} --root ...")
+        return 0
     token = args.token or os.environ.get("SELVA_RT_TOKEN") or None
     if not is_loopback(args.host) and token is None:
         raise UsageError(
             f"--host {args.host} is reachable from other machines; give --token TOKEN "
             "(or SELVA_RT_TOKEN) so only clients holding it can submit jobs"
         )
+    if not args.root:
+        raise UsageError("give --root FOLDER: the folder(s) clips may come from")
     roots = [Path(r) for r in args.root]
     for root in roots:
         if not root.is_dir():
             raise UsageError(f"--root {root} is not a folder; serve an existing folder of clips")
     if args.max_queue < 1 or args.max_upload_mb <= 0:
         raise UsageError("--max-queue and --max-upload-mb must be positive")
+    tls = None
+    if args.tls_cert or args.tls_key:
+        from .service.tls import check_pair
+
+        if not (args.tls_cert and args.tls_key):
+            raise UsageError("HTTPS needs both --tls-cert and --tls-key")
+        tls = (Path(args.tls_cert), Path(args.tls_key))
+        check_pair(*tls)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    pipe = Pipeline.from_pretrained(
-        args.variant,
-        device=args.device,
-        precision=args.precision,
-        quiet=args.quiet,
-        cache=feature_cache(args, SERVICE_MEMORY_GB),
-        low_memory=args.low_memory,
-    )
-    limits = Limits(queue=args.max_queue, upload=int(args.max_upload_mb * 2**20))
-    serve(pipe, roots, out, args.host, args.port, token, limits, args.quiet)
+    sock = listen(args.host, args.port)
+    try:
+        from .service.journal import Journal
+
+        out.mkdir(parents=True, exist_ok=True)
+        journal = Journal(out / JOURNAL)
+        cluster = None
+        if args.ray:
+            from .service.batch_ray import RayCluster
+            from .service.serve_ray import ray_pipes
+
+            cluster = RayCluster(args.ray, quiet=args.quiet)
+            pipe = ray_pipes(cluster, args.variant, args.device, args.precision, args.ray_workers)
+        else:
+            from .cache import SERVICE_MEMORY_GB
+            from .pipeline import Pipeline
+
+            pipe = Pipeline.from_pretrained(
+                args.variant,
+                device=args.device,
+                precision=args.precision,
+                quiet=args.quiet,
+                cache=feature_cache(args, SERVICE_MEMORY_GB),
+                low_memory=args.low_memory,
+            )
+        limits = Limits(queue=args.max_queue, upload=int(args.max_upload_mb * 2**20))
+        try:
+            serve(
+                pipe,
+                roots,
+                out,
+                sock,
+                journal=journal,
+                token=token,
+                limits=limits,
+                tls=tls,
+                cors=tuple(args.cors_origin or ()),
+                quiet=args.quiet,
+            )
+        finally:
+            if cluster is not None:
+                cluster.close()
+    finally:
+        sock.close()
     return 0
 
 
@@ -269,21 +329,27 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """The parser of the runtime's commands; `more` lists other commands (name -> help) that the
     top-level entry point (selva_rt/__main__.py) hands to their own parsers."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="selva-rt",
         description="Text-conditioned selective video-to-audio generation (SELVA / MMAudio).",
     )
-    common = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--version", action="version", version=f"selva-rt {__version__}")
+    common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser(
-        "generate", parents=[common], help="generate one audio stem per prompt for a clip"
+        "generate",
+        parents=[common],
+        help="generate one audio stem per prompt for a clip",
+        description="Generate each prompt's sound for a clip, in sync with its picture: one "
+        "stem per prompt (the whole clip, in windows beyond 8 s), and the clip muxed with each "
+        "stem.",
     )
     gen.add_argument("clip", help="input video file")
     gen.add_argument("prompts", nargs="+", help="what to hear, e.g. 'sheep bleating'")
-    gen.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
-    add_run_options(gen)
+    add_variant_option(gen, "selva-small-16k", generating_variants())
+    add_run_options(gen, generating_variants())
     gen.add_argument("--no-video", action="store_true", help="write stems only, no muxed video")
     gen.set_defaults(func=cmd_generate)
 
@@ -291,16 +357,16 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
         "separate",
         parents=[common],
         help="separate one stem per prompt out of a clip's own audio (MMAudioSep)",
+        description="Pull each prompt's sound out of a mixture: the clip's own audio track (or "
+        "--mixture FILE), queried by the prompt and the clip's picture (or by the prompt alone "
+        "for an audio file or with --no-video). MMAudioSep separates the whole input, in "
+        "windows beyond 8 s; one stem per prompt, and the clip muxed with each stem.",
     )
     sep.add_argument(
         "input", help="a clip (audio = mixture, picture = visual query) or an audio file"
     )
     sep.add_argument("prompts", nargs="+", help="what to pull out, e.g. 'dog barking'")
-    sep.add_argument(
-        "--variant",
-        default="mmaudiosep-large-44k",
-        choices=[n for n, v in VARIANTS.items() if v.separation],
-    )
+    add_variant_option(sep, "mmaudiosep-large-44k", separating_variants())
     sep.add_argument("--mixture", default=None, help="take the mixture from this file instead")
     sep.add_argument(
         "--no-video",
@@ -315,20 +381,42 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="normalise the mixture latent as MMAudioSep's training does (its inference does not)",
     )
-    add_run_options(sep)
+    add_run_options(sep, separating_variants())
     sep.set_defaults(func=cmd_separate)
 
     srv = sub.add_parser(
         "serve", parents=[common], help="HTTP service: jobs in, stems out, model kept warm"
     )
-    srv.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
+    add_variant_option(srv, "selva-small-16k", generating_variants())
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     srv.add_argument("--port", type=int, default=8731)
-    srv.add_argument(
-        "--root", action="append", required=True, help="folder clips may come from (repeatable)"
-    )
+    srv.add_argument("--root", action="append", help="folder clips may come from (repeatable)")
     srv.add_argument("--out", default="selva_serve", help="journal, uploads and outputs")
     srv.add_argument("--token", default=None, help="bearer token (required off loopback)")
+    srv.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS")
+    srv.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    srv.add_argument(
+        "--make-cert",
+        metavar="DIR",
+        default=None,
+        help="write a self-signed certificate for localhost into DIR, then exit",
+    )
+    srv.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (e.g. https://host:port) call the API (repeatable)",
+    )
+    srv.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run jobs on a Ray cluster (auto, ray://HOST:10001, ...) or start one: local",
+    )
+    srv.add_argument(
+        "--ray-workers", type=int, default=None, help="Ray actors (default: one per GPU or CPU)"
+    )
+    srv.add_argument("--force", action="store_true", help="with --make-cert: replace a pair")
     srv.add_argument("--max-queue", type=int, default=64, help="queued jobs before 429")
     srv.add_argument("--max-upload-mb", type=float, default=2048, help="largest upload")
     srv.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -355,22 +443,38 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     batch.add_arguments(b)
     add_memory_options(b)
     b.set_defaults(func=batch.cmd_batch)
+
+    from .spot import command as spot
+
+    s = sub.add_parser(
+        "spot",
+        parents=[common],
+        help="an editor's cut in (markers or a cue sheet), one stem per cue and the timeline out",
+    )
+    spot.add_arguments(s)
+    add_memory_options(s)
+    s.set_defaults(func=spot.cmd_spot)
     for name, help_text in (more or {}).items():  # listed in --help only
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
-def add_run_options(gen: argparse.ArgumentParser) -> None:
-    """The options `generate` and `separate` share."""
+def add_variant_option(parser: argparse.ArgumentParser, default: str, names: list[str]) -> None:
+    parser.add_argument(
+        "--variant",
+        default=default,
+        choices=names,
+        metavar="VARIANT",
+        help=f"one of {', '.join(names)} (default {default})",
+    )
+
+
+def add_run_options(gen: argparse.ArgumentParser, names: list[str]) -> None:
+    """The options `generate` and `separate` share; `names`: the variants the command runs."""
     gen.add_argument("--negative-prompt", default="", help="what not to hear (default: '')")
     gen.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Euler steps")
-    gen.add_argument(
-        "--cfg",
-        type=float,
-        help=f"classifier-free guidance (default: the variant's, {DEFAULT_CFG:g}; Flowley "
-        f"{FLOWLEY_CFG:g})",
-    )
+    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="sampling steps")
+    gen.add_argument("--cfg", type=float, help=f"classifier-free guidance ({cfg_defaults(names)})")
     gen.add_argument(
         "--duration",
         type=float,
@@ -425,6 +529,17 @@ def add_run_options(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     gen.add_argument("--force", action="store_true", help="overwrite existing outputs")
     add_memory_options(gen)
+
+
+def cfg_defaults(names: list[str]) -> str:
+    """ "default: 4.5; 7.5 for flowley, tiny-flowley": each guidance default of `names`, the
+    most common first."""
+    by_cfg: dict[float, list[str]] = {}
+    for name in names:
+        by_cfg.setdefault(VARIANTS[name].cfg, []).append(name)
+    common, *others = sorted(by_cfg, key=lambda c: -len(by_cfg[c]))
+    rest = "".join(f"; {c:g} for {', '.join(by_cfg[c])}" for c in others)
+    return f"default: {common:g}{rest}"
 
 
 def main(argv: list[str] | None = None, more: dict[str, str] | None = None) -> int:

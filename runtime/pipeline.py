@@ -115,7 +115,7 @@ class Pipeline:
 
     def generate(
         self,
-        clip: "str | Path | media.Video",
+        clip: "str | Path | media.Edit | media.Video",
         prompts: str | Sequence[str],
         *,
         negative_prompt: str = "",
@@ -128,8 +128,10 @@ class Pipeline:
     ) -> GenerationResult:
         """One stem per prompt for `clip`, from `start` for `duration` seconds (None: to the
         clip's end; beyond the trained 8 s in overlapping windows denoised in lockstep) with
-        guidance `cfg` (None: the variant's). `clip` may also be the Video of its first window
-        that `media.decode_video` made ahead (a batch decodes the next clips while this one
+        guidance `cfg` (None: the variant's). The stem covers the picture to the end of its last
+        frame (the official frame-count rule can stop short of it). `clip` may be a
+        `media.Edit` (source ranges of several clips as one picture), or the Video of its first
+        window that `media.decode_video` made ahead (a batch decodes the next clips while this one
         generates); its start is then the Video's own. Bad values raise a SelvaError with the
         one-line message the CLI prints. `progress`: True for progress bars on a terminal, or a
         function told of every finished sampling step (it may raise to stop the generation)."""
@@ -247,7 +249,8 @@ class Pipeline:
         plan = self.family.plan
         if not first.more or (duration is not None and duration <= first.duration):
             return plan(first.duration), iter([first])
-        available = media.clip_duration(first.source, first.start)  # packets only: no decode
+        # Packets only, no decode: to the last frame's end, as first_window measures it.
+        available = media.clip_duration(first.source, first.start, to_end=True)
         length = available if duration is None else min(duration, available)
         layout = plan(length)
         rest = media.decode_windows(
@@ -479,7 +482,7 @@ class _Prepared:
 
 
 def first_window(
-    clip: str | Path,
+    clip: "str | Path | media.Edit",
     variant: Variant,
     start: float = 0.0,
     duration: float | None = None,
@@ -487,12 +490,20 @@ def first_window(
 ) -> "media.Video":
     """A request's first window of `clip`, up to the trained length, decoded once, as
     `variant`'s family needs its pictures; it tells whether the clip has more picture
-    (`Video.more`). What a batch decodes ahead of the model (`Pipeline.generate` takes it)."""
+    (`Video.more`). What a batch decodes ahead of the model (`Pipeline.generate` takes it).
+    A clip that ends inside the window gives the exact time to its last frame's end
+    (`decode_video(to_end=True)`), so the stem is as long as the picture."""
     wants = needs(variant)
     window = wants.window if duration is None else min(duration, wants.window)
     peek = duration is None or duration > wants.window  # only then can there be more windows
     return media.decode_video(
-        clip, duration=window, start=start, progress=progress, peek=peek, **wants.picture
+        clip,
+        duration=window,
+        start=start,
+        progress=progress,
+        peek=peek,
+        to_end=True,
+        **wants.picture,
     )
 
 

@@ -895,6 +895,16 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+def generating_variants() -> list[str]:
+    """The variants `selva-rt generate` (and batch, serve) run: all but the separating ones."""
+    return [name for name, v in VARIANTS.items() if not v.separation]
+
+
+def separating_variants() -> list[str]:
+    """The variants `selva-rt separate` runs (MMAudioSep)."""
+    return [name for name, v in VARIANTS.items() if v.separation]
+
+
 def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]

@@ -17,6 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from selva_rt.benchmarks.golden_e2e import (  # noqa: F401 (the suite reads them from here)
+    audio_config,
+    generator_config,
+    video_encoder_config,
+)
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = Path(os.environ.get("SELVA_RT_GOLDEN") or DATA / "golden")
@@ -116,37 +121,6 @@ def assert_close(
     return rel
 
 
-SEQ_KWARGS = ("latent_seq_len", "clip_seq_len", "sync_seq_len")
-
-
-def generator_config(kwargs: dict, separation: bool = False):
-    """GeneratorConfig + (latent, clip, sync) lengths from official `MMAudio(**kwargs)`, or
-    `MMAudioSep(**kwargs)` with `separation` (same kwargs; the input conv reads 2C channels)."""
-    from selva_rt.runtime.variants import GeneratorConfig
-
-    fields = {f.name for f in dataclasses.fields(GeneratorConfig)} - {"mixture_dim"}
-    assert set(kwargs) == fields | set(SEQ_KWARGS), "unmapped constructor kwargs"
-    config = GeneratorConfig(
-        **{k: kwargs[k] for k in fields},
-        mixture_dim=kwargs["latent_dim"] if separation else 0,
-    )
-    return config, tuple(kwargs[k] for k in SEQ_KWARGS)
-
-
-def video_encoder_config(kwargs: dict, vit_overrides: dict):
-    """VideoEncoderConfig from official `TextSynch(**kwargs)` + the MotionFormer yaml overrides."""
-    from selva_rt.runtime.variants import VideoEncoderConfig
-
-    return VideoEncoderConfig(
-        embed_dim=vit_overrides["VIT.EMBED_DIM"],
-        depth=vit_overrides["VIT.DEPTH"],
-        num_heads=vit_overrides["VIT.NUM_HEADS"],
-        text_dim=kwargs["text_dim"],
-        num_sup_tokens=kwargs["num_sup_text_tokens"],
-        xattn_depth=kwargs["xattn_depth"],
-    )
-
-
 def flowley_config(kwargs: dict):
     """FlowleyConfig, La, Lv from the official `Flowley(**kwargs)`; every kwarg that changes the
     inference math must be one this runtime implements."""
@@ -179,15 +153,6 @@ def vae_from_call(text: str):
 
     call = text[text.index("VAE(") :]
     return VAEConfig(**{f.name: setting(call, f.name) for f in dataclasses.fields(VAEConfig)})
-
-
-def audio_config(num_mels: int):
-    """The AudioConfig of the official mode ("16k": 80 mels, "44k": 128) a mel width implies."""
-    from selva_rt.runtime.variants import AUDIO_16K, AUDIO_44K
-
-    modes = {audio.num_mels: audio for audio in (AUDIO_16K, AUDIO_44K)}
-    assert num_mels in modes, f"no official mode has {num_mels} mel bins"
-    return modes[num_mels]
 
 
 def check_seq_cfg(seq, recorded: dict) -> None:

@@ -63,10 +63,16 @@ def test_job_fields_defaults_and_canonical_form():
     assert json.loads(json.dumps(job.to_dict())) == job.to_dict()
 
 
-def test_six_jobs_two_bad_then_resume_then_retry(tmp_path):
+def test_six_jobs_two_bad_then_resume_then_retry(tmp_path, capsys):
     """The done-when of issue 13, in process (the Ray half is in test_batch_ray.py)."""
     jobs, out = make_jobs(tmp_path / "in"), tmp_path / "out"
+    assert "--quiet" in FAST
     assert cli.main(["batch", str(jobs), "--out", str(out), *FAST]) == 1
+    # --quiet hides progress and the summary, not the failures.
+    errors = capsys.readouterr().err.splitlines()
+    assert [e for e in errors if e.startswith("failed: ")] == [
+        f"failed: {r['error']}" for r in final(out) if r["status"] == "failed"
+    ]
     first = final(out)
     assert sorted(r["status"] for r in first) == ["failed"] * 2 + ["ok"] * 4
     failed = {r["line"]: r["error"] for r in first if r["status"] == "failed"}

@@ -1,6 +1,7 @@
 """`selva-rt generate` as a user runs it: outputs, the tiny variant end to end, bad input."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,52 @@ def test_missing_weights_one_line_without_traceback(tmp_path, sample_clip):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "selva-rt weights download selva-small-16k" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "x.mp4", "rain", "--variant", "nope"], "argument --variant: invalid choice"),
+        (["generate", "x.mp4", "rain", "--sample-rate", "44100"], "argument --sample-rate"),
+        (["generate", "x.mp4", "rain", "--variant", "tiny-sep"], "invalid choice: 'tiny-sep'"),
+        (["separate", "x.mp4", "rain", "--variant", "tiny"], "invalid choice: 'tiny'"),
+        (["batch", "jobs.jsonl", "--bogus"], "unrecognized arguments: --bogus"),
+        (["bench", "--bogus"], "unrecognized arguments: --bogus"),
+        (["export", "--variant", "tiny"], "the following arguments are required: --out"),
+    ],
+)
+def test_argument_errors_are_one_line(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_version():
+    from selva_rt import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"selva-rt {__version__}"
+
+
+def test_each_command_offers_its_own_variants_and_defaults():
+    wide = {**os.environ, "COLUMNS": "1000"}  # argparse wraps long lines at hyphens
+    generate = run_cli("generate", "--help", env=wide).stdout
+    separate = run_cli("separate", "--help", env=wide).stdout
+    assert "tiny-flowley" in generate and "7.5 for flowley" in generate
+    assert "mmaudiosep" not in generate and "tiny-sep" not in generate
+    assert "mmaudiosep-large-44k" in separate and "tiny-sep" in separate
+    assert "flowley" not in separate.lower() and "7.5" not in separate
+    assert "separates" in separate  # it says what it does
+
+
+def test_json_names_absolute_paths(tmp_path, sample_clip, monkeypatch, capsys):
+    """A tool embedding the CLI may run it from any folder: --json paths do not depend on it."""
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", str(sample_clip), "rain", "--variant", "tiny", "--steps", "2"]
+    assert cli.main([*args, "--duration", "1", "--out", "rel", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (entry,) = report["outputs"]
+    for path in (entry["audio"], entry["video"], report["clip"]):
+        assert Path(path).is_absolute() and Path(path).exists(), path
+    assert Path(entry["audio"]).parent == tmp_path / "rel"
+    assert report["threads"] == torch.get_num_threads()

@@ -372,6 +372,27 @@ def test_bwf_chunks_read_back_with_wavinfo(tmp_path):
         np.testing.assert_allclose(wav, level_x, atol=2**-23)
 
 
+def test_flac_stems_carry_vorbis_comments(tmp_path):
+    """FLAC has no BWF chunks: the prompt, model, seed and timecode position go into Vorbis
+    comments, read back here by ffmpeg (PyAV); the audio is untouched."""
+    clip = timecoded(tmp_path / "scene.mov", Fraction(30000, 1001), "01:00:00;00", frames=60)
+    x = sine(16000, 1.0, -20.0)
+    result = result_of(x[None], 16000, start=0.5, prompts=["door slam"])
+    plan = plan_outputs(clip, ["door slam"], tmp_path / "out", fmt="flac", video=False)
+    (done,) = write_outputs(plan, result, variant="tiny")
+    with av.open(str(done.stem.audio)) as container:
+        tags = {k.upper(): v for k, v in container.metadata.items()}
+    assert tags["TITLE"] == "door slam" and tags["COMMENT"] == "door slam"
+    assert tags["ENCODER"].startswith("selva-rt ") and tags["SELVA_VARIANT"] == "tiny"
+    assert tags["SELVA_SEED"] == str(result.seed) and tags["SELVA_STEPS"] == str(result.steps)
+    # 01:00:00;00 plus 0.5 s at 29.97 DF: frame 14 (15 frames are 0.5005 s)
+    assert tags["TIMECODE"] == "01:00:00;14" and tags["TIMECODE_RATE"] == "30000/1001"
+    assert int(tags["TIME_REFERENCE"]) == done.time_reference
+    assert done.time_reference == round((Fraction(107892, 1) * 1001 / 30000 + 0.5) * 16000)
+    wav, rate = soundfile.read(done.stem.audio, dtype="float64")
+    np.testing.assert_allclose(wav, x, atol=2**-23)
+
+
 def test_riff_layout(tmp_path):
     path = tmp_path / "a.wav"
     soundfile.write(path, np.zeros(101, np.float32), 16000, subtype="PCM_24")
@@ -421,7 +442,9 @@ def test_ntsc_timecode_in_bext_and_otio(tmp_path, label, drop, frames):
     record = start.to_seconds() + clip_item.range_in_parent().start_time.to_seconds()
     assert record == pytest.approx(float(seconds) + 0.25, abs=1e-9)
     assert clip_item.source_range.start_time.to_seconds() == pytest.approx(record, abs=1e-9)
-    assert round(clip_item.source_range.start_time.value) == expected
+    # To the sample: frame times (what other hosts' adapters take) at the exact position.
+    assert round(clip_item.source_range.start_time.to_seconds() * 48000) == expected
+    assert clip_item.source_range.start_time.rate == start.rate
 
 
 def test_otio_places_picture_and_every_stem(tmp_path):
@@ -454,13 +477,13 @@ def test_otio_places_picture_and_every_stem(tmp_path):
     assert [t.name for t in tracks] == ["a", "b"]
     for track, done in zip(tracks, delivered, strict=True):
         gap, stem = track
-        samples = otio.opentime.RationalTime
-        assert gap.duration() == samples(0.4 * 16000, 16000)
+        frames = otio.opentime.RationalTime
+        assert gap.duration() == frames(10, 25)  # 0.4 s
         assert stem.range_in_parent().start_time.to_seconds() == pytest.approx(0.4)
         assert stem.source_range == stem.media_reference.available_range
-        assert stem.source_range.start_time == samples(16000 * 3600.4, 16000)
-        assert stem.source_range.start_time.value == done.time_reference
-        assert stem.source_range.duration == samples(done.samples, 16000)
+        assert stem.source_range.start_time == frames(90010, 25)
+        assert round(stem.source_range.start_time.to_seconds() * 16000) == done.time_reference
+        assert stem.source_range.duration == frames(done.samples * 25 / 16000, 25)
         assert done.samples == len(x)
         target = out / unquote(stem.media_reference.target_url)
         assert target.resolve() == done.stem.audio.resolve() and target.exists()
@@ -548,8 +571,11 @@ def test_cli_otio_and_loudness_with_tiny(tmp_path, capsys, name, fps, label, ext
     assert start.to_timecode(float(rate), ";" in label) == label
     (audio,) = timeline.audio_tracks()
     (stem,) = audio.find_clips()
-    assert stem.source_range.start_time.rate == info.fmt.sample_rate
-    assert stem.source_range.start_time.value == pytest.approx(time_reference, abs=0.5)
+    assert stem.source_range.start_time.rate == start.rate  # frames, as other hosts take them
+    rate = info.fmt.sample_rate
+    assert stem.source_range.start_time.to_seconds() * rate == pytest.approx(
+        time_reference, abs=0.5
+    )
     record = start.to_seconds() + stem.range_in_parent().start_time.to_seconds()
     assert record == pytest.approx(stem.source_range.start_time.to_seconds(), abs=1e-9)
     assert len(timeline.video_tracks()) == 1

@@ -52,6 +52,13 @@ def test_every_part_exported_and_described(tiny_engines, manifest):
         assert [i["shape"] for i in entry["inputs"]] == [list(s.shape) for s in inputs]
 
 
+def test_written_files_follow_the_umask(tiny_engines):
+    """safetensors makes its file 0600; every file of a build gets what the umask gives."""
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tiny_engines.iterdir() if p.is_file()}
+    assert "constants.safetensors" in modes and "manifest.json" in modes
+    assert len(set(modes.values())) == 1, modes
+
+
 def test_model_hash_is_of_the_weights(manifest):
     nets = build_networks(TINY, {})
     assert manifest["model_hash"] == onnx_export.model_hash(nets)
@@ -262,7 +269,7 @@ def test_plain_mmaudio_parts(tmp_path):
         variant,
         manifest,
         {n: tmp_path / f"{n}.onnx" for n in parts},
-        nets.generator.empty_clip_feat.detach(),
+        onnx_export.graph_constants(variant, nets),
         threads=2,
     )
     report = onnx_export.check_parts(parts, variant, nets, ort_parts)

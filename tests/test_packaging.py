@@ -17,3 +17,15 @@ def test_every_subpackage_is_installed():
         if not {"tests", ".venv", "build"} & set(p.relative_to(ROOT).parts)
     }
     assert found == listed
+
+
+def test_the_panel_ships_in_the_package():
+    """The panel's files (served by `selva-rt serve`) are package data of their package."""
+    from fnmatch import fnmatch
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = data["package-data"]["selva_rt.runtime.service"]
+    folder = ROOT / "runtime" / "service"
+    files = [p.relative_to(folder).as_posix() for p in (folder / "panel").iterdir()]
+    assert {"panel/index.html", "panel/panel.css", "panel/panel.js"} <= set(files)
+    assert all(any(fnmatch(f, pattern) for pattern in patterns) for f in files)

@@ -4,14 +4,10 @@ concurrent clients, and a `kill -9` of the server during a job."""
 
 import io
 import json
-import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +19,7 @@ from selva_rt.runtime.pipeline import Pipeline
 starlette = pytest.importorskip("starlette", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
 from selva_rt.runtime.service.server import Limits, create_app  # noqa: E402
+from servers import Server, free_port, wait  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 STEPS = 2  # structure, not sound: few Euler steps keep every test fast
@@ -43,16 +40,6 @@ def roots(tmp_path, sample_clip) -> Path:
 
 def job(clip: Path, *prompts: str, **options) -> dict:
     return {"clip": str(clip), "prompts": list(prompts) or ["rain"], "steps": STEPS, **options}
-
-
-def wait(client, job_id: str, states=("done", "failed", "cancelled"), timeout=120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = client.get(f"/v1/jobs/{job_id}").json()
-        if record["state"] in states:
-            return record
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} still {record['state']} after {timeout} s")
 
 
 def test_job_lifecycle(tiny, roots, tmp_path):
@@ -196,39 +183,6 @@ def test_serving_beyond_loopback_needs_a_token(roots, tmp_path, capsys):
 # -- a real server process --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`selva-rt serve --variant tiny` in a subprocess on a free loopback port."""
-
-    def __init__(self, roots: Path, out: Path, *extra: str):
-        self.port = free_port()
-        argv = ["serve", "--variant", "tiny", "--root", str(roots), "--out", str(out)]
-        argv += ["--port", str(self.port), "--device", "cpu", "--quiet", *extra]
-        code = "import sys; from selva_rt.runtime.cli import main; sys.exit(main(sys.argv[1:]))"
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "the server exited"
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError("the server did not come up in 120 s")
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=120)
-        self.client.close()
-
-
 def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
     server = Server(roots, tmp_path / "out", "--max-queue", "16")
     try:
@@ -279,5 +233,166 @@ def test_a_job_interrupted_by_a_crash_or_shutdown_completes(roots, tmp_path, sig
         wav = server.client.get(f"/v1/jobs/{job_id}/files/{record['outputs'][0]['audio']}")
         assert wav.status_code == 200
         assert not [p for p in (out / job_id).iterdir() if ".part" in p.name]
+    finally:
+        server.stop()
+
+
+def test_delivery_options_of_a_job(tiny, roots, tmp_path):
+    """What `generate --format flac --sample-rate 48000 --loudness -23 --otio --no-video`
+    writes, asked in a job."""
+    options = dict(format="flac", sample_rate=48000, loudness=-23, otio=True, no_video=True)
+    with TestClient(create_app(tiny, [roots], tmp_path / "out")) as client:
+        r = client.post("/v1/jobs", json=job(roots / "a.mp4", "rain", duration=1.0, **options))
+        record = wait(client, r.json()["id"])
+        assert record["state"] == "done", record
+        (stem,) = record["outputs"]
+        assert stem["audio"] == "a_rain.flac" and "video" not in stem
+        assert stem["sample_rate"] == 48000
+        assert abs(stem["loudness"]["integrated_lufs"] - -23) < 0.1
+        audio = client.get(f"/v1/jobs/{record['id']}/files/a_rain.flac")
+        assert soundfile.info(io.BytesIO(audio.content)).samplerate == 48000
+        assert record["timeline"] == "a.otio"
+        otio = client.get(f"/v1/jobs/{record['id']}/files/a.otio")
+        assert otio.status_code == 200 and b"a_rain.flac" in otio.content
+        bad = client.post("/v1/jobs", json=job(roots / "a.mp4", format="mp3"))
+        assert bad.status_code == 422 and "format" in bad.json()["error"]
+
+
+def test_the_journal_lists_jobs_newest_first_a_page_at_a_time(tiny, roots, tmp_path):
+    from datetime import datetime
+
+    client = TestClient(create_app(tiny, [roots], tmp_path / "out"))  # no worker: all queued
+    ids = [
+        client.post("/v1/jobs", json=job(roots / "a.mp4", f"s{i}")).json()["id"] for i in range(3)
+    ]
+    client.delete(f"/v1/jobs/{ids[0]}")
+    page = client.get("/v1/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in page["jobs"]] == ids[:0:-1] and page["total"] == 3
+    assert page["next_offset"] == 2
+    rest = client.get("/v1/jobs", params={"limit": 2, "offset": 2}).json()
+    assert [j["id"] for j in rest["jobs"]] == ids[:1] and rest["next_offset"] is None
+    queued = client.get("/v1/jobs", params={"state": "queued"}).json()
+    assert {j["id"] for j in queued["jobs"]} == set(ids[1:]) and queued["total"] == 2
+    created = datetime.fromisoformat(page["jobs"][0]["created"])
+    assert created.utcoffset().total_seconds() == 0 and page["jobs"][0]["created"].endswith("Z")
+    for query in ({"limit": 0}, {"offset": -1}, {"limit": "x"}, {"state": "lost"}):
+        assert client.get("/v1/jobs", params=query).status_code == 422
+
+
+def test_progress_reaches_one_only_when_done(tmp_path):
+    from selva_rt.runtime.service.journal import Journal
+
+    journal = Journal(tmp_path / "journal.sqlite3")
+    job_id = journal.add({"clip": "/a.mp4", "prompts": ["x"], "steps": 10})
+    (claimed,) = journal.claim()
+    stages = [claimed.to_dict()["stage"]]
+    for done in (4, 10):
+        journal.progress(job_id, done)
+        record = journal.get(job_id).to_dict()
+        stages.append(record["stage"])
+        assert record["progress"] < 1.0
+    journal.finish(job_id, "done")
+    assert stages == ["preparing", "sampling", "finishing"]
+    assert journal.get(job_id).to_dict()["progress"] == 1.0
+
+
+def test_uploads_are_kept_only_while_a_job_needs_them(tiny, roots, tmp_path):
+    uploads = tmp_path / "out" / "uploads"
+    client = TestClient(create_app(tiny, [roots], tmp_path / "out"))
+    form = {"job": json.dumps({"prompts": ["rain"], "steps": STEPS, "duration": 1.0})}
+    refused = client.post("/v1/jobs", data=form, files={"clip": ("my notes.txt", b"not a video")})
+    assert refused.status_code == 422, refused.text
+    assert "my notes.txt" in refused.json()["error"] and "uploads" not in refused.json()["error"]
+    assert list(uploads.iterdir()) == []  # a refused upload is not kept
+    clip = (roots / "a.mp4").read_bytes()
+    ids = [
+        client.post("/v1/jobs", data=form, files={"clip": ("take.mp4", clip)}).json()["id"]
+        for _ in range(2)
+    ]
+    assert len(list(uploads.iterdir())) == 1  # one clip, by content, for both jobs
+    client.delete(f"/v1/jobs/{ids[0]}")
+    assert len(list(uploads.iterdir())) == 1  # the other job still needs it
+    with client:
+        assert wait(client, ids[1])["state"] == "done"
+    assert list(uploads.iterdir()) == []  # done: gone
+
+
+def test_cors_only_for_the_listed_origins(tiny, roots, tmp_path):
+    app = create_app(tiny, [roots], tmp_path / "out", cors=("https://panel.local:8443",))
+    client = TestClient(app)
+    ask = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    ok = client.options("/v1/jobs", headers={"Origin": "https://panel.local:8443", **ask})
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == "https://panel.local:8443"
+    other = client.options("/v1/jobs", headers={"Origin": "https://evil.example", **ask})
+    assert "access-control-allow-origin" not in other.headers
+    plain = client.get("/v1/info", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in plain.headers
+    default = TestClient(create_app(tiny, [roots], tmp_path / "out2"))
+    assert (
+        "access-control-allow-origin"
+        not in default.get("/v1/info", headers={"Origin": "https://panel.local:8443"}).headers
+    )
+
+
+def test_a_second_server_is_refused_before_it_loads_anything(roots, tmp_path, capsys, monkeypatch):
+    """Same --out: the journal is locked; same port: it is taken. Either is one line, before
+    the model loads and before the first server's running jobs could be requeued."""
+    from selva_rt.runtime.service.journal import Journal
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Pipeline, "from_pretrained", no_loading)
+    out = tmp_path / "out"
+    out.mkdir()
+    first = Journal(out / "journal.sqlite3")  # the first server's
+    job_id = first.add({"clip": "/a.mp4", "prompts": ["x"], "steps": 10})
+    first.claim()
+    argv = ["serve", "--variant", "tiny", "--root", str(roots), "--quiet"]
+    assert cli.main([*argv, "--out", str(out), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another selva-rt serve uses" in err, err
+    assert first.get(job_id).state == "running"  # untouched
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main([*argv, "--out", str(tmp_path / "other"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err, err
+    first.close()
+
+
+def test_make_cert_then_serve_https(roots, tmp_path, capsys):
+    """`--make-cert DIR` writes a pair for localhost that a client verifying against it
+    accepts; the key is the owner's only; a bad pair is refused in one line."""
+    assert cli.main(["serve", "--make-cert", str(tmp_path / "tls")]) == 0
+    cert = tmp_path / "tls" / "selva-rt-localhost.pem"
+    key = tmp_path / "tls" / "selva-rt-localhost-key.pem"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert cli.main(["serve", "--make-cert", str(tmp_path / "tls")]) == 1  # no clobbering
+    capsys.readouterr()
+    argv = ["serve", "--variant", "tiny", "--root", str(roots), "--out", str(tmp_path / "o")]
+    assert cli.main([*argv, "--tls-cert", str(cert), "--tls-key", str(cert)]) == 2
+    assert "not a usable certificate" in capsys.readouterr().err
+    server = Server(
+        roots,
+        tmp_path / "out",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        https=True,
+        verify=str(cert),
+    )
+    try:
+        assert server.client.get("/healthz").json() == {"status": "ok"}
+        assert b"selva-rt" in server.client.get("/").content
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5)
     finally:
         server.stop()

@@ -81,7 +81,7 @@ def test_graph_io_dtypes_and_shapes():
     assert select["t5_mask"][0] == "bool" and select["t5_features"][1] == (2, 9, 768)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, v in VARIANTS.items() if not v.flowley))
+@pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_profiles_cover_one_prompt_to_max_batch_and_min_to_max_duration(name):
     variant = get_variant(name)
     for part in plan.part_names(variant):
@@ -97,9 +97,49 @@ def test_profiles_cover_one_prompt_to_max_batch_and_min_to_max_duration(name):
         (1, variant.sequence_lengths(8.0).latent, variant.generator.latent_dim),
         (4, seq10.latent, variant.generator.latent_dim),
     )
-    assert step["clip_f"][2][0] == 8  # two rows (conditional, unconditional) per prompt
-    trunk = plan.profile("video_trunk", variant)["frames"]
-    assert (trunk[0][1], trunk[2][1]) == (16, 250)  # 0.64 s to 10 s at 25 fps
+    conditions = "visual_f" if variant.flowley else "clip_f"
+    assert step[conditions][2][0] == 8  # two rows (conditional, unconditional) per prompt
+    if variant.separation:  # one row per prompt, read by both branches
+        assert step["mixture_bias"][2][:2] == (4, seq10.latent)
+        mel = plan.profile("mixture_encoder", variant)["mel"]
+        assert (mel[0][2], mel[2][2]) == (2 * seq_min.latent, 2 * seq10.latent)
+    if variant.flowley:  # its tokenizer pads every prompt to one length
+        pad = variant.t5.pad_to
+        assert {s[1] for s in plan.profile("t5", variant)["input_ids"]} == {pad}
+        bias = plan.profile("dit_step", variant)["psca_bias"]
+        assert bias[2] == (variant.generator.single_depth, seq10.latent, seq10.clip)
+    else:
+        trunk = plan.profile("video_trunk", variant)["frames"]
+        assert (trunk[0][1], trunk[2][1]) == (16, 250)  # 0.64 s to 10 s at 25 fps
+
+
+def test_parts_of_separation_and_flowley():
+    assert plan.part_names(get_variant("mmaudiosep-large-44k")) == (
+        "clip_text",
+        "clip_image",
+        "video_trunk",
+        "video_select",
+        "mixture_encoder",
+        "dit_conditions",
+        "dit_step",
+        "decoder",
+    )
+    assert plan.part_names(get_variant("flowley")) == (
+        "t5",
+        "clip_image",
+        "dit_conditions",
+        "dit_step",
+        "decoder",
+    )
+    d = plan.dims(get_variant("flowley"), prompts=2, tokens=77, duration=8.0)
+    frames = plan.part_io("clip_image", get_variant("flowley"), d)[0][0]
+    assert frames.shape == (64, 3, 224, 224)  # DFN2B-CLIP ViT-L/14 frames
+    io = {
+        s.name: s
+        for specs in plan.part_io("dit_conditions", get_variant("flowley"), d)
+        for s in specs
+    }
+    assert io["text_mask"].dtype == "bool" and io["text_len"].shape == (4,)
 
 
 def test_profile_rejects_a_duration_below_one_segment():

@@ -166,15 +166,17 @@ def load_parts(
         )
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
-    if variant.flowley:
-        raise UsageError(
-            f"{variant.name} runs on the torch backend only (its step exports to ONNX for "
-            "checking, not as a backend); use --backend torch"
-        )
     if reference:
         raise UsageError("reference mode is a torch-backend mode; use --backend torch")
-    if variant.separation or checkpoint is not None:
-        raise UsageError("separation and --checkpoint run on --backend torch only (for now)")
+    if checkpoint is not None:
+        raise UsageError(
+            "--checkpoint runs on --backend torch only (an engines folder holds the weights "
+            "it was exported from)"
+        )
+    from .graphs import part_names
+
+    if not part_names(variant):
+        raise UsageError(f"{variant.name} runs on --backend torch only (it has no graph parts)")
     if engines is None:
         raise UsageError(f"the {backend} backend needs --engines DIR (see selva-rt export)")
     if backend == "onnxruntime":
@@ -191,7 +193,7 @@ def _mixed_parts(variant, backend, device, precision, reference, engines, graph_
     from .ort_parts import OrtParts
 
     names = part_list(graph_parts)
-    check_graph_parts(names)
+    check_graph_parts(names, variant)
     if backend != "torch" or reference:
         raise UsageError("--graph-parts mixes graphs into the torch backend's fast mode only")
     if engines is None:

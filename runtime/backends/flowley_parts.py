@@ -9,10 +9,9 @@ features with the conditional text_len), and PSCA is SDPA with the materialised 
 """
 
 import torch
-import torch.nn.functional as F
 
 from ...kernels.psca_attention import psca_attention_reference
-from ..models.flowley import FlowleyConditions, cat_conditions
+from ..models.flowley import FlowleyConditions, normalize_text
 from .torch_parts import TorchParts
 
 
@@ -35,8 +34,7 @@ class FlowleyTorchParts(TorchParts):
         g = self.nets.generator
         if self.reference or (g.audio_seq_len, g.visual_seq_len) != (latent_len, clip_len):
             g.update_seq_lengths(latent_len, clip_len)
-        # L2 over the sequence axis (padding rows included), as the released features are.
-        text = F.normalize(text_features.to(self.device).float(), dim=1).to(self.dtype)
+        text = normalize_text(text_features.to(self.device), self.dtype)
         visual = clip_features.to(self.device, self.dtype)
         text_len = text_mask.to(self.device).sum(1)
         if self.reference:
@@ -47,8 +45,7 @@ class FlowleyTorchParts(TorchParts):
                 "visual": torch.cat([visual, zeros_visual]),
                 "text_len": torch.cat([text_len, text_len]),
             }
-        cond = g.project_conditions(text, visual, text_len)
-        return cat_conditions(cond, g.empty_conditions(text_len))._asdict()
+        return g.cfg_conditions(text, visual, text_len)._asdict()
 
     @torch.inference_mode()
     def dit_step(

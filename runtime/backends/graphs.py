@@ -1,11 +1,17 @@
-"""What the two graph backends (ONNX Runtime, TensorRT) share: the manifest of an engines
-directory and its one reader, the engine cache key, and the mapping of part arguments to graph
-inputs (`GraphInputs`, `GraphParts`).
+"""What the two graph backends (ONNX Runtime, TensorRT) share: the graph parts of a variant,
+the manifest of an engines directory and its one reader, the engine cache key, and the mapping
+of part arguments to graph inputs (`GraphInputs`, `FlowleyGraphInputs`, `GraphParts`).
 
 The host computes what depends on the duration and not on the weights, with the same functions
-the torch backend uses: the RoPE tables (generator.rope_table) and the nearest-exact sync index
-(generator.nearest_exact_index). They are made on the device and cached, so a captured CUDA graph
-replays without host copies.
+the torch backend uses: the RoPE tables (generator.rope_table, flowley.rope_tables), the
+nearest-exact sync index (generator.nearest_exact_index) and Flowley's PSCA biases
+(flowley.psca_biases). They are made on the device and cached, so a captured CUDA graph
+replays without host copies. Besides, the host feeds the learned empty features where a part
+gets None, makes MMAudioSep's mixture mel (mel.MelConverter, torch.stft in fp32: ONNX has no
+complex tensors) and computes its `mixture_conditions` itself: the mixture latent's share of
+the DiT's input convolution (generator.mixture_bias_of), one small linear convolution per
+window and request, the torch backend's own function on its weights from the constants, so it
+adds no graph rounding (see `GraphParts.mixture_conditions`).
 """
 
 import hashlib
@@ -18,7 +24,9 @@ import torch
 
 from ..device import DTYPES as PRECISION_DTYPES
 from ..errors import CheckpointError, UsageError
-from ..models.generator import nearest_exact_index, rope_table
+from ..models.flowley import FlowleyConditions, psca_biases, rope_tables
+from ..models.generator import mixture_bias_of, nearest_exact_index, rope_table
+from ..models.mel import MelConverter
 from ..sampler import euler_loop
 from ..variants import Variant
 from . import Progress
@@ -30,6 +38,7 @@ PARTS = (
     "clip_image",
     "video_trunk",
     "video_select",
+    "mixture_encoder",
     "dit_conditions",
     "dit_step",
     "decoder",
@@ -46,6 +55,24 @@ GRAPH_DTYPES = {
     "bool": torch.bool,
 }
 CONDITIONS = ("clip_f", "sync_f", "text_f", "clip_f_c", "text_f_c")
+
+
+def part_names(variant: Variant) -> tuple[str, ...]:
+    """The graph parts `variant` has, in build order: t5 where it reads Flan-T5, clip_image
+    where it reads CLIP video, the CLIP text and video encoder parts for MMAudio's family (not
+    Flowley), mixture_encoder for separation; none for VATT (torch backend only)."""
+    if variant.vatt:
+        return ()
+    skip = set()
+    if variant.t5 is None:
+        skip.add("t5")
+    if not variant.uses_clip_video:
+        skip.add("clip_image")
+    if variant.flowley:
+        skip |= {"clip_text", "video_trunk", "video_select"}
+    if not variant.separation:
+        skip.add("mixture_encoder")
+    return tuple(p for p in PARTS if p not in skip)
 
 
 def io_precision(precision: str) -> str:
@@ -170,21 +197,45 @@ def engine_dir_name(gpu: str, compute_capability: tuple[int, int], trt_version: 
 
 # -- part arguments -> graph inputs -------------------------------------------------------------
 
+# What a build keeps beside its graphs in CONSTANTS, by name (`constant_names`): the generator's
+# learned empty features, fed where a part gets None, and for MMAudioSep the input convolution's
+# weights over the mixture channels and the latent statistics (`GraphParts.mixture_conditions`).
+EMPTY_FEATURES = ("empty_clip_feat", "empty_sync_feat")
+MIXTURE_CONSTANTS = ("mixture_weight", "latent_mean", "latent_std")
+
+
+def constant_names(variant: Variant) -> tuple[str, ...]:
+    """The tensors of `variant` an engines directory keeps in CONSTANTS (none for Flowley: its
+    host tables need no weights)."""
+    if variant.flowley:
+        return ()
+    return EMPTY_FEATURES + (MIXTURE_CONSTANTS if variant.separation else ())
+
 
 class GraphInputs:
     """Part arguments (as `backends.Parts` takes them) -> graph inputs (names as the exported
-    graphs), with the duration tables made on `device`.
+    graphs) for MMAudio's family, with the duration tables made on `device`.
 
-    `empty_clip_feat` [1, clip_dim]: the generator's learned empty CLIP feature, fed in place of
-    CLIP video features when a part gets None (SELVA).
+    `constants` (CONSTANTS, `constant_names`): empty_clip_feat [1, clip_dim] and empty_sync_feat
+    [1, sync_dim], fed in place of CLIP video features (SELVA) and of sync features (a query
+    without video) when a part gets None; for separation also mixture_weight [H, E, 7],
+    latent_mean and latent_std [1, 1, E].
     """
 
-    def __init__(self, variant: Variant, empty_clip_feat: torch.Tensor, device: torch.device):
+    def __init__(self, variant: Variant, constants: dict[str, torch.Tensor], device: torch.device):
         self.variant, self.device = variant, device
-        self.empty_clip_feat = empty_clip_feat.to(device)
-        g = variant.generator
-        self.head_dim = g.hidden_dim // g.num_heads
+        self.constants = {k: v.to(device) for k, v in constants.items()}
         self._tables: dict[tuple, dict[str, torch.Tensor]] = {}
+        # Separation: the mixture's mel, fp32, by the torch backend's own module (torch.stft).
+        self.mel = MelConverter(variant.audio).to(device) if variant.separation else None
+
+    def constant(self, name: str) -> torch.Tensor:
+        if name not in self.constants:
+            raise CheckpointError(
+                f"the engines directory's {CONSTANTS} has no {name!r} (an older build); "
+                "rebuild it with --force"
+            )
+        return self.constants[name]
 
     def t5(self, input_ids, attention_mask) -> dict[str, torch.Tensor]:
         return {"input_ids": input_ids.long(), "attention_mask": attention_mask.long()}
@@ -203,6 +254,9 @@ class GraphInputs:
             return {"trunk_tokens": trunk_tokens}
         return {"trunk_tokens": trunk_tokens, "t5_features": t5_features, "t5_mask": t5_mask.bool()}
 
+    def mixture_encoder(self, waveform) -> dict[str, torch.Tensor]:
+        return {"mel": self.mel(waveform.to(self.device).float())}
+
     def dit_conditions(
         self,
         clip_features,
@@ -211,9 +265,14 @@ class GraphInputs:
         negative_text_features,
         latent_len,
         clip_len,
+        text_mask=None,
+        sync_len=None,
     ) -> dict[str, torch.Tensor]:
+        prompts = text_features.shape[0]
         if clip_features is None:
-            clip_features = self.empty_clip_feat[None].expand(sync_features.shape[0], clip_len, -1)
+            clip_features = self.constant("empty_clip_feat")[None].expand(prompts, clip_len, -1)
+        if sync_features is None:
+            sync_features = self.constant("empty_sync_feat")[None].expand(prompts, sync_len, -1)
         return {
             "clip_features": clip_features,
             "sync_features": sync_features,
@@ -224,16 +283,21 @@ class GraphInputs:
 
     def dit_step(self, latent, t, conditions, cfg) -> dict[str, torch.Tensor]:
         tables = self.step_tables(latent.shape[1], conditions["clip_f"].shape[1], cfg)
-        return {"latent": latent, "t": t, **{k: conditions[k] for k in CONDITIONS}, **tables}
+        feeds = {"latent": latent, "t": t, **{k: conditions[k] for k in CONDITIONS}, **tables}
+        if self.variant.separation:  # P rows, read by both CFG branches
+            feeds["mixture_bias"] = conditions["mixture_bias"]
+        return feeds
 
     def step_tables(self, latent_len: int, clip_len: int, cfg: float) -> dict[str, torch.Tensor]:
         """fp32 RoPE tables of one duration and the 0-d cfg, on the device (cached: the 25
         steps share them, and a CUDA graph replay may not copy from the host)."""
         key = (latent_len, clip_len, float(cfg))
         if key not in self._tables:
+            g = self.variant.generator
+            head_dim = g.hidden_dim // g.num_heads
             self._tables[key] = {
-                "latent_rot": rope_table(latent_len, self.head_dim, 1.0, self.device),
-                "clip_rot": rope_table(clip_len, self.head_dim, latent_len / clip_len, self.device),
+                "latent_rot": rope_table(latent_len, head_dim, 1.0, self.device),
+                "clip_rot": rope_table(clip_len, head_dim, latent_len / clip_len, self.device),
                 "cfg": torch.tensor(float(cfg), dtype=torch.float32, device=self.device),
             }
         return self._tables[key]
@@ -242,25 +306,75 @@ class GraphInputs:
         return {"latent": latent}
 
 
+class FlowleyGraphInputs(GraphInputs):
+    """Flowley's own conditions and step: CLIP image features and Flan-T5 states with their
+    mask in; its step takes the RoPE tables and every application's PSCA bias as inputs."""
+
+    def dit_conditions(
+        self,
+        clip_features,
+        sync_features,
+        text_features,
+        negative_text_features,
+        latent_len,
+        clip_len,
+        text_mask=None,
+        sync_len=None,
+    ) -> dict[str, torch.Tensor]:
+        """No sync or negative features (Flowley's unconditional branch is zero features)."""
+        return {
+            "clip_features": clip_features,
+            "text_features": text_features,
+            "text_mask": text_mask.bool(),
+        }
+
+    def dit_step(self, latent, t, conditions, cfg) -> dict[str, torch.Tensor]:
+        tables = self.step_tables(latent.shape[1], conditions["visual_f"].shape[1], cfg)
+        fields = {k: conditions[k] for k in FlowleyConditions._fields}
+        return {"latent": latent, "t": t, **fields, **tables}
+
+    def step_tables(self, latent_len: int, clip_len: int, cfg: float) -> dict[str, torch.Tensor]:
+        """The three fp32 RoPE tables, the PSCA biases [layers, La, Lv] fp32 and the 0-d cfg,
+        on the device (cached, as `GraphInputs.step_tables`)."""
+        key = (latent_len, clip_len, float(cfg))
+        if key not in self._tables:
+            g = self.variant.generator
+            self._tables[key] = {
+                **rope_tables(g, latent_len, clip_len, self.device),
+                "psca_bias": psca_biases(g, latent_len, clip_len, self.device),
+                "cfg": torch.tensor(float(cfg), dtype=torch.float32, device=self.device),
+            }
+        return self._tables[key]
+
+
+def graph_inputs_of(
+    variant: Variant, constants: dict[str, torch.Tensor], device: torch.device
+) -> GraphInputs:
+    """The mapping of `variant`'s family (MMAudio's or Flowley's)."""
+    cls = FlowleyGraphInputs if variant.flowley else GraphInputs
+    return cls(variant, constants, device)
+
+
 class GraphParts:
     """The parts over exported graphs, for any engine that can run a part's graph on named
     tensors (`_run`). Inputs go to the device and, when floating point, to each graph's input
     dtypes (an fp16 build keeps t5 and the decoder in fp32); outputs come in the graph's dtypes,
-    so an fp32 decoder's waveform is not rounded to fp16.
+    so an fp32 decoder's waveform is not rounded to fp16. Every family runs on it: the mapping of
+    its part arguments is `graph_inputs_of(variant)`.
     """
 
     def __init__(
         self,
         variant: Variant,
         manifest: Manifest,
-        empty_clip_feat: torch.Tensor,
+        constants: dict[str, torch.Tensor],
         device: torch.device,
     ):
         self.variant, self.manifest = variant, manifest
         self.device = torch.device(device)
         self.dtype = PRECISION_DTYPES[io_precision(manifest.precision)]
         self.precision = manifest.precision
-        self.inputs = GraphInputs(variant, empty_clip_feat, self.device)
+        self.inputs = graph_inputs_of(variant, constants, self.device)
         self.graph_dtypes = {part: e.input_dtypes() for part, e in manifest.parts.items()}
 
     @property
@@ -281,6 +395,10 @@ class GraphParts:
         types = self.graph_dtypes[part]
         feeds = {k: v.to(self.device, types[k]) for k, v in feeds.items()}
         return self._run(part, feeds)
+
+    def _separating(self) -> None:
+        if not self.variant.separation:
+            raise UsageError(f"{self.variant.name} does not separate a mixture")
 
     @torch.inference_mode()
     def t5(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -316,10 +434,6 @@ class GraphParts:
         text_mask: torch.Tensor | None = None,
         sync_len: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        if text_mask is not None or sync_features is None:
-            raise UsageError(
-                "Flowley and queries without video run on --backend torch only (no graphs yet)"
-            )
         feeds = self.inputs.dit_conditions(
             clip_features,
             sync_features,
@@ -327,16 +441,34 @@ class GraphParts:
             negative_text_features,
             latent_len,
             clip_len,
+            text_mask,
+            sync_len,
         )
-        return dict(zip(CONDITIONS, self._call("dit_conditions", feeds), strict=True))
+        outputs = self._call("dit_conditions", feeds)
+        names = [o["name"] for o in self.manifest.parts["dit_conditions"].outputs]
+        return dict(zip(names, outputs, strict=True))
 
+    @torch.inference_mode()
     def mixture_encoder(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise UsageError("separation runs on --backend torch only (no graphs of it yet)")
+        self._separating()
+        mean, std = self._call("mixture_encoder", self.inputs.mixture_encoder(waveform))
+        return mean, std
 
+    @torch.inference_mode()
     def mixture_conditions(
         self, x_cond: torch.Tensor, prompts: int, normalize: bool = False
     ) -> dict[str, torch.Tensor]:
-        raise UsageError("separation runs on --backend torch only (no graphs of it yet)")
+        """Separation: mixture_bias [P, N, H], the mixture latent x_cond [1, N, E]'s share of
+        the DiT's input convolution, computed here rather than by a graph: one linear
+        convolution per window and request (not per step), by the torch backend's own function
+        on the build's copy of its weights, in fp32 (the step graph rounds it to its dtype).
+        `normalize`: the generator's latent statistics first, as the torch backend's option."""
+        self._separating()
+        x = x_cond.to(self.device, torch.float32)
+        if normalize:
+            x = (x - self.inputs.constant("latent_mean")) / self.inputs.constant("latent_std")
+        bias = mixture_bias_of(x, self.inputs.constant("mixture_weight"))
+        return {"mixture_bias": bias.expand(prompts, -1, -1)}
 
     @torch.inference_mode()
     def dit_step(self, latent, t, conditions: dict[str, torch.Tensor], cfg: float):
@@ -358,12 +490,14 @@ class GraphParts:
         return mel, waveform
 
 
-def read_engines(engines_dir: str | Path, variant: Variant) -> tuple[Manifest, torch.Tensor]:
-    """The manifest and the constants (the learned empty CLIP feature) of an engines directory."""
+def read_engines(
+    engines_dir: str | Path, variant: Variant
+) -> tuple[Manifest, dict[str, torch.Tensor]]:
+    """The manifest and the constants (`constant_names`) of an engines directory."""
     from safetensors.torch import load_file
 
     manifest = Manifest.read(engines_dir, variant.name)
     path = Path(engines_dir) / CONSTANTS
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; rebuild the engines directory with --force")
-    return manifest, load_file(str(path))["empty_clip_feat"]
+    return manifest, load_file(str(path))

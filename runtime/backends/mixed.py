@@ -11,14 +11,21 @@ in the same dtype (an fp32 torch backend with an fp32 or int8 build).
 
 from ..device import precision_name
 from ..errors import UsageError
-from .graphs import PARTS, GraphParts
+from ..variants import Variant
+from .graphs import PARTS, GraphParts, part_names
 
 
-def check_graph_parts(names: tuple[str, ...]) -> None:
-    """One-line errors for unknown names and for conditions without their step."""
+def check_graph_parts(names: tuple[str, ...], variant: Variant) -> None:
+    """One-line errors for unknown names, parts the variant does not have, and conditions
+    without their step."""
+    have = part_names(variant)
     for name in names:
         if name not in PARTS:
             raise UsageError(f"unknown part {name!r} in --graph-parts; use {', '.join(PARTS)}")
+        if name not in have:
+            raise UsageError(
+                f"{variant.name} has no {name!r} part; its graph parts: {', '.join(have)}"
+            )
     # The torch step reads the sequence lengths its own dit_conditions set.
     if "dit_conditions" in names and "dit_step" not in names:
         raise UsageError("--graph-parts dit_conditions needs dit_step from the graphs too")
@@ -29,7 +36,7 @@ class MixedParts:
     `base` the others."""
 
     def __init__(self, base, graphs: GraphParts, names: tuple[str, ...]):
-        check_graph_parts(names)
+        check_graph_parts(names, graphs.variant)
         if graphs.dtype != base.dtype or graphs.device != base.device:
             raise UsageError(
                 f"the {graphs.precision} graphs on {graphs.device} cannot stand in for torch "

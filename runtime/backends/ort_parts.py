@@ -38,7 +38,7 @@ class OrtParts(GraphParts):
         variant: Variant,
         manifest: Manifest,
         graphs: dict[str, Path],
-        empty_clip_feat: torch.Tensor,
+        constants: dict[str, torch.Tensor],
         device: str | torch.device = "cpu",
         providers: list[str] | None = None,
         threads: int = 0,
@@ -66,7 +66,7 @@ class OrtParts(GraphParts):
                 )
             if device.type == "cuda":
                 providers = [(p, {"device_id": device.index or 0}) for p in providers]
-        super().__init__(variant, manifest, empty_clip_feat, device)
+        super().__init__(variant, manifest, constants, device)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # per-node shape-merge warnings of dynamic graphs are noise
         if threads:
@@ -89,7 +89,7 @@ class OrtParts(GraphParts):
     ) -> "OrtParts":
         """The parts of `variant` from the ONNX files and manifest in `engines_dir` (only
         `parts`, when given)."""
-        manifest, empty_clip_feat = read_engines(engines_dir, variant)
+        manifest, constants = read_engines(engines_dir, variant)
         for part in parts or ():
             if part not in manifest.parts:
                 raise UsageError(
@@ -97,7 +97,7 @@ class OrtParts(GraphParts):
                     f"--variant {variant.name} --out {engines_dir} --parts {part} --force"
                 )
         graphs = {p: manifest.graph(Path(engines_dir), p) for p in parts or manifest.parts}
-        return cls(variant, manifest, graphs, empty_clip_feat, device, providers, threads)
+        return cls(variant, manifest, graphs, constants, device, providers, threads)
 
     def _run(self, part: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         sess = self.sessions[part]

@@ -40,11 +40,11 @@ class TrtParts(GraphParts):
         variant: Variant,
         manifest: Manifest,
         engines: dict[str, bytes],
-        empty_clip_feat: torch.Tensor,
+        constants: dict[str, torch.Tensor],
         device: torch.device,
     ):
         trt = _tensorrt()
-        super().__init__(variant, manifest, empty_clip_feat, device)
+        super().__init__(variant, manifest, constants, device)
         self.trt = trt
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = {
@@ -64,7 +64,7 @@ class TrtParts(GraphParts):
             raise UsageError("the tensorrt backend runs on a CUDA device; pass --device cuda")
         v = variant
         engines_dir = Path(engines_dir)
-        manifest, empty_clip_feat = read_engines(engines_dir, v)
+        manifest, constants = read_engines(engines_dir, v)
         if manifest.precision == "int8":
             raise UsageError(
                 f"{engines_dir} is an int8 build, for ONNX Runtime on the CPU only; use "
@@ -86,7 +86,7 @@ class TrtParts(GraphParts):
             if not path.is_file():
                 raise CheckpointError(f"{path} is listed in the manifest but missing; rebuild")
             engines[part] = path.read_bytes()
-        return cls(v, manifest, engines, empty_clip_feat, device)
+        return cls(v, manifest, engines, constants, device)
 
     def _bind(self, part: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Bind inputs and freshly allocated outputs of `part`'s context; return the outputs."""

@@ -14,23 +14,27 @@ stem is normalised to that integrated loudness (off by default: stems are mixed 
 The CLI, the benchmark's file-to-file run, batch jobs and the server all go through here.
 """
 
+import math
 import os
 import re
 import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from ... import __version__
 from ..errors import OutputError, UsageError
 from ..media import FALLBACK_CONTAINER, MUX_FORMATS
-from .timecode import Timecode
+from .timecode import Timecode, timecode_rate
 
 if TYPE_CHECKING:
+    from ..media import Edit
     from .loudness import Loudness
 
 AUDIO_FORMATS = ("wav", "flac")
@@ -50,7 +54,7 @@ class Stem:
 
 @dataclass(frozen=True)
 class OutputPlan:
-    clip: Path
+    clip: "Path | Edit"
     stems: tuple[Stem, ...]
     fmt: str = "wav"
     sample_rate: int | None = None  # None: the model's rate
@@ -84,7 +88,7 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def plan_outputs(
-    clip: str | os.PathLike,
+    clip: "str | os.PathLike | Edit",
     prompts: list[str],
     out_dir: str | os.PathLike,
     *,
@@ -95,14 +99,29 @@ def plan_outputs(
     name: str | None = None,
     otio: bool = False,
     loudness: float | None = None,
+    timecode: Timecode | None = None,
 ) -> OutputPlan:
     """Output paths per prompt (`<name or clip stem>_<prompt slug>.<fmt>` and the muxed video,
     plus `<name or clip stem>.otio` with `otio`), refusing before any work to clobber files
-    (without `force`), to write where it cannot, or to use a clip timecode it cannot read."""
+    (without `force`), to write where it cannot, or to use a clip timecode it cannot read.
+    `timecode`: of the picture's first frame (default: the clip's own); an edit's stems are
+    placed by it (00:00:00:00 without), and get no muxed video or timeline of their own."""
+    from .. import media
     from .timecode import clip_timecode
     from .timeline import require_otio
 
-    clip, out_dir = Path(clip), Path(out_dir)
+    out_dir = Path(out_dir)
+    if isinstance(clip, media.Edit):
+        if video or otio:
+            raise UsageError(
+                f"{clip.name} is an edit of several clips: it gets stems only (pass --no-video)"
+            )
+        for segment in clip.segments:
+            media.existing_file(segment.path)
+        if timecode is None:
+            timecode = Timecode(0, timecode_rate(media.probe(clip.segments[0].path).fps))
+    else:
+        clip = Path(clip)
     low, high = LOUDNESS_TARGETS
     if loudness is not None and not (isinstance(loudness, int | float) and low <= loudness <= high):
         raise UsageError(f"loudness {loudness!r} is out of range; use {low:g}..{high:g} LUFS")
@@ -133,7 +152,7 @@ def plan_outputs(
         fmt,
         sample_rate,
         force,
-        timecode=clip_timecode(clip),
+        timecode=timecode or clip_timecode(clip),
         otio=out_dir / f"{name or clip.stem}.otio" if otio else None,
         loudness=loudness,
     )
@@ -193,17 +212,18 @@ def write_outputs(plan: OutputPlan, result, variant: str = "") -> list[Delivered
     try:
         delivered = []
         for stem, wav in zip(plan.stems, result.audio, strict=True):
-            done, gain = _write_stem(plan, stem, wav, result, timecode, variant, stage)
+            done, audio = _write_stem(plan, stem, wav, result, timecode, variant, stage)
             delivered.append(done)
-            if stem.video is not None:
+            if stem.video is not None:  # the stem as written: the same rate, gain and length
                 media.mux(
                     plan.clip,
-                    wav * gain,
-                    result.sample_rate,
+                    audio,
+                    done.sample_rate,
                     stage(stem.video),
                     start=result.start,
                     duration=result.duration,
                     force=True,
+                    timecode=timecode,
                 )
         if plan.otio is not None:
             tracks = [
@@ -229,19 +249,23 @@ def write_outputs(plan: OutputPlan, result, variant: str = "") -> list[Delivered
     return delivered
 
 
-def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Delivered, float]:
+def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Delivered, np.ndarray]:
     """Write one stem at the plan's rate, normalised if asked, and measure the file as written;
-    WAV stems get their bext and iXML chunks. -> (what was written, the linear gain applied)."""
+    WAV stems get their bext and iXML chunks. -> (what was written, the audio [C, T] written:
+    resampled and gained, what the muxed video carries)."""
     import soundfile
-    import torch
 
     from .. import media
-    from . import bwf, loudness
+    from . import bwf, loudness, vorbis
+    from .timecode import rate_text
 
     x = np.atleast_2d(np.asarray(wav, dtype=np.float32))  # [C, T] at the model's rate
     rate = plan.sample_rate or result.sample_rate
     if rate != result.sample_rate:
         x = media.resample(torch.from_numpy(x), result.sample_rate, rate).numpy()
+        # As long as the picture, to the sample, at the new rate too.
+        n = round(Fraction(result.duration) * rate)
+        x = np.pad(x[:, :n], ((0, 0), (0, max(0, n - x.shape[1]))))
     gain_db, limited = 0.0, False
     if plan.loudness is not None:
         gain_db, limited = loudness.normalising_gain(x, rate, plan.loudness)
@@ -251,6 +275,25 @@ def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Deli
     written, _ = soundfile.read(tmp, dtype="float32", always_2d=True)
     measured = loudness.measure(written.T, rate)
     time_reference = timecode.samples(rate, result.start)
+    if plan.fmt == "flac":
+        at = Timecode(
+            timecode.frames + math.floor(Fraction(result.start) * timecode.rate),
+            timecode.rate,
+            timecode.drop_frame,
+        )
+        comments = [
+            ("TITLE", stem.prompt),
+            ("DESCRIPTION", stem.prompt),
+            ("ENCODER", f"selva-rt {__version__}"),
+            ("SELVA_VARIANT", variant),
+            ("SELVA_SEED", str(result.seed)),
+            ("SELVA_STEPS", str(result.steps)),
+            ("SELVA_CFG", f"{result.cfg:g}"),
+            ("TIMECODE", str(at)),
+            ("TIMECODE_RATE", rate_text(timecode.rate)),
+            ("TIME_REFERENCE", str(time_reference)),
+        ]
+        vorbis.flac_comments(tmp, f"selva-rt {__version__}", comments)
     if plan.fmt == "wav":
         model = " ".join(
             str(p) for p in ("selva-rt", __version__, variant, "seed", result.seed) if p
@@ -288,7 +331,7 @@ def _write_stem(plan, stem, wav, result, timecode, variant, stage) -> tuple[Deli
             ],
         )
     done = Delivered(stem, rate, len(written), measured, time_reference, gain_db, limited)
-    return done, gain
+    return done, x * gain
 
 
 def report(
@@ -301,8 +344,10 @@ def report(
     """The machine-readable account of one generation (`--json`); with `delivered` (what
     write_outputs returns) each stem's loudness and timecode position too."""
     timings = result.timings if timings is None else timings
+    # Absolute paths: a tool that embeds the CLI may run it from any working folder.
     outputs = [
-        {"prompt": s.prompt, "audio": str(s.audio)} | ({"video": str(s.video)} if s.video else {})
+        {"prompt": s.prompt, "audio": str(s.audio.resolve())}
+        | ({"video": str(s.video.resolve())} if s.video else {})
         for s in plan.stems
     ]
     for entry, done in zip(outputs, delivered or [], strict=False):
@@ -316,7 +361,7 @@ def report(
     timecode = plan.timecode
     return {
         "variant": pipe.variant.name,
-        "clip": str(plan.clip),
+        "clip": str(Path(plan.clip).resolve()),
         "seed": result.seed,
         "steps": result.steps,
         "cfg": result.cfg,
@@ -325,9 +370,12 @@ def report(
         "sample_rate": plan.sample_rate or result.sample_rate,
         "device": str(pipe.device),
         "precision": pipe.precision,
+        # CPU threads: bf16 on the CPU rounds by oneDNN's blocking, which follows the count, so
+        # stems are reproducible from the seed for one count on one kind of CPU (README).
+        "threads": torch.get_num_threads(),
         "outputs": outputs,
         **({"timecode": _timecode_dict(timecode)} if timecode else {}),
-        **({"otio": str(plan.otio)} if plan.otio else {}),
+        **({"otio": str(plan.otio.resolve())} if plan.otio else {}),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
 

@@ -2,9 +2,12 @@
 audio track, at the record time where it belongs.
 
 The timeline starts at the clip's timecode, so source and record timecode agree: the picture
-from `start` sits `start` seconds in, each stem likewise. Picture times count frames at the
-timecode rate (30000/1001 for 29.97, exact as OTIO's float rates go); stem times count samples
-at the stem's rate. Media references are URLs relative to the .otio file.
+from `start` sits `start` seconds in, each stem likewise. Every time counts frames at the
+timecode rate (30000/1001 for 29.97, exact as OTIO's float rates go), stems' too: a stem that
+starts between frames has a fractional frame count, so its place stays sample-accurate in
+seconds (as its BWF TimeReference is), and the OpenTimelineIO adapters for other hosts (FCP7
+XML, FCPXML), which take only frame rates, convert the timeline (they round to frames). Media
+references are URLs relative to the .otio file.
 """
 
 import os
@@ -82,11 +85,13 @@ def build_timeline(
     )
     timeline.tracks.append(picture)
     for stem in stems:
-        rate = stem.sample_rate
         track = otio.schema.Track(name=stem.name, kind=otio.schema.TrackKind.Audio)
         if start > 0:
-            track.append(otio.schema.Gap(duration=time(start * rate, rate)))
-        available = span(time(float(source * rate), rate), time(stem.samples, rate))
+            track.append(otio.schema.Gap(duration=time(start * fps, fps)))
+        seconds = Fraction(stem.samples, stem.sample_rate)
+        available = span(
+            time(float(source * timecode.rate), fps), time(float(seconds * timecode.rate), fps)
+        )
         track.append(
             otio.schema.Clip(
                 name=stem.name,

@@ -14,7 +14,7 @@ from ..cache import tensor_digest
 from ..errors import UsageError
 from ..models.mixture import sample_mixture
 from ..models.video_encoder import num_segments
-from ..variants import SYNC_HOP, SYNC_SEGMENT, VARIANTS
+from ..variants import SYNC_HOP, SYNC_SEGMENT, separating_variants
 from ..windows import Layout
 from .family import Run
 from .flow import FlowFamily, TextFeatures
@@ -36,9 +36,9 @@ class MMAudio(FlowFamily):
         if self.variant.separation and not mixture:
             raise UsageError(f"{self.variant.name} separates a mixture: use selva-rt separate")
         if mixture and not self.variant.separation:
-            separating = [n for n, v in VARIANTS.items() if v.separation]
             raise UsageError(
-                f"{self.variant.name} generates; separation needs one of: {', '.join(separating)}"
+                f"{self.variant.name} generates; separation needs one of: "
+                + ", ".join(separating_variants())
             )
 
     @torch.inference_mode()

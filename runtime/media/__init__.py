@@ -3,12 +3,14 @@ the clip. Callers use this package's names; its modules import one another direc
 
     files   opening a file (PyAV, soundfile on first use) and the checks every reader shares
     video   decoding a clip's windows bit-exactly as the official reader (and probing it)
+    edit    source ranges of several clips played back to back, decoded as one picture
     audio   the resampler, and reading an audio track (a mixture to separate)
     write   stems written atomically as 24-bit WAV/FLAC
     mux     the stem beside the clip's video stream, stream-copied
 """
 
 from .audio import read_audio, resample
+from .edit import Edit, Segment
 from .files import existing_file
 from .mux import FALLBACK_CONTAINER, MUX_FORMATS, mux, mux_suffix
 from .video import (
@@ -28,6 +30,8 @@ __all__ = [
     "FALLBACK_CONTAINER",
     "MUX_FORMATS",
     "ClipInfo",
+    "Edit",
+    "Segment",
     "Video",
     "clip_duration",
     "decode_video",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations  # PyAV types in signatures stay unevaluated (OnFirstUse)
 
+import dataclasses
 import heapq
 import io
 import math
@@ -9,6 +10,7 @@ import os
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +18,9 @@ import torch
 from ..errors import MediaError, OutputError, UsageError
 from .files import av, existing_file, open_media, packets_from, video_stream, why
 from .write import AtomicWrite, as_channels, pcm24
+
+if TYPE_CHECKING:
+    from ..delivery.timecode import Timecode
 
 # Muxed video: output suffix -> (muxer, audio codec, PyAV sample format of the frames fed to it).
 # Stream copy keeps the clip's container where its audio codec choice is clear (AAC in MP4, PCM in
@@ -39,6 +44,7 @@ def mux(
     start: float = 0.0,
     duration: float | None = None,
     force: bool = False,
+    timecode: Timecode | None = None,
 ) -> Path:
     """Put `audio` ([C, T] or [T] float in [-1, 1], generated for the clip's window from
     `start`) beside the clip's video stream, copied without re-encoding.
@@ -53,6 +59,9 @@ def mux(
     place in it: when `start` is not on a keyframe it begins after (start - keyframe) seconds of
     silence. The audio is cut where the last picture ends. With start == 0 and a clip no longer
     than the window, every video packet is copied: the video stream is bit-identical.
+
+    `timecode` (the clip's first frame's) is written for the copy's first frame (a MOV/MP4
+    `tmcd` track, a Matroska tag), so an editor finds the copy where the clip was.
     """
     video_path, out_path = existing_file(video_path), Path(out_path)
     suffix = out_path.suffix.lower()
@@ -97,6 +106,10 @@ def mux(
                 if muxer in ("mp4", "mov") and source.format.name.startswith("mov,mp4"):
                     # Keep e.g. HEVC's 'hvc1' (Apple players refuse ffmpeg's default 'hev1').
                     out_video.codec_context.codec_tag = stream.codec_context.codec_tag
+                if timecode is not None:  # the copy starts at the keyframe `origin`
+                    shift = round(origin * tb * timecode.rate)
+                    label = str(dataclasses.replace(timecode, frames=timecode.frames + shift))
+                    out_video.metadata["timecode"] = label
                 out_audio = _audio_stream(out, codec, sample_rate, x.shape[0])
                 for packet in video:
                     packet.stream = out_video

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..errors import MediaError, UsageError
 from ..variants import CLIP_FPS, CLIP_SIZE, DEFAULT_DURATION, SYNC_FPS, SYNC_SEGMENT, SYNC_SIZE
+from .edit import Edit
 from .files import av, existing_file, open_media, packets_from, video_stream, why
 
 _BAR = "{desc}: {n:.2f}/{total:.2f} s |{bar}|"
@@ -42,6 +43,8 @@ MAX_SIDE = 8192
 MAX_END_REPEATS = 2
 # Decoding that ends this much before the stream's stated duration means a truncated file.
 TRUNCATION_SLACK = 0.5
+# Seconds within which two times are the same (float windows against exact frame times).
+EPSILON = 1e-6
 
 
 @dataclass
@@ -66,7 +69,7 @@ class Video:
     sync_index: torch.Tensor
     clip_index: torch.Tensor
     decoded_frames: int  # frames the decoder produced (a measure of work done)
-    source: Path | None = None  # the clip it was decoded from
+    source: Path | Edit | None = None  # the clip (or edit) it was decoded from
     more: bool = False  # the clip has more picture after the window (`decode_video(peek=True)`)
 
     def head(self, duration: float) -> Video:
@@ -144,7 +147,7 @@ class _Track:
 
 
 def decode_video(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Edit,
     duration: float = DEFAULT_DURATION,
     start: float = 0.0,
     need_clip: bool = False,
@@ -152,8 +155,10 @@ def decode_video(
     clip_size: int = CLIP_SIZE,
     sync_center_crop: bool = False,
     peek: bool = False,
+    to_end: bool = False,
 ) -> Video:
-    """Decode the window [start, start + duration] of a clip's first video stream.
+    """Decode the window [start, start + duration] of a clip's first video stream (or of an
+    `Edit`'s picture).
 
     With start == 0 this is the official `load_video(path, duration)`; `sync_center_crop` gives
     MMAudioSep's version of it (see `resize`). `start` is our
@@ -162,23 +167,36 @@ def decode_video(
     soon as later frames cannot change the result; with `peek`, one frame on, which tells
     whether the clip has more picture after the window (`Video.more`: a longer clip is then
     generated in windows, without a pass to measure it first).
+
+    `to_end` (selva-rt's, for stems that cover the picture to its last frame): where the
+    picture ends inside the window, the window's duration is the exact time from `start` to the
+    end of the last frame, not the official frame-count rule's (which can drop the last frames:
+    2.96 s of a 3.00 s clip), and the last frame is held for the model's frames past it.
     """
-    path = existing_file(path)
+    source = _source(path)
     _check_window(duration, start)
     window = _Window(start, duration, need_clip, clip_size, sync_center_crop, peek)
-    decoded = next(_decode(path, [window], progress))
-    duration = min(duration, window.clip.seconds(), window.sync.seconds())
+    decoded = next(_decode(source, [window], progress))
+    left = None if decoded.end is None else decoded.end - Fraction(start)  # picture from start
+    more, exact = window.more(), to_end or isinstance(source, Edit)
+    if exact and left is not None and left <= duration + EPSILON:
+        duration = min(duration, float(left))
+        window.hold(duration)
+    else:
+        if exact and left is not None:
+            more = more or left > duration + EPSILON
+        duration = min(duration, window.clip.seconds(), window.sync.seconds())
     n_sync = int(SYNC_FPS * duration)
     if n_sync < SYNC_SEGMENT:
         raise MediaError(
-            f"{path.name} gives only {duration:.2f} s of video from {start:.2f} s; at least "
+            f"{_name(source)} gives only {duration:.2f} s of video from {start:.2f} s; at least "
             f"{SYNC_SEGMENT / SYNC_FPS:.2f} s ({SYNC_SEGMENT} frames at {SYNC_FPS} fps) is needed"
         )
-    return window.video(decoded, duration)
+    return window.video(decoded, duration, more)
 
 
 def decode_windows(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Edit,
     starts: Sequence[float],
     duration: float,
     need_clip: bool = False,
@@ -196,44 +214,54 @@ def decode_windows(
     short, its last frame is held, as the official batch path pads a short clip; more is a
     damaged clip.
     """
-    path = existing_file(path)
+    source = _source(path)
     for s in starts:
         _check_window(duration, s)
     windows = [_Window(s, duration, need_clip, clip_size, sync_center_crop) for s in starts]
     n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration) if need_clip else 0
-    for decoded, window in zip(_decode(path, windows, progress), windows, strict=True):
-        for track, n in ((window.sync, n_sync), (window.clip, n_clip)):
-            if not 0 < n - len(track.frames) <= MAX_END_REPEATS:
-                continue
-            track.frames += track.frames[-1:] * (n - len(track.frames))
-            track.index += track.index[-1:] * (n - len(track.index))
+    for decoded, window in zip(_decode(source, windows, progress), windows, strict=True):
+        window.hold(duration, MAX_END_REPEATS)
         if len(window.sync.frames) < n_sync or len(window.clip.frames) < n_clip:
             raise MediaError(
-                f"{path.name} ends at {window.start + window.sync.seconds():.2f} s, before "
+                f"{_name(source)} ends at {window.start + window.sync.seconds():.2f} s, before "
                 f"{window.start + duration:.2f} s: its frames stop short of its timestamps "
                 "(damaged or truncated)"
             )
         yield window.video(decoded, duration)
 
 
-def clip_duration(path: str | os.PathLike, start: float = 0.0) -> float:
+def clip_duration(
+    path: str | os.PathLike | Edit, start: float = 0.0, to_end: bool = False
+) -> float:
     """Seconds of picture from `start` by the official duration rule (`decode_video` with no
     limit on the duration), from the packets' timestamps: no frame is decoded (when every packet
     has one; else the frames are decoded for their times). 0 when nothing is at or after start.
+    `to_end`: the exact time to the end of the last frame instead (`decode_video(to_end=True)`);
+    an Edit's is always exact.
     """
+    if isinstance(path, Edit):
+        return max(0.0, float(path.duration - Fraction(start)))
     path = existing_file(path)
     with open_media(path) as container:
         stream = video_stream(container, path)
-        pts = [p.pts for p in packets_from(container, stream, start) if p.size]
-        if None in pts:
+        step = 1 / Fraction(_fps(stream)) if _fps(stream) else Fraction(0)
+        packets = [p for p in packets_from(container, stream, start) if p.size]
+        if any(p.pts is None for p in packets):
             stream.thread_type = "AUTO"
-            times = [f.time for f in _decoded_frames(container, stream, start, path)]
+            timed = [
+                (Fraction(f.pts) * f.time_base, _frame_length(f, step))
+                for f in _decoded_frames(container, stream, start, path)
+                if f.pts is not None
+            ]
         else:
-            times = [float(t * stream.time_base) for t in pts]
-    times = [t for t in times if t is not None and t >= start]
-    if not times:
+            tb = stream.time_base
+            timed = [(p.pts * tb, p.duration * tb if p.duration else step) for p in packets]
+    timed = [(t, d) for t, d in timed if t >= Fraction(start)]
+    if not timed:
         return 0.0
-    last = max(times) - start
+    if to_end:
+        return float(max(t + d for t, d in timed) - Fraction(start))
+    last = float(max(t for t, _ in timed)) - start
     slots = {}
     for fps in (SYNC_FPS, CLIP_FPS):  # output frames whose accumulated time the last one reaches
         track = _Track(fps, 0, 0)
@@ -242,6 +270,19 @@ def clip_duration(path: str | os.PathLike, start: float = 0.0) -> float:
             track.next_t += track.step
         slots[fps] = track.seconds()
     return min(slots.values())
+
+
+def _source(path: str | os.PathLike | Edit) -> Path | Edit:
+    return path if isinstance(path, Edit) else existing_file(path)
+
+
+def _name(source: Path | Edit) -> str:
+    return source.name
+
+
+def _frame_length(frame: av.VideoFrame, step: Fraction) -> Fraction:
+    """How long a frame shows: its own duration, else one frame at the stream's rate."""
+    return Fraction(frame.duration) * frame.time_base if frame.duration else step
 
 
 def _check_window(duration: float, start: float) -> None:
@@ -282,7 +323,23 @@ class _Window:
         it) is longer than the window's."""
         return all(track.seconds() > self.duration for track in self.tracks)
 
-    def video(self, decoded: _Decoded, duration: float) -> Video:
+    def hold(self, duration: float, most: int | None = None) -> None:
+        """Hold each track's last frame for the frames `duration` needs that the picture did
+        not fill (at most `most` per track; None: any number)."""
+        for track, fps, keep in (
+            (self.sync, SYNC_FPS, True),
+            (self.clip, CLIP_FPS, self.need_clip),
+        ):
+            n = int(fps * duration)
+            short = n - len(track.index)
+            if short <= 0 or not track.index or (most is not None and short > most):
+                continue
+            if keep:
+                track.frames += track.frames[-1:] * short
+            track.index += track.index[-1:] * short
+            track.count = max(track.count, n)
+
+    def video(self, decoded: _Decoded, duration: float, more: bool | None = None) -> Video:
         """The window's Video, `duration` seconds of it (its frames move into the Video)."""
         n_sync, n_clip = int(SYNC_FPS * duration), int(CLIP_FPS * duration)
         video = Video(
@@ -297,7 +354,7 @@ class _Window:
             clip_index=torch.tensor(self.clip.index[:n_clip], dtype=torch.int64),
             decoded_frames=decoded.frames,
             source=decoded.source,
-            more=self.more(),
+            more=self.more() if more is None else more,
         )
         self.sync.frames, self.clip.frames = [], []
         return video
@@ -309,38 +366,30 @@ class _Decoded:
 
     fps: Fraction
     size: tuple[int, int]
-    source: Path
+    source: Path | Edit
     rotation: int = 0
     frames: int = 0  # decoded so far
+    end: Fraction | None = None  # where the picture ends (the source was read to its end)
 
 
-def _decode(path: Path, windows: list[_Window], progress: bool) -> Iterator[_Decoded]:
-    """One pass over the stream from the keyframe before the first window; yields once per
-    window (in order) when it is complete: full, passed, or the stream ended."""
+def _decode(source: Path | Edit, windows: list[_Window], progress: bool) -> Iterator[_Decoded]:
+    """One pass over the picture from the keyframe before the first window; yields once per
+    window (in order) when it is complete: full, passed, or the picture ended."""
     first, end = windows[0].start, windows[-1].start + windows[-1].duration
-    with open_media(path) as container:
-        stream = video_stream(container, path)
-        info = _Decoded(_fps(stream), _check_size(stream, path), path.resolve())
-        stream.thread_type = "AUTO"
-        bar = tqdm(
-            total=round(end - first, 2),
-            unit="s",
-            desc="decoding",
-            leave=False,
-            disable=not (progress and sys.stderr.isatty()),
-            bar_format=_BAR,
-        )
+    info = _Decoded(Fraction(0), (0, 0), source if isinstance(source, Edit) else source.resolve())
+    reader = _edit_frames if isinstance(source, Edit) else _file_frames
+    frames = reader(source, first, info)
+    bar = tqdm(
+        total=round(end - first, 2),
+        unit="s",
+        desc="decoding",
+        leave=False,
+        disable=not (progress and sys.stderr.isatty()),
+        bar_format=_BAR,
+    )
+    try:
         pending = 0  # the first window not yet yielded
-        for frame in _decoded_frames(container, stream, first, path):
-            t = frame.time
-            if t is None:
-                raise MediaError(
-                    f"{path.name} has video frames without timestamps; remux it into MP4 first"
-                )
-            if info.frames == 0:
-                info.rotation = _rotation(frame, path)
-                first_index = _frame_number(stream, t, info.fps) if first > 0 else 0
-            index = first_index + info.frames  # decode-order number of this frame
+        for frame, t, index, rotation in frames:
             info.frames += 1
             pictures: dict[int, torch.Tensor] = {}
             for window in windows[pending:]:
@@ -350,23 +399,115 @@ def _decode(path: Path, windows: list[_Window], progress: bool) -> Iterator[_Dec
                 if window.done or (t - window.start > window.duration and not window.peek):
                     window.done = True
                     continue
-                _take(frame, t - window.start, index, info.rotation, window.tracks, pictures)
+                _take(frame, t - window.start, index, rotation, window.tracks, pictures)
                 window.done = window.full()
             bar.update(round(min(t - first, end - first), 2) - bar.n)
             while pending < len(windows) and windows[pending].done:
                 pending += 1
                 yield info
             if pending == len(windows):
-                break
-        else:  # the stream ended inside a window
-            if info.frames == 0:
-                raise MediaError(f"{path.name} has a video stream but no decodable frames")
-            if t < first:
-                raise MediaError(f"{path.name} ends at {t:.2f} s, before the start {first:.2f} s")
-            _check_not_truncated(stream, t, info.fps, path)
-            for _ in windows[pending:]:
-                yield info
+                return
+        for _ in windows[pending:]:  # the picture ended inside a window
+            yield info
+    finally:
+        frames.close()
         bar.close()
+
+
+def _file_frames(path: Path, first: float, info: _Decoded):
+    """(frame, time, decode-order number, rotation) of a clip's frames from the keyframe before
+    `first`; fills in `info` (rate and size on opening; `end` once the stream is exhausted)."""
+    with open_media(path) as container:
+        stream = video_stream(container, path)
+        info.fps, info.size = _fps(stream), _check_size(stream, path)
+        stream.thread_type = "AUTO"
+        count, last = 0, None
+        for frame in _decoded_frames(container, stream, first, path):
+            t = frame.time
+            if t is None:
+                raise MediaError(
+                    f"{path.name} has video frames without timestamps; remux it into MP4 first"
+                )
+            if last is None:
+                info.rotation = _rotation(frame, path)
+                first_index = _frame_number(stream, t, info.fps) if first > 0 else 0
+            last = frame
+            yield frame, t, first_index + count, info.rotation
+            count += 1
+        if last is None:
+            raise MediaError(f"{path.name} has a video stream but no decodable frames")
+        if last.time < first:
+            raise MediaError(
+                f"{path.name} ends at {last.time:.2f} s, before the start {first:.2f} s"
+            )
+        _check_not_truncated(stream, last.time, info.fps, path)
+        step = 1 / Fraction(info.fps) if info.fps else Fraction(0)
+        info.end = Fraction(last.pts) * last.time_base + _frame_length(last, step)
+
+
+def _edit_frames(edit: Edit, first: float, info: _Decoded):
+    """(frame, edit time, number, rotation) of an Edit's picture from `first`: each segment's
+    frames from its in point to its out point, placed after the segments before it. A frame
+    that shows at a segment's in point but starts before it (sources at another rate) plays
+    from the in point. Fills in `info` as `_file_frames` does."""
+    offset, count, begin = Fraction(0), 0, Fraction(first)
+    for segment in edit.segments:
+        if offset + segment.duration <= begin:
+            offset += segment.duration
+            continue
+        path = existing_file(segment.path)
+        out = segment.start + segment.duration
+        with open_media(path) as container:
+            stream = video_stream(container, path)
+            size, fps = _check_size(stream, path), _fps(stream)
+            if count == 0:
+                info.fps, info.size = fps, size
+            step = 1 / Fraction(fps) if fps else Fraction(0)
+            stream.thread_type = "AUTO"
+            seek = segment.start + max(Fraction(0), begin - offset)
+            rotation, held, last, placed = None, None, None, 0
+            for frame in _decoded_frames(container, stream, float(seek), path):
+                if frame.pts is None:
+                    raise MediaError(
+                        f"{path.name} has video frames without timestamps; remux it into MP4 first"
+                    )
+                if rotation is None:
+                    rotation = _rotation(frame, path)
+                    info.rotation = info.rotation if count else rotation
+                t = Fraction(frame.pts) * frame.time_base
+                last = (t, frame)
+                if t < segment.start:
+                    held = frame
+                    continue
+                if held is not None and (t > segment.start):
+                    yield held, float(offset), count, rotation
+                    count, placed = count + 1, placed + 1
+                held = None
+                if t >= out:
+                    break
+                yield frame, float(offset + t - segment.start), count, rotation
+                count, placed = count + 1, placed + 1
+            else:
+                if last is None:
+                    raise MediaError(f"{path.name} has a video stream but no decodable frames")
+                t, frame = last
+                ends = t + _frame_length(frame, step)
+                if ends < out - step / 2:
+                    raise MediaError(
+                        f"{path.name} ends at {float(ends):.2f} s, before the out point "
+                        f"{float(out):.2f} s that {edit.name} uses"
+                    )
+                if held is not None:
+                    yield held, float(offset), count, rotation
+                    count, placed = count + 1, placed + 1
+            if not placed:
+                raise MediaError(f"{path.name} has no picture at {float(segment.start):.2f} s")
+        offset += segment.duration
+    if count == 0:
+        raise MediaError(
+            f"{edit.name} is {float(edit.duration):.2f} s long: no picture from {first:.2f} s"
+        )
+    info.end = offset
 
 
 @dataclass(frozen=True)

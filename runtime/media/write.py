@@ -84,7 +84,7 @@ class AtomicWrite:
             raise OutputError(f"cannot write {self.path}: {why(err)}") from None
         os.close(fd)
         # mkstemp makes the file 0600; a written file gets what the user's umask gives.
-        os.chmod(self.tmp, 0o666 & ~_umask())
+        os.chmod(self.tmp, file_mode())
         return self.tmp
 
     def __exit__(self, kind, err, tb):
@@ -99,7 +99,9 @@ class AtomicWrite:
         return False
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The permissions a new file gets under the user's umask (temporary files are made 0600;
+    a written file should look like any other the user makes)."""
     mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask

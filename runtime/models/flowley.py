@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...kernels.psca_attention import PSCALayer, psca_attention
+from ...kernels.psca_attention import PSCALayer, psca_attention, psca_bias
 from ..errors import CheckpointError
 from ..variants import FlowleyConfig
 from .checkpoint import StateDict, expected_shapes, load_strict
@@ -43,8 +43,10 @@ PREFIX = "model."  # the released file is RectifiedFlowMatching's state: model.<
 TIED = "single_modal_stream."
 # q, k, v, layer -> out: psca_attention (dispatcher) or one of its implementations.
 PSCAFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, PSCALayer], torch.Tensor]
-# Non-persistent buffers older checkpoints may hold; the official loader deletes them.
-DROPPED_KEYS = ("multi_audio_rot", "single_audio_rot", "multi_visual_rot")
+# The fp32 RoPE tables of one duration (`rope_tables`); older checkpoints may hold them as
+# non-persistent buffers, which the official loader deletes.
+ROPE_TABLES = ("multi_audio_rot", "multi_visual_rot", "single_audio_rot")
+DROPPED_KEYS = ROPE_TABLES
 
 
 class FlowleyConditions(NamedTuple):
@@ -63,6 +65,55 @@ class FlowleyConditions(NamedTuple):
 
 def cat_conditions(*conds: FlowleyConditions) -> FlowleyConditions:
     return FlowleyConditions(*(torch.cat(fields) for fields in zip(*conds, strict=True)))
+
+
+def normalize_text(t5_states: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Flan-T5 states [B, Lt, W] -> L2-normalised along the sequence axis (padding rows
+    included), in fp32, then `dtype`: what the released text features are."""
+    return F.normalize(t5_states.float(), dim=1).to(dtype)
+
+
+def rope_tables(config: FlowleyConfig, la: int, lv: int, device=None) -> dict[str, torch.Tensor]:
+    """The fp32 RoPE tables of La audio latents and Lv video frames (the video stretched by
+    La / Lv onto the audio time axis), named as ROPE_TABLES."""
+    H = config.hidden_dim
+    multi, single = H // config.multi_heads, H // config.single_heads
+    return {
+        "multi_audio_rot": rope_table(la, multi, 1.0, device),
+        "multi_visual_rot": rope_table(lv, multi, la / lv, device),
+        "single_audio_rot": rope_table(la, single, 1.0, device),
+    }
+
+
+def psca_layers(config: FlowleyConfig) -> list[PSCALayer]:
+    """The soft-mask parameters of each application of the tied block."""
+    return [
+        PSCALayer(
+            layer,
+            num_layers=config.single_depth,
+            window=config.mask_window,
+            fade_range=config.mask_fade_range,
+            video_fps=config.video_fps,
+        )
+        for layer in range(config.single_depth)
+    ]
+
+
+def psca_biases(config: FlowleyConfig, la: int, lv: int, device=None) -> torch.Tensor:
+    """Every application's PSCA bias log(M_l + eps), [single_depth, La, Lv] float32: what an
+    exported step takes as an input (`psca_from_biases`)."""
+    return torch.stack([psca_bias(p, la, lv) for p in psca_layers(config)]).to(device)
+
+
+def psca_from_biases(biases: torch.Tensor) -> PSCAFn:
+    """A `psca_fn` that reads layer l's bias from `biases` [L, La, Lv] (fp32, rounded to q's
+    dtype as `psca_attention_reference` rounds its own): SDPA with that additive mask."""
+
+    def psca_fn(q, k, v, psca: PSCALayer) -> torch.Tensor:
+        bias = biases[psca.layer].to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+    return psca_fn
 
 
 class FlowleyRMSNorm(nn.Module):
@@ -322,16 +373,7 @@ class Flowley(nn.Module):
         self.empty_visual_feature = nn.Parameter(torch.zeros(1, c.video_dim))
         self.empty_text_feature = nn.Parameter(torch.zeros(1, c.text_dim))
         self.requires_grad_(False)
-        self.psca = [
-            PSCALayer(
-                layer,
-                num_layers=c.single_depth,
-                window=c.mask_window,
-                fade_range=c.mask_fade_range,
-                video_fps=c.video_fps,
-            )
-            for layer in range(c.single_depth)
-        ]
+        self.psca = psca_layers(c)
         self.update_seq_lengths(audio_seq_len, visual_seq_len)
 
     # -- sequence lengths and tables -------------------------------------------------------
@@ -341,15 +383,11 @@ class Flowley(nn.Module):
         self._build_tables()
 
     def _build_tables(self) -> None:
-        """The fp32 RoPE tables (audio; video stretched by La/Lv onto the audio time axis)."""
-        c, dev = self.config, self.latent_mean.device
-        La, Lv = self.audio_seq_len, self.visual_seq_len
-        multi, single = c.hidden_dim // c.multi_heads, c.hidden_dim // c.single_heads
-        for name, table in (
-            ("multi_audio_rot", rope_table(La, multi, 1.0, dev)),
-            ("single_audio_rot", rope_table(La, single, 1.0, dev)),
-            ("multi_visual_rot", rope_table(Lv, multi, La / Lv, dev)),
-        ):
+        """The fp32 RoPE tables of the module's lengths (`rope_tables`)."""
+        tables = rope_tables(
+            self.config, self.audio_seq_len, self.visual_seq_len, self.latent_mean.device
+        )
+        for name, table in tables.items():
             self.register_buffer(name, table, persistent=False)
 
     def _apply(self, fn, recurse=True):
@@ -382,6 +420,9 @@ class Flowley(nn.Module):
         video_dim] (CLIP, L2-normalised per frame), text_len [B] -> FlowleyConditions."""
         if visual.shape[1] != self.visual_seq_len:
             raise ValueError(f"{visual.shape[1]} video frames, expected {self.visual_seq_len}")
+        return self._project(text, visual, text_len)
+
+    def _project(self, text, visual, text_len) -> FlowleyConditions:
         text_f = self.text_projector(text)
         visual_f = self.visual_projector(visual)
         # The mean runs over all Lt text tokens, padding included, as the official code.
@@ -398,6 +439,19 @@ class Flowley(nn.Module):
         visual = self.empty_visual_feature[None].expand(B, self.visual_seq_len, -1)
         return self.project_conditions(text, visual, text_len)
 
+    def cfg_conditions(
+        self, text: torch.Tensor, visual: torch.Tensor, text_len: torch.Tensor
+    ) -> FlowleyConditions:
+        """The conditional rows, then the unconditional rows, of batched CFG:
+        `cat_conditions(project_conditions(...), empty_conditions(text_len))` with the lengths
+        read from the inputs (no check against the module's: an exported graph runs this)."""
+        empty_text = self.empty_text_feature[None].expand_as(text)
+        empty_visual = self.empty_visual_feature[None].expand_as(visual)
+        return cat_conditions(
+            self._project(text, visual, text_len),
+            self._project(empty_text, empty_visual, text_len),
+        )
+
     def condition(self, global_c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """global_c [B, H] + timestep embedding of t [B] (or [1], broadcast) -> c [B, H]."""
         return global_c + self.timestep_embedder(t)
@@ -410,23 +464,27 @@ class Flowley(nn.Module):
         t: torch.Tensor,
         cond: FlowleyConditions,
         psca_fn: PSCAFn | None = None,
+        tables: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """latent [B, La, A], t [B] or [1] -> flow [B, La, A]. `psca_fn`: how the tied block
-        runs PSCA (default: the dispatcher)."""
-        if latent.shape[1] != self.audio_seq_len:
-            raise ValueError(f"{latent.shape[1]} latent frames, expected {self.audio_seq_len}")
+        runs PSCA (default: the dispatcher). `tables`: the RoPE tables of the inputs' lengths
+        (`rope_tables`), default the module's own, for the lengths of `update_seq_lengths`."""
+        if tables is None:
+            if latent.shape[1] != self.audio_seq_len:
+                raise ValueError(f"{latent.shape[1]} latent frames, expected {self.audio_seq_len}")
+            tables = {name: getattr(self, name) for name in ROPE_TABLES}
         c = self.condition(cond.global_c, t)
         x, visual, text = self.audio_projector(latent), cond.visual_f, cond.text_f
         lead = x.shape[1] + visual.shape[1]
         key_bias = self.text_key_bias(cond.text_len, lead, text.shape[1]).to(x.dtype)
         for block in self.multimodal_stream:
             x, visual, text = block(
-                x, visual, text, c, self.multi_audio_rot, self.multi_visual_rot, key_bias
+                x, visual, text, c, tables["multi_audio_rot"], tables["multi_visual_rot"], key_bias
             )
         visual, text = self.cross_visual_proj(visual), self.cross_textual_proj(text)
         block = self.tied_block
         for psca in self.psca:
-            x = block(x, visual, text, c, self.single_audio_rot, psca, psca_fn)
+            x = block(x, visual, text, c, tables["single_audio_rot"], psca, psca_fn)
         return self.final_layer(x, c)
 
     @staticmethod
@@ -465,13 +523,20 @@ class Flowley(nn.Module):
         latent: torch.Tensor,
         t: torch.Tensor,
         cond_uncond: FlowleyConditions,
-        cfg_strength: float,
+        cfg_strength: float | torch.Tensor,
+        psca_fn: PSCAFn | None = None,
+        tables: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """`cfg_velocity` as one pass over the doubled batch cat_conditions(cond, uncond)."""
+        """`cfg_velocity` as one pass over the doubled batch cat_conditions(cond, uncond).
+        cfg_strength: a float, or a 0-d tensor (an exported graph's input; both branches are
+        then always computed); `psca_fn`, `tables` as `predict_flow`."""
         B = latent.shape[0]
-        if cfg_strength < 1:
-            return self.predict_flow(latent, t, FlowleyConditions(*(f[:B] for f in cond_uncond)))
-        v = self.predict_flow(torch.cat([latent, latent]), torch.cat([t, t]), cond_uncond)
+        if not isinstance(cfg_strength, torch.Tensor) and cfg_strength < 1:
+            cond = FlowleyConditions(*(f[:B] for f in cond_uncond))
+            return self.predict_flow(latent, t, cond, psca_fn, tables)
+        v = self.predict_flow(
+            torch.cat([latent, latent]), torch.cat([t, t]), cond_uncond, psca_fn, tables
+        )
         return cfg_combine(v[:B], v[B:], cfg_strength)
 
     def unnormalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,19 @@ def nearest_exact_index(src_len: int, dst_len: int, device=None) -> torch.Tensor
     return (j * scale).floor().long().clamp_max(src_len - 1).to(device)
 
 
+def mixture_bias_of(x_cond: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """MMAudioSep: the mixture latent's share of the input convolution, x_cond [B, N, C] ->
+    [B, N, H] (no conv bias), with `weight` [H, C, k] that share's weights
+    (`Generator.mixture_weight`).
+
+    The convolution is linear, so conv(cat[x_t, x_cond]) = conv(x_t; W[:, :C]) + this. The
+    mixture is fixed for a request, so this runs once, not per Euler step and CFG branch (the
+    graph backends run it on the host, with the weight from their constants).
+    """
+    pad = weight.shape[-1] // 2
+    return F.conv1d(x_cond.transpose(1, 2), weight, padding=pad).transpose(1, 2)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
@@ -425,16 +438,14 @@ class Generator(nn.Module):
 
     # -- flow ---------------------------------------------------------------------------------
 
-    def mixture_bias(self, x_cond: torch.Tensor) -> torch.Tensor:
-        """MMAudioSep: the mixture latent's share of the input convolution, x_cond [B, N, C] ->
-        [B, N, H] (no conv bias).
+    @property
+    def mixture_weight(self) -> torch.Tensor:
+        """MMAudioSep: the input convolution's weight over the mixture channels, [H, C, 7]."""
+        return self.audio_input_proj[0].weight[:, self.config.latent_dim :]
 
-        The convolution is linear, so conv(cat[x_t, x_cond]) = conv(x_t; W[:, :C]) + this. The
-        mixture is fixed for a request, so this runs once, not per Euler step and CFG branch.
-        """
-        conv, C = self.audio_input_proj[0], self.config.latent_dim
-        w = conv.weight[:, C:]
-        return F.conv1d(x_cond.transpose(1, 2), w, padding=w.shape[-1] // 2).transpose(1, 2)
+    def mixture_bias(self, x_cond: torch.Tensor) -> torch.Tensor:
+        """MMAudioSep: `mixture_bias_of(x_cond, self.mixture_weight)`."""
+        return mixture_bias_of(x_cond, self.mixture_weight)
 
     def _audio_input(
         self,

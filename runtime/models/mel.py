@@ -56,25 +56,16 @@ def mel_filterbank(
     return torch.from_numpy(weights)
 
 
-def dft_basis(n_fft: int) -> torch.Tensor:
-    """Hann-windowed real DFT as conv1d weights [2F, 1, n_fft], F = n_fft // 2 + 1: rows
-    0..F-1 give the real parts, F..2F-1 the imaginary parts (float32, built in float64)."""
-    n = np.arange(n_fft)
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)  # torch.hann_window (periodic)
-    k = np.arange(n_fft // 2 + 1)
-    angle = 2 * np.pi * (np.outer(k, n) % n_fft) / n_fft  # exact integer phase before scaling
-    basis = np.concatenate([np.cos(angle), -np.sin(angle)]) * window
-    return torch.from_numpy(basis.astype(np.float32)).unsqueeze(1)
-
-
 class MelConverter(nn.Module):
     """waveform [B, L] float32 -> log-mel [B, M, L // hop] float32 (the official MelConverter).
 
     The STFT is torch.stft in fp32, the official op (bit-exact with it on the CPU; the official
     fp32 STFT is itself 1e-5 from a float64 one on real mixtures, in the quiet bands, and the
-    golden tolerance is tighter than that). An ONNX export has no complex tensors, so there the
-    STFT is a strided conv1d over a DFT basis instead (about 1e-5 from torch.stft). Keep the
-    module in fp32 (MMAudioSep's bf16 patch): a bf16 STFT buries the quiet mel bands.
+    golden tolerance is tighter than that). The graph backends run this module on the host too:
+    ONNX has no complex tensors, and a DFT written as a convolution strayed from torch.stft by
+    2.3e-3 in the quiet bands of a 330 Hz tone (log10 mel; 4e-5 relative over the whole mel),
+    which moved tiny-sep's separated stems by 1.2e-4 to 1.8e-4 (relative L2). Keep the module in
+    fp32 (MMAudioSep's bf16 patch): a bf16 STFT buries the quiet mel bands.
     """
 
     def __init__(self, audio: AudioConfig):
@@ -86,7 +77,6 @@ class MelConverter(nn.Module):
         # checkpoint holds them, so they are not persistent.
         basis = mel_filterbank(audio.sample_rate, audio.n_fft, audio.num_mels, FMIN, audio.fmax)
         self.register_buffer("mel_basis", basis, persistent=False)
-        self.register_buffer("dft", dft_basis(audio.n_fft), persistent=False)
         window = torch.hann_window(audio.n_fft, device="cpu")  # the official (periodic) window
         self.register_buffer("window", window, persistent=False)
 
@@ -94,13 +84,8 @@ class MelConverter(nn.Module):
         """wav: [B, L] float32, L > (n_fft - hop) / 2 -> log-mel [B, M, L // hop]."""
         pad = (self.n_fft - self.hop) // 2
         x = F.pad(wav.clamp(-1.0, 1.0).unsqueeze(1), (pad, pad), mode="reflect")
-        if torch.onnx.is_in_onnx_export():
-            re, im = F.conv1d(x, self.dft, stride=self.hop).chunk(2, dim=1)  # [B, F, T] each
-            magnitude = torch.sqrt(re.pow(2) + im.pow(2) + MAGNITUDE_EPS)
-        else:
-            spec = torch.stft(
-                x[:, 0], self.n_fft, self.hop, window=self.window, center=False,
-                return_complex=True,
-            )  # fmt: skip
-            magnitude = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + MAGNITUDE_EPS)
+        spec = torch.stft(
+            x[:, 0], self.n_fft, self.hop, window=self.window, center=False, return_complex=True
+        )
+        magnitude = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + MAGNITUDE_EPS)
         return self.log(torch.matmul(self.mel_basis, magnitude).clamp(min=CLAMP_MIN))

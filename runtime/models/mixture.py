@@ -27,9 +27,14 @@ class MixtureEncoder(nn.Module):
         self.vae = vae
 
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mel = self.mel(wav.float())
-        mean, logvar = self.vae.encode(mel.to(self.vae.data_mean.dtype))
-        return mean, torch.exp(0.5 * logvar)
+        return mixture_posterior(self.vae, self.mel(wav.float()))
+
+
+def mixture_posterior(vae: VAE, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log-mel [B, M, T] -> posterior (mean, std) [B, E, T // 2] in the VAE's dtype (the
+    mixture encoder's graph part: the graph backends make the mel on the host)."""
+    mean, logvar = vae.encode(mel.to(vae.data_mean.dtype))
+    return mean, torch.exp(0.5 * logvar)
 
 
 def sample_mixture(

@@ -111,5 +111,6 @@ def build_networks(variant: Variant, paths: dict[str, Path]) -> Networks:
         clip_text.load_official(clip_state, clip_source)
     if clip_image is not None:
         clip_image.load_official(clip_state, clip_source)
-    t5 = load_t5(variant, paths.get("t5")) if variant.t5 is not None else None
+    # The model only: the family builds the tokenizer once, whatever backend runs the encoder.
+    t5 = load_t5(variant, paths.get("t5"), tokenizer=False) if variant.t5 is not None else None
     return Networks(generator, video_encoder, vae, vocoder, clip_text, t5, clip_image)

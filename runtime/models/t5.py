@@ -154,12 +154,13 @@ class T5TextEncoder:
     def __init__(
         self,
         model: transformers.T5EncoderModel | None,
-        tokenizer: transformers.PreTrainedTokenizerFast,
+        tokenizer: transformers.PreTrainedTokenizerFast | None,
         pad_to: int | None = None,
     ):
         self.model = model.eval() if model is not None else None  # None: tokenizer only
-        self.tokenizer = tokenizer
-        self.tokenizer.padding_side = "right"
+        self.tokenizer = tokenizer  # None: the model only (the family holds the tokenizer)
+        if tokenizer is not None:
+            tokenizer.padding_side = "right"
         self.pad_to = pad_to  # T5Config.pad_to
 
     @property
@@ -214,7 +215,7 @@ def _check_geometry(found: transformers.T5Config, config: T5Config, source: str)
         raise CheckpointError(f"{source} is not the expected Flan-T5 encoder: {', '.join(wrong)}")
 
 
-def from_folder(folder: str | Path, config: T5Config) -> T5TextEncoder:
+def from_folder(folder: str | Path, config: T5Config, tokenizer: bool = True) -> T5TextEncoder:
     """Load `T5EncoderModel` (fp32) and the tokenizer from a folder of the hub files
     (config.json, model.safetensors, tokenizer.json, tokenizer_config.json, ...), strictly: the
     geometry must be `config`'s and every encoder weight must be in the file, with its shape.
@@ -232,8 +233,10 @@ def from_folder(folder: str | Path, config: T5Config) -> T5TextEncoder:
         model, info = transformers.T5EncoderModel.from_pretrained(
             folder, config=hf, dtype=torch.float32, local_files_only=True, output_loading_info=True
         )
-        tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(
-            folder, local_files_only=True
+        tokenizer = (
+            transformers.PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+            if tokenizer
+            else None
         )
     except (OSError, ValueError, RuntimeError) as e:  # a misshaped weight is a RuntimeError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -246,23 +249,28 @@ def from_folder(folder: str | Path, config: T5Config) -> T5TextEncoder:
     return T5TextEncoder(model, tokenizer, config.pad_to)
 
 
-def random_encoder(config: T5Config, seed: int = TINY_SEED) -> T5TextEncoder:
+def random_encoder(
+    config: T5Config, seed: int = TINY_SEED, tokenizer: bool = True
+) -> T5TextEncoder:
     """A T5 encoder with `random_official_state(config, seed)` weights and the tiny tokenizer."""
     model = transformers.T5EncoderModel(hf_config(config))
     load_strict(model, random_official_state(config, seed), f"random T5 weights (seed {seed})")
-    return T5TextEncoder(model, tiny_tokenizer(config), config.pad_to)
+    return T5TextEncoder(model, tiny_tokenizer(config) if tokenizer else None, config.pad_to)
 
 
-def load_t5(variant: Variant, weights_dir: str | Path | None = None) -> T5TextEncoder:
+def load_t5(
+    variant: Variant, weights_dir: str | Path | None = None, tokenizer: bool = True
+) -> T5TextEncoder:
     """The Flan-T5 encoder of `variant` (fp32, CPU): made locally for a random-weight variant,
-    else loaded from `weights_dir`, the folder of its Flan-T5 hub files."""
+    else loaded from `weights_dir`, the folder of its Flan-T5 hub files. `tokenizer=False`:
+    the model alone (the runtime's families hold the tokenizer, whatever backend runs it)."""
     if variant.t5 is None:
         raise UsageError(f"variant {variant.name} takes no Flan-T5 prompt encoder")
     if variant.random_weights:
-        return random_encoder(variant.t5)
+        return random_encoder(variant.t5, tokenizer=tokenizer)
     if weights_dir is None:
         raise UsageError(f"variant {variant.name} needs the folder of its Flan-T5 files")
-    return from_folder(weights_dir, variant.t5)
+    return from_folder(weights_dir, variant.t5, tokenizer)
 
 
 def load_tokenizer(variant: Variant, weights_dir: str | Path | None = None) -> T5TextEncoder:

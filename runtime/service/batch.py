@@ -34,9 +34,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..delivery.outputs import OutputPlan, plan_outputs, write_outputs
+from ..delivery.outputs import OutputPlan, write_outputs
 from ..errors import JobError, OutputError, SelvaError, UsageError
-from .jobs import Entry, Job, decode, generate, parse_line
+from .jobs import DELIVERY, Entry, Job, decode, generate, parse_line
 
 RESULTS = "results.jsonl"
 CLIP_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
@@ -48,9 +48,6 @@ class Settings:
 
     variant: str
     precision: str  # resolved: fp32 / bf16 / fp16
-    format: str = "wav"
-    sample_rate: int | None = None
-    video: bool = True
 
 
 def read_jobs(
@@ -127,6 +124,7 @@ class Results:
         self.records: list[dict] = []
         self._ok: dict[str, dict] = {}  # job id -> its last ok record
         self._owned: set[str] = set()  # ids of jobs that named their files here
+        self._files: set[str] = set()  # files (names in the folder) a job here has written
         for record in self._read():
             self._index(record)
         self.run = f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}/{os.getpid()}"
@@ -156,6 +154,11 @@ class Results:
         """Whether a run of this same job named its files here: they may be rewritten."""
         return job_id in self._owned
 
+    def wrote(self, path: Path) -> bool:
+        """Whether a job of this folder wrote (or was writing) `path`: the batch's own file,
+        which a job whose parameters changed since (a new seed, a re-spotted cue) replaces."""
+        return path.parent == self.out_dir and path.name in self._files
+
     def append(self, record: dict) -> dict:
         now = datetime.now(timezone.utc)
         record = {"run": self.run, "time": f"{now:%Y-%m-%dT%H:%M:%S.%fZ}"} | record
@@ -166,8 +169,11 @@ class Results:
 
     def _index(self, record: dict) -> None:
         self.records.append(record)
-        if record.get("status") in ("writing", "ok"):
-            self._owned.add(record.get("id"))
+        if record.get("status") in ("writing", "ok", "timeline"):  # timeline: spot's
+            if record.get("id"):
+                self._owned.add(record.get("id"))
+            for output in record.get("outputs") or ():
+                self._files.update(f for f in (output.get("audio"), output.get("video")) if f)
         if record.get("status") == "ok":
             self._ok[record.get("id")] = record
 
@@ -285,25 +291,26 @@ def generate_together(pipe, jobs: list[tuple[Job, tuple]]) -> list:
 
 def prepare(entries: list[Entry], out_dir: Path, settings: Settings, results: Results, force: bool):
     """Give each job its id and output plan; jobs that would write another job's files, or
-    files that are not theirs (without `force`), get their error here, before any work."""
+    files that are not the batch's (without `force`), get their error here, before any work.
+    A file an earlier job in this folder wrote (results.jsonl says so) is the batch's own: a job
+    whose parameters changed since replaces it."""
     claimed: dict[Path, int] = {}
     for e in entries:
         if e.job is None:
             continue
         e.id = job_id(e.job, settings)
         try:
-            e.plan = plan_outputs(
-                e.job.clip,
-                list(e.job.prompts),
-                out_dir,
-                fmt=settings.format,
-                video=settings.video,
-                sample_rate=settings.sample_rate,
-                force=force or results.owns(e.id),
-                name=e.job.name,
-            )
+            e.plan = e.job.plan(out_dir, force=True)  # checked below, against the records
+            mine = force or results.owns(e.id)
+            foreign = [p for p in e.plan.paths() if p.exists() and not (mine or results.wrote(p))]
+            if foreign:
+                raise OutputError(
+                    f"{foreign[0]} already exists and no job here wrote it; pass --force to "
+                    "overwrite it or --out to write elsewhere"
+                )
         except SelvaError as err:  # a clip that cannot be read, or outputs that cannot be written
             e.error = f"line {e.line}: {err}"
+            e.plan = None
             continue
         clash = next((claimed[p] for p in e.plan.paths() if p in claimed), None)
         if clash is not None:
@@ -397,7 +404,7 @@ def run_batch(
                 "ok",
                 outputs=outputs,
                 duration=outcome.duration,
-                sample_rate=settings.sample_rate or outcome.sample_rate,
+                sample_rate=entry.job.sample_rate or outcome.sample_rate,
                 timings_s={k: round(v, 4) for k, v in timings.items()},
                 worker=where,
             )
@@ -421,7 +428,7 @@ def add_arguments(parser) -> None:
     """`selva-rt batch`'s options: those of `generate`, job fields as defaults for every job."""
     from ..backends import BACKENDS
     from ..delivery.outputs import AUDIO_FORMATS, OUT_RATES
-    from ..variants import VARIANTS
+    from ..variants import generating_variants
 
     parser.add_argument("jobs", help="a JSONL file (one job a line) or a folder of clips")
     parser.add_argument(
@@ -434,11 +441,24 @@ def add_arguments(parser) -> None:
     job = parser.add_argument_group("defaults for jobs that do not set them")
     job.add_argument("--negative-prompt", default=None)
     job.add_argument("--seed", type=int, default=None)
-    job.add_argument("--steps", type=int, default=None, help="Euler steps")
+    job.add_argument("--steps", type=int, default=None, help="sampling steps")
     job.add_argument("--cfg", type=float, default=None, help="classifier-free guidance")
     job.add_argument("--duration", type=float, default=None, help="seconds")
     job.add_argument("--start", type=float, default=None, help="start time in the clip (s)")
-    parser.add_argument("--variant", default="selva-small-16k", choices=list(VARIANTS))
+    job.add_argument("--format", default=None, choices=AUDIO_FORMATS, help="wav (default) or flac")
+    job.add_argument("--sample-rate", type=int, choices=OUT_RATES, default=None)
+    job.add_argument("--loudness", type=float, default=None, metavar="LUFS", help="normalise stems")
+    job.add_argument("--otio", action="store_true", default=None, help="write a timeline per job")
+    job.add_argument(
+        "--no-video", action="store_true", default=None, help="write stems only, no muxed video"
+    )
+    parser.add_argument(
+        "--variant",
+        default="selva-small-16k",
+        choices=generating_variants(),
+        metavar="VARIANT",
+        help=f"one of {', '.join(generating_variants())}",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument(
         "--precision",
@@ -448,9 +468,6 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--backend", default="torch", choices=BACKENDS)
     parser.add_argument("--engines", default=None, help="folder built by `selva-rt export`")
-    parser.add_argument("--format", default="wav", choices=AUDIO_FORMATS)
-    parser.add_argument("--sample-rate", type=int, choices=OUT_RATES, default=None)
-    parser.add_argument("--no-video", action="store_true", help="write stems only, no muxed video")
     parser.add_argument("--decode-workers", type=int, default=2, help="threads decoding ahead")
     parser.add_argument(
         "--jobs-per-call",
@@ -473,7 +490,9 @@ def add_arguments(parser) -> None:
         help="Ray actors (default: one per GPU, or one per CPU but one left for decoding)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar or messages (failures still shown)"
+    )
     parser.add_argument(
         "--force", action="store_true", help="let jobs overwrite files that are not their own"
     )
@@ -487,7 +506,7 @@ def cmd_batch(args) -> int:
         raise UsageError("--decode-workers must be at least 1")
     if args.jobs_per_call is not None and args.jobs_per_call < 1:
         raise UsageError("--jobs-per-call must be at least 1")
-    fields = ("negative_prompt", "seed", "steps", "cfg", "duration", "start")
+    fields = ("negative_prompt", "seed", "steps", "cfg", "duration", "start", *DELIVERY)
     defaults = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     entries = read_jobs(args.jobs, args.prompts, defaults)
     options = dict(
@@ -518,13 +537,7 @@ def cmd_batch(args) -> int:
             )
             return LocalEngine(pipe, args.decode_workers, args.jobs_per_call)
 
-    settings = Settings(
-        variant=args.variant,
-        precision=resolve_precision(args.precision, device),
-        format=args.format,
-        sample_rate=args.sample_rate,
-        video=not args.no_video,
-    )
+    settings = Settings(variant=args.variant, precision=resolve_precision(args.precision, device))
     try:
         with Results(args.out) as results:
             summary = run_batch(
@@ -539,11 +552,12 @@ def cmd_batch(args) -> int:
     finally:
         if cluster is not None:
             cluster.close()
+    for error in summary.errors:  # in every mode: --quiet hides progress, not failures
+        print(f"failed: {error}", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary.to_dict() | {"results": str(Path(args.out) / RESULTS)}))
+        results_file = (Path(args.out) / RESULTS).resolve()
+        print(json.dumps(summary.to_dict() | {"results": str(results_file)}))
     elif not args.quiet:
-        for error in summary.errors:
-            print(f"failed: {error}", file=sys.stderr)
         rate = summary.to_dict()["clips_per_hour"]
         print(
             f"{summary.jobs} jobs: {summary.ok} ok, {summary.failed} failed, {summary.skipped} "

@@ -9,6 +9,10 @@ dropped and its jobs are recorded as failed, to be retried by the next run.
 
 Clip paths must be readable where the decode tasks run (on a real cluster: a shared mount), and
 selva-rt installed on every node; outputs are written by the driver only.
+
+`selva-rt serve --ray` uses the same actors (`start_workers`) through `BatchWorker.call`: one
+request at a time per actor, with its progress (`steps`) and a stop (`stop`) answered while it
+runs (service/serve_ray.py).
 """
 
 import logging
@@ -38,11 +42,16 @@ def _decode(job, variant):
 
 @ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
 class BatchWorker:
-    """A warm pipeline in a Ray worker process."""
+    """A warm pipeline in a Ray worker process, computing with `threads` CPU threads: the
+    driver's count, whatever Ray reserved, so a stem equals the in-process one (bf16 on the CPU
+    rounds by oneDNN's blocking, which follows the thread count)."""
 
-    def __init__(self, variant: str, device: str, precision: str, backend: str, engines):
+    def __init__(
+        self, variant: str, device: str, precision: str, backend: str, engines, threads: int
+    ):
         from ..pipeline import Pipeline
 
+        torch.set_num_threads(threads)
         self.where = f"ray:{ray.util.get_node_ip_address()}:{os.getpid()}"
         self.error = None
         try:
@@ -57,6 +66,64 @@ class BatchWorker:
 
     def generate(self, job, decoded):
         return jobs.generate(self.pipe, job, decoded), self.where
+
+    def describe(self) -> dict:
+        return {
+            "where": self.where,
+            "device": str(self.pipe.device),
+            "precision": self.pipe.precision,
+        }
+
+    def call(self, key: str, clip: str, prompts: list[str], options: dict):
+        """`Pipeline.generate(clip, prompts, **options)` -> (GenerationResult, SelvaError, or
+        None when stopped; where it ran). The server's actors are threaded (max_concurrency 2):
+        `steps(key)` and `stop` are answered while the call named `key` runs."""
+        self.key, self.done, self.halt = key, 0, False
+
+        def tell(steps: int) -> None:
+            self.done += steps
+            if self.halt:
+                raise _Halted
+
+        try:
+            return self.pipe.generate(clip, prompts, progress=tell, **options), self.where
+        except _Halted:
+            return None, self.where
+        except SelvaError as err:
+            return err, self.where
+
+    def steps(self, key: str) -> int:
+        """Euler steps the call named `key` has done (0 until it starts)."""
+        return self.done if getattr(self, "key", None) == key else 0
+
+    def stop(self) -> None:
+        """Stop the running call at its next step."""
+        self.halt = True
+
+
+class _Halted(Exception):
+    """Raised inside a call that `BatchWorker.stop` stopped."""
+
+
+def start_workers(
+    count: int, on_gpu: bool, variant: str, precision: str, backend: str, engines, **actor_options
+) -> list:
+    """`count` BatchWorker actors, each loaded and ready (one per GPU, or one CPU each); a load
+    that fails is one SelvaError, with the actors gone."""
+    place = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": 1}
+    device = "cuda" if on_gpu else "cpu"  # each actor sees only its own GPU
+    actors = [
+        BatchWorker.options(**place, **actor_options).remote(
+            variant, device, precision, backend, engines, torch.get_num_threads()
+        )
+        for _ in range(count)
+    ]
+    errors = [e for e in ray.get([a.ready.remote() for a in actors]) if e]
+    if errors:
+        for actor in actors:
+            ray.kill(actor)
+        raise SelvaError(errors[0])
+    return actors
 
 
 class RayCluster:
@@ -88,14 +155,18 @@ class RayCluster:
             raise UsageError(f"unsupported device {device!r}; use cpu, cuda or auto")
         return torch.device(kind)
 
-    def engine(self, *, device: str, workers: int | None, variant: str, **options) -> "RayEngine":
+    def workers(self, device: str, workers: int | None) -> tuple[int, bool]:
+        """(how many actors, on GPUs?): one per GPU, or one per CPU but one left for decoding."""
         on_gpu = self.device(device).type == "cuda"
         resources = ray.cluster_resources()
         if workers is None:
             workers = int(resources["GPU"]) if on_gpu else max(1, int(resources["CPU"]) - 1)
         if workers < 1:
             raise UsageError("--ray-workers must be at least 1")
-        return RayEngine(workers, on_gpu, variant, **options)
+        return workers, on_gpu
+
+    def engine(self, *, device: str, workers: int | None, variant: str, **options) -> "RayEngine":
+        return RayEngine(*self.workers(device, workers), variant, **options)
 
     def close(self) -> None:
         if self.started:
@@ -109,18 +180,9 @@ class RayEngine:
         from ..variants import get_variant
 
         self.variant = get_variant(variant)
-        place = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": 1}
-        device = "cuda" if on_gpu else "cpu"  # each actor sees only its own GPU
-        self.actors = [
-            BatchWorker.options(**place).remote(
-                variant, device, options["precision"], options["backend"], options["engines"]
-            )
-            for _ in range(workers)
-        ]
-        errors = [e for e in ray.get([a.ready.remote() for a in self.actors]) if e]
-        if errors:
-            self.close()
-            raise SelvaError(errors[0])
+        self.actors = start_workers(
+            workers, on_gpu, variant, options["precision"], options["backend"], options["engines"]
+        )
 
     def run(self, entries: Iterable[jobs.Entry]) -> Iterator[tuple[jobs.Entry, object, str]]:
         todo = deque(entries)

@@ -1,8 +1,15 @@
-"""A job: one clip, its prompts and the sampler options, as `selva-rt batch` reads it from a JSONL
-line and the HTTP server from a request body.
+"""A job: one clip, its prompts, the sampler options and the delivery options, as `selva-rt batch`
+reads it from a JSONL line and the HTTP server from a request body.
 
     job = Job.from_dict({"clip": "a.mp4", "prompts": ["dog barking"], "seed": 7}, base=Path("."))
     job.to_dict()  # the canonical form: every field, the clip as an absolute path
+    plan = job.plan(out_dir)  # its files, as `generate` with the same options writes them
+
+A job's clip is a file, or an edit: source ranges of several clips played back to back
+(`{"segments": [{"path": "a.mov", "start": 12, "duration": "5/2"}, ...]}`, times in seconds,
+exact as "num/den"), which is how `selva-rt spot` hands the batch runner a cue that spans a cut.
+`timecode` (`{"start": "01:00:10:00", "rate": "25/1"}`) places the stems when the picture's
+first frame is not at the clip's own timecode (a cue on the editor's timeline).
 
 Parsing is strict: an unknown field, a wrong type or a bad value is a JobError with one line
 that names the field and says what is wanted. Values are checked by runtime/checks.py, as for
@@ -14,11 +21,14 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from ..checks import check_negative_prompt, check_options, check_prompts
-from ..delivery.outputs import OutputPlan
+from ..delivery.outputs import AUDIO_FORMATS, LOUDNESS_TARGETS, OUT_RATES, OutputPlan, plan_outputs
+from ..delivery.timecode import Timecode, rate_text
 from ..errors import JobError, SelvaError
+from ..media import Edit
 from ..pipeline import first_window
 from ..variants import DEFAULT_SEED, DEFAULT_STEPS, Variant
 
@@ -27,7 +37,7 @@ MAX_NAME_CHARS = 100
 
 @dataclass(frozen=True)
 class Job:
-    clip: Path  # absolute
+    clip: Path | Edit  # absolute; or an edit of several clips' source ranges
     prompts: tuple[str, ...]  # in JSON a list of text, or one text for one prompt
     negative_prompt: str = ""
     seed: int = DEFAULT_SEED
@@ -36,6 +46,13 @@ class Job:
     start: float = 0.0
     duration: float | None = None  # seconds from start; None: to the clip's end
     name: str | None = None  # output file prefix; default: the clip's stem
+    timecode: Timecode | None = None  # of the picture's first frame; None: the clip's own
+    # Delivery, as `generate`'s options of the same names: they change the files, not the sound.
+    format: str = "wav"  # wav (Broadcast WAV) or flac
+    sample_rate: int | None = None  # None: the model's rate; 48000 for video delivery
+    loudness: float | None = None  # LUFS each stem is normalised to; None: as generated
+    otio: bool = False  # also write <name>.otio (needs opentimelineio)
+    no_video: bool = False  # stems only, no muxed video
 
     @classmethod
     def from_dict(cls, data: object, *, base: Path, defaults: dict | None = None) -> "Job":
@@ -50,9 +67,7 @@ class Job:
         for field in ("clip", "prompts"):
             if field not in values:
                 raise JobError(f"missing field {field!r}")
-        clip = values["clip"]
-        if not isinstance(clip, str) or not clip.strip():
-            raise JobError(f"clip must be a path (text), not {_json_type(clip)}")
+        clip = _clip(values["clip"], base)
         options = {k: values[k] for k in OPTION_DEFAULTS}
         try:
             prompts = tuple(check_prompts(values["prompts"]))
@@ -61,7 +76,7 @@ class Job:
         except SelvaError as err:
             raise JobError(str(err)) from None
         return cls(
-            clip=Path(clip) if os.path.isabs(clip) else (base / clip).absolute(),
+            clip=clip,
             prompts=prompts,
             negative_prompt=negative,
             seed=options["seed"],
@@ -70,16 +85,41 @@ class Job:
             start=float(options["start"]),
             duration=None if options["duration"] is None else float(options["duration"]),
             name=_check_name(values.get("name")),
+            timecode=_timecode(values.get("timecode")),
+            **_check_delivery(values),
         )
 
     def to_dict(self) -> dict:
-        """The canonical JSON form: every field, the clip as an absolute path."""
-        d = dataclasses.asdict(self)
-        d["clip"], d["prompts"] = str(self.clip), list(self.prompts)
+        """The canonical JSON form: every field, the clip as an absolute path (or an edit)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["clip"] = self.clip.to_dict() if isinstance(self.clip, Edit) else str(self.clip)
+        d["prompts"] = list(self.prompts)
+        if self.timecode is None:
+            del d["timecode"]  # absent, not null: ids of jobs without one stay as they were
+        else:
+            d["timecode"] = {"start": str(self.timecode), "rate": rate_text(self.timecode.rate)}
         return d
+
+    def plan(self, out_dir: Path, *, prompts: list[str] | None = None, force: bool = False):
+        """The job's OutputPlan in `out_dir` (`prompts`: those of the result, default the job's);
+        refuses what `plan_outputs` refuses."""
+        return plan_outputs(
+            self.clip,
+            list(self.prompts if prompts is None else prompts),
+            out_dir,
+            fmt=self.format,
+            video=not self.no_video,
+            sample_rate=self.sample_rate,
+            force=force,
+            name=self.name,
+            otio=self.otio,
+            loudness=self.loudness,
+            timecode=self.timecode,
+        )
 
 
 FIELDS = {f.name for f in dataclasses.fields(Job)}
+DELIVERY = ("format", "sample_rate", "loudness", "otio", "no_video")
 OPTION_DEFAULTS = {
     f.name: f.default
     for f in dataclasses.fields(Job)
@@ -98,6 +138,32 @@ def parse_line(line: str, *, base: Path, defaults: dict | None = None) -> Job:
     return Job.from_dict(data, base=base, defaults=defaults)
 
 
+def _clip(clip: object, base: Path) -> Path | Edit:
+    """A job's clip: a path (text; relative to `base`) or an edit (an object of segments)."""
+    if isinstance(clip, dict):
+        try:
+            edit = Edit.from_dict(clip, base.absolute())
+        except (ValueError, SelvaError) as err:
+            raise JobError(f"clip: {err}") from None
+        return edit
+    if not isinstance(clip, str) or not clip.strip():
+        raise JobError(f"clip must be a path (text), not {_json_type(clip)}")
+    return Path(clip) if os.path.isabs(clip) else (base / clip).absolute()
+
+
+def _timecode(value: object) -> Timecode | None:
+    """{"start": "01:00:00;00", "rate": "30000/1001"} -> Timecode (None stays None)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"start", "rate"}:
+        raise JobError('timecode is {"start": "hh:mm:ss:ff", "rate": "25/1"}')
+    try:
+        rate = Fraction(value["rate"])
+        return Timecode.parse(value["start"], rate)
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as err:
+        raise JobError(f"timecode: {err}") from None
+
+
 def _check_name(name: object) -> str | None:
     if name is None:
         return None
@@ -111,6 +177,41 @@ def _check_name(name: object) -> str | None:
             "no slashes, not starting with '.'"
         )
     return name
+
+
+def _check_delivery(values: dict) -> dict:
+    """The delivery fields of `values`, checked (defaults for those it leaves out)."""
+    from ..delivery.timeline import require_otio
+
+    out = {
+        f.name: values.get(f.name, f.default) for f in dataclasses.fields(Job) if f.name in DELIVERY
+    }
+    if out["format"] not in AUDIO_FORMATS:
+        raise JobError(
+            f"format must be {' or '.join(map(repr, AUDIO_FORMATS))}, not {out['format']!r}"
+        )
+    rate = out["sample_rate"]
+    if rate is not None and (isinstance(rate, bool) or rate not in OUT_RATES):
+        raise JobError(f"sample_rate must be null (the model's rate) or one of {list(OUT_RATES)}")
+    low, high = LOUDNESS_TARGETS
+    level = out["loudness"]
+    if level is not None:
+        if (
+            isinstance(level, bool)
+            or not isinstance(level, int | float)
+            or not low <= level <= high
+        ):
+            raise JobError(f"loudness must be null or a number of LUFS in {low:g}..{high:g}")
+        out["loudness"] = float(level)
+    for flag in ("otio", "no_video"):
+        if not isinstance(out[flag], bool):
+            raise JobError(f"{flag} must be true or false, not {_json_type(out[flag])}")
+    if out["otio"]:
+        try:
+            require_otio()
+        except SelvaError as err:
+            raise JobError(str(err)) from None
+    return out
 
 
 def _no_constant(name: str):

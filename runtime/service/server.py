@@ -1,24 +1,28 @@
-"""`selva-rt serve`: a local HTTP service for editor panels and pipelines, over one warm pipeline.
+"""`selva-rt serve`: a local HTTP service for editor panels and pipelines, over warm pipelines.
 
     selva-rt serve --variant selva-small-16k --root /projects --out /var/selva   # 127.0.0.1:8731
+    open http://127.0.0.1:8731/                     # the editor's panel (runtime/service/panel/)
     curl -X POST localhost:8731/v1/jobs -d '{"clip": "/projects/a.mp4", "prompts": ["rain"]}'
-    curl localhost:8731/v1/jobs/ID                  # state, progress, outputs, error
+    curl localhost:8731/v1/jobs/ID                  # state, stage, progress, outputs, error
     curl -O localhost:8731/v1/jobs/ID/files/a_rain.wav
 
 Why Starlette on uvicorn: a job is the batch runner's typed `Job` (service/jobs.py) with its own
 strict parser, so a framework that would re-declare it as a pydantic model adds a second schema,
 not safety; one process holding one warm pipeline per device is what a workstation or render
-node serves. Clusters are the batch path's business (Ray).
+node serves. With `--ray` the same front, journal and queue hand jobs to Ray actors instead
+(service/serve_ray.py), one Worker thread per actor.
 
 Secure by default: loopback unless told otherwise, and any other address needs a token
 (`Authorization: Bearer`, compared in constant time); a clip is a path that resolves (symlinks
 followed) inside a configured root, or an upload; bodies, uploads and prompts have size limits;
-outputs go only under the server's folder. Nothing is lost: a job is journaled (SQLite) before
-202 is returned, a crash or restart runs queued and interrupted jobs again, outputs are written
-all or nothing, and a graceful shutdown finishes the running job or puts it back in the queue.
-Queued jobs for the same clip, window and sampler options run as one multi-prompt call, so they
-share its decode and video trunk (each stem equals the single-job result); on a GPU, such calls
-over other clips with the same steps and cfg share the sampler and decoder too.
+outputs go only under the server's folder; cross-origin requests only from listed origins.
+Nothing is lost: a job is journaled (SQLite) before 202 is returned, a crash or restart runs
+queued and interrupted jobs again, outputs are written all or nothing, and a graceful shutdown
+finishes the running job or puts it back in the queue. An uploaded clip is kept while a queued
+or running job needs it, and deleted after. Queued jobs for the same clip, window and sampler
+options run as one multi-prompt call, so they share its decode and video trunk (each stem equals
+the single-job result); on a GPU, such calls over other clips with the same steps and cfg share
+the sampler and decoder too.
 """
 
 import asyncio
@@ -27,21 +31,29 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import secrets
 import shutil
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import media
-from ..delivery.outputs import plan_outputs, write_outputs
-from ..errors import JobError, SelvaError
+from ..delivery.outputs import write_outputs
+from ..errors import JobError, SelvaError, UsageError
 from .jobs import Job
 from .journal import FINAL, Journal, Record
 
 DEFAULT_PORT = 8731
 JOURNAL = "journal.sqlite3"
 UPLOADS = "uploads"
+PANEL = Path(__file__).with_name("panel")  # the editor's panel: plain HTML, CSS and JS
+PANEL_FILES = {"panel.css": "text/css", "panel.js": "text/javascript"}
+MEDIA_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
+MAX_CLIPS = 2000  # clips /v1/clips lists, the first found under the roots
+MAX_OFFSET = 2**62  # SQLite's integers are 64-bit
+WORKER_DEATHS = 3  # a job whose worker died this often fails instead of being requeued
 # Job fields that must agree for queued jobs to share one call (decode, trunk, noise).
 SHARED = ("clip", "start", "duration", "seed", "steps", "cfg", "negative_prompt")
 
@@ -56,26 +68,100 @@ class Limits:
     drain: float = 30.0  # seconds a shutdown waits for the running job before requeueing it
 
 
-class _Stop(Exception):
-    """Raised inside a generation to stop it: the job goes back to the queue or is cancelled."""
+class Interrupted(Exception):
+    """Raised inside a generation to stop it: its jobs go back to the queue, or are cancelled."""
+
+
+class WorkerDied(Interrupted):
+    """The process running the generation died (a Ray actor): its jobs go back to the queue,
+    and the Worker waits on `pipe.recover(stopping)` before it claims the next ones."""
+
+
+class Uploads:
+    """Uploaded clips, stored under their content hash in out/uploads while a queued or running
+    job needs them. A stored upload stays `pending` until its job is journaled or refused, so a
+    sweep never takes a clip from under a request."""
+
+    def __init__(self, folder: Path, journal: Journal):
+        self.folder, self.journal = folder, journal
+        self.pending: dict[Path, int] = {}
+        self.lock = threading.Lock()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def keep(self, source, suffix: str) -> Path:
+        """Store an upload under its content hash (and `suffix`, which picks the muxed video's
+        container): the same clip uploaded twice is one file, so its jobs share a decode and
+        trunk like jobs naming one path."""
+        digest = hashlib.sha256()
+        tmp = self.folder / f".{secrets.token_hex(8)}.part"
+        try:
+            with open(tmp, "wb") as f:
+                while chunk := source.read(1 << 20):
+                    digest.update(chunk)
+                    f.write(chunk)
+            path = self.folder / f"{digest.hexdigest()[:32]}{suffix}"
+            with self.lock:
+                self.pending[path] = self.pending.get(path, 0) + 1
+                tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def settle(self, path: Path) -> None:
+        """The request that stored `path` is journaled or refused: the sweep may judge it."""
+        with self.lock:
+            self.pending[path] -= 1
+            if not self.pending[path]:
+                del self.pending[path]
+        self.sweep()
+
+    def sweep(self, startup: bool = False) -> None:
+        """Delete every upload no queued or running job needs (at startup, also the partial
+        files a killed server left)."""
+        with self.lock:
+            live = self.journal.clips(("queued", "running")) | {str(p) for p in self.pending}
+            for path in self.folder.iterdir():
+                partial = path.name.startswith(".")
+                if (startup or not partial) and str(path) not in live:
+                    path.unlink(missing_ok=True)
 
 
 class Worker(threading.Thread):
-    """Runs journaled jobs on one pipeline, oldest first, grouping jobs that can share a call."""
+    """Runs journaled jobs on one pipeline, oldest first, grouping jobs that can share a call.
+    `pipe` is a Pipeline or a stand-in with its `generate` (serve_ray.RayPipe); several Workers
+    may share one journal, each claiming its own jobs. `cancelled` is shared by them all."""
 
-    def __init__(self, pipe, journal: Journal, out_dir: Path, limits: Limits):
+    def __init__(
+        self,
+        pipe,
+        journal: Journal,
+        out_dir: Path,
+        limits: Limits,
+        cancelled: set[str] | None = None,
+        uploads: Uploads | None = None,
+    ):
         super().__init__(name="selva-rt worker", daemon=True)
         self.pipe, self.journal, self.out_dir, self.limits = pipe, journal, out_dir, limits
+        self.uploads = uploads
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.requeue = threading.Event()  # set when the drain time is over
-        self.cancelled: set[str] = set()
+        self.cancelled: set[str] = set() if cancelled is None else cancelled
         self.running: list[str] = []
+        self.deaths: dict[str, int] = {}  # job id -> times its worker died running it
+
+    @property
+    def where(self) -> str:
+        """Where the jobs run: local:DEVICE, or ray:NODE:PID (which changes when Ray restarts
+        a dead actor)."""
+        return getattr(self.pipe, "where", None) or f"local:{self.pipe.device}"
 
     def run(self) -> None:
         from .batch import jobs_per_call
 
         together = self.limits.jobs_per_call or jobs_per_call(self.pipe.device)
+        if not hasattr(self.pipe, "generate_many"):  # serve_ray.RayPipe: one call at a time
+            together = 1
         while not self.stopping.is_set():
             first = self.journal.claim()
             if not first:
@@ -100,6 +186,8 @@ class Worker(threading.Thread):
                     self.journal.finish(r.id, "failed", error=_internal(e))
             finally:
                 self.running = []
+                if self.uploads is not None:
+                    self.uploads.sweep()
 
     def same_clip(self, first: list[Record]) -> list[Record]:
         """`first` and the queued jobs that can join its multi-prompt call (same clip, window
@@ -114,18 +202,20 @@ class Worker(threading.Thread):
 
     def run_calls(self, calls: list[list[Record]]) -> None:
         """Each call: one multi-prompt generation over one clip; all of them through
-        `Pipeline.generate_many`, then each job's share of its call written."""
+        `Pipeline.generate_many` (a stand-in without it, serve_ray.RayPipe, gets one call at a
+        time), then each job's share of its call written."""
         from ..pipeline import Request
 
         group = [r for call in calls for r in call]
         done = [0] * len(calls)
 
         def tell(i: int, steps: int) -> None:
-            done[i] += steps
-            for r in calls[i]:
-                self.journal.progress(r.id, done[i])
+            if steps:
+                done[i] += steps
+                for r in calls[i]:
+                    self.journal.progress(r.id, done[i])
             if self.requeue.is_set() or all(r.id in self.cancelled for r in group):
-                raise _Stop
+                raise Interrupted
 
         requests = [
             Request(
@@ -141,16 +231,39 @@ class Worker(threading.Thread):
             for call in calls
         ]
         try:
-            results = self.pipe.generate_many(requests, progress=tell)
-        except _Stop:
+            if hasattr(self.pipe, "generate_many"):
+                results = self.pipe.generate_many(requests, progress=tell)
+            else:
+                (one,) = requests
+                options = {k: v for k, v in vars(one).items() if k not in ("clip", "prompts")}
+                try:
+                    results = [
+                        self.pipe.generate(
+                            one.clip, one.prompts, progress=lambda s: tell(0, s), **options
+                        )
+                    ]
+                except SelvaError as e:
+                    results = [e]
+        except WorkerDied as e:
+            for r in group:
+                self.deaths[r.id] = deaths = self.deaths.get(r.id, 0) + 1
+                if r.id in self.cancelled:
+                    self.journal.finish(r.id, "cancelled")
+                elif deaths >= WORKER_DEATHS:
+                    self.journal.finish(
+                        r.id, "failed", error=f"its worker died {deaths} times: {e}"
+                    )
+                else:
+                    self.journal.finish(r.id, "queued")
+            self.pipe.recover(self.stopping)  # meanwhile another worker may take the jobs
+            return
+        except Interrupted:
             for r in group:
                 self.journal.finish(r.id, "cancelled" if r.id in self.cancelled else "queued")
             return
         except Exception as e:  # noqa: BLE001 - the jobs fail with one line; the server goes on
             for r in group:
-                self.journal.finish(
-                    r.id, "failed", error=f"internal error: {type(e).__name__}: {e}"
-                )
+                self.journal.finish(r.id, "failed", error=_internal(e))
             return
         for call, result in zip(calls, results, strict=True):
             if isinstance(result, SelvaError):
@@ -175,10 +288,9 @@ class Worker(threading.Thread):
         folder = self.out_dir / record.id
         shutil.rmtree(folder, ignore_errors=True)  # what a killed run of this job left
         try:
-            plan = plan_outputs(
-                record.job["clip"], result.prompts, folder, name=record.job["name"], force=True
-            )
-            write_outputs(plan, result, variant=self.pipe.variant.name)
+            job = Job.from_dict(record.job, base=Path("/"))  # every field, also of old journals
+            plan = job.plan(folder, prompts=result.prompts, force=True)
+            delivered = write_outputs(plan, result, variant=self.pipe.variant.name)
         except SelvaError as e:
             self.journal.finish(record.id, "failed", error=str(e))
             return
@@ -186,11 +298,13 @@ class Worker(threading.Thread):
             self.journal.finish(record.id, "failed", error=_internal(e))
             return
         outputs = [
-            {"prompt": s.prompt, "audio": s.audio.name}
-            | ({"video": s.video.name} if s.video is not None else {})
-            for s in plan.stems
+            {"prompt": d.stem.prompt, "audio": d.stem.audio.name}
+            | ({"video": d.stem.video.name} if d.stem.video is not None else {})
+            | {"sample_rate": d.sample_rate, "loudness": d.loudness.as_dict()}
+            for d in delivered
         ]
-        self.journal.finish(record.id, "done", outputs=outputs)
+        timeline = plan.otio.name if plan.otio is not None else None
+        self.journal.finish(record.id, "done", outputs=outputs, timeline=timeline)
 
     def stop(self) -> None:
         """Finish the running job within the drain time, else stop it and requeue it."""
@@ -222,22 +336,34 @@ def create_app(
     out_dir: Path,
     token: str | None = None,
     limits: Limits = Limits(),
+    *,
+    journal: Journal | None = None,
+    cors: tuple[str, ...] = (),
 ):
-    """The ASGI app; its lifespan starts and drains the worker."""
+    """The ASGI app; its lifespan starts and drains the workers. `pipe`: a Pipeline, or a list
+    of pipelines or stand-ins (one Worker each, e.g. Ray actors); `journal`: the one opened
+    (and locked) beforehand, default `out_dir/journal.sqlite3`; `cors`: origins allowed to call
+    the API from their pages."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
     from starlette.requests import Request
     from starlette.responses import FileResponse, JSONResponse
     from starlette.routing import Route
 
+    pipes = list(pipe) if isinstance(pipe, list | tuple) else [pipe]
     roots = [Path(r).resolve(strict=True) for r in roots]
     out_dir = Path(out_dir).resolve()
-    (out_dir / UPLOADS).mkdir(parents=True, exist_ok=True)
-    journal = Journal(out_dir / JOURNAL)
-    worker = Worker(pipe, journal, out_dir, limits)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    journal = journal or Journal(out_dir / JOURNAL)
+    uploads = Uploads(out_dir / UPLOADS, journal)
+    cancelled: set[str] = set()
+    workers = [Worker(p, journal, out_dir, limits, cancelled, uploads) for p in pipes]
+    first = pipes[0]
 
     def fail(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -263,6 +389,10 @@ def create_app(
 
         return route
 
+    def wake() -> None:
+        for w in workers:
+            w.wake.set()
+
     def inside_roots(clip: str) -> Path:
         path = Path(clip)
         if not path.is_absolute():
@@ -285,7 +415,9 @@ def create_app(
                 raise HTTPException(413, f"request body is over {limit} bytes")
         return bytes(body)
 
-    async def upload(request: Request) -> tuple[dict, Path]:
+    async def upload(request: Request) -> tuple[object, Path, str]:
+        """(the 'job' part decoded, the stored clip, the name the client gave the clip); the
+        stored clip is pending until the caller settles it."""
         size = request.headers.get("content-length")
         if size is None:
             raise HTTPException(411, "an upload needs a Content-Length")
@@ -296,13 +428,19 @@ def create_app(
             clip, fields = form.get("clip"), form.get("job")
             if clip is None or isinstance(clip, str) or not isinstance(fields, str):
                 raise JobError("an upload has two parts: 'job' (JSON) and 'clip' (the file)")
-            suffix = Path(clip.filename or "").suffix.lower()
-            suffix = suffix if suffix in media_suffixes() else ".bin"
-            path = await run_in_threadpool(_keep_upload, clip.file, out_dir / UPLOADS, suffix)
-            data = _json(fields.encode())
-            if isinstance(data, dict) and "name" not in data and clip.filename:
-                data["name"] = Path(clip.filename).stem[:100].lstrip(".") or None
-            return data, path
+            given = Path(clip.filename or "upload").name
+            suffix = Path(given).suffix.lower()
+            path = await run_in_threadpool(
+                uploads.keep, clip.file, suffix if suffix in MEDIA_SUFFIXES else ".bin"
+            )
+            try:
+                data = _json(fields.encode())
+                if isinstance(data, dict) and "name" not in data:
+                    data["name"] = Path(given).stem[:100].lstrip(".") or None
+            except BaseException:
+                uploads.settle(path)
+                raise
+            return data, path, given
         finally:
             await form.close()
 
@@ -310,11 +448,13 @@ def create_app(
         if journal.count("queued") >= limits.queue:
             return fail(429, "the queue is full; retry later", {"Retry-After": "5"})
         kind = request.headers.get("content-type", "").split(";")[0].strip()
+        stored = given = None
         if kind == "multipart/form-data":
-            data, path = await upload(request)
+            data, stored, given = await upload(request)
             if not isinstance(data, dict):
+                uploads.settle(stored)
                 raise JobError("the 'job' part must be a JSON object")
-            data = {**data, "clip": str(path)}
+            data = {**data, "clip": str(stored)}
         else:  # JSON, whatever the client called it (curl -d says form-urlencoded)
             data = _json(await read_body(request, limits.body))
             if isinstance(data, dict) and isinstance(data.get("clip"), str):
@@ -324,11 +464,47 @@ def create_app(
                     return fail(403, str(e))
                 except FileNotFoundError as e:
                     return fail(404, str(e))
-        job = Job.from_dict(data, base=Path("/"))
-        await run_in_threadpool(media.probe, job.clip)  # not a video: 422 now, not a failed job
-        job_id = journal.add(job.to_dict())
-        worker.wake.set()
+        try:
+            job = Job.from_dict(data, base=Path("/"))
+            await run_in_threadpool(media.probe, job.clip)  # not a video: 422 now, not later
+            job_id = journal.add(job.to_dict())
+        except SelvaError as e:
+            if stored is None:
+                raise
+            # The user's file, not the stored hash, is what the message names.
+            message = str(e).replace(str(stored), given).replace(stored.name, given)
+            raise type(e)(message) from None
+        finally:
+            if stored is not None:
+                uploads.settle(stored)  # a refused upload is deleted here
+        wake()
         return JSONResponse({"id": job_id, "state": "queued"}, status_code=202)
+
+    def paging(request: Request) -> tuple[int, int, str | None]:
+        query = request.query_params
+        try:
+            limit, offset = int(query.get("limit", 50)), int(query.get("offset", 0))
+        except ValueError:
+            raise JobError("limit and offset are whole numbers") from None
+        state = query.get("state") or None
+        if not 1 <= limit <= 500 or not 0 <= offset <= MAX_OFFSET:
+            raise JobError(f"limit is 1..500 and offset 0..{MAX_OFFSET}")
+        if state is not None and state not in (*FINAL, "queued", "running"):
+            raise JobError(f"state is one of queued, running, {', '.join(FINAL)}")
+        return limit, offset, state
+
+    async def listing(request: Request):
+        limit, offset, state = paging(request)
+        records = journal.page(limit, offset, state)
+        total = journal.count(state)
+        following = offset + len(records)
+        return JSONResponse(
+            {
+                "jobs": [r.to_dict() for r in records],
+                "total": total,
+                "next_offset": following if following < total else None,
+            }
+        )
 
     async def status(request: Request):
         record = journal.get(request.path_params["id"])
@@ -342,7 +518,7 @@ def create_app(
         if record is None:
             return fail(404, "no such job")
         names = {o[k] for o in record.outputs for k in ("audio", "video") if k in o}
-        if name not in names:
+        if name not in names | {record.timeline}:
             return fail(404, f"job {record.id} has no file {name!r}")
         return FileResponse(out_dir / record.id / name, filename=name)
 
@@ -354,13 +530,20 @@ def create_app(
         if was in FINAL:
             return fail(409, f"job {job_id} is already {was}")
         if was == "running":
-            worker.cancelled.add(job_id)
+            cancelled.add(job_id)
+        else:
+            uploads.sweep()
         return JSONResponse(
             {"id": job_id, "state": "cancelled" if was == "queued" else "cancelling"}
         )
 
+    async def clips(request: Request):
+        found = await run_in_threadpool(_clips_under, roots)
+        return JSONResponse({"roots": [str(r) for r in roots], "clips": found})
+
     async def health(request: Request):
-        return JSONResponse({"status": "ok" if worker.is_alive() else "stopped"})
+        alive = all(w.is_alive() for w in workers)
+        return JSONResponse({"status": "ok" if alive else "stopped"})
 
     async def info(request: Request):
         import torch
@@ -369,15 +552,28 @@ def create_app(
 
         return JSONResponse(
             {
-                "variant": pipe.variant.name,
-                "device": str(pipe.device),
-                "precision": pipe.precision,
+                "variant": first.variant.name,
+                "device": str(first.device),
+                "precision": first.precision,
                 "queued": journal.count("queued"),
-                "running": len(worker.running),
+                "running": sum(len(w.running) for w in workers),
+                "workers": [
+                    {"where": w.where, "alive": w.is_alive(), "running": list(w.running)}
+                    for w in workers
+                ],
                 "limits": dataclasses.asdict(limits),
                 "versions": {"selva-rt": __version__, "torch": torch.__version__},
             }
         )
+
+    async def panel(request: Request):
+        return FileResponse(PANEL / "index.html", media_type="text/html")
+
+    async def panel_file(request: Request):
+        name = request.path_params["name"]
+        if name not in PANEL_FILES:
+            return fail(404, f"the panel has no file {name!r}")
+        return FileResponse(PANEL / name, media_type=PANEL_FILES[name])
 
     async def openapi(request: Request):
         return JSONResponse(openapi_document())
@@ -387,38 +583,74 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app):
-        worker.start()
+        uploads.sweep(startup=True)
+        for w in workers:
+            w.start()
         yield
-        await asyncio.to_thread(worker.stop)
+        await asyncio.to_thread(_stop_all, workers)
         journal.close()
 
+    middleware = []
+    if cors:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
+        )
     return Starlette(
         routes=[
+            Route("/", panel),
+            Route("/panel/{name}", panel_file),
             Route("/healthz", health),
             Route("/openapi.json", openapi),
             Route("/v1/info", guarded(info)),
+            Route("/v1/clips", guarded(clips)),
+            Route("/v1/jobs", guarded(listing), methods=["GET"]),
             Route("/v1/jobs", guarded(submit), methods=["POST"]),
             Route("/v1/jobs/{id}", guarded(status), methods=["GET"]),
             Route("/v1/jobs/{id}", guarded(cancel), methods=["DELETE"]),
             Route("/v1/jobs/{id}/files/{name}", guarded(file)),
         ],
         exception_handlers={HTTPException: http_error},
+        middleware=middleware,
         lifespan=lifespan,
     )
 
 
-def _keep_upload(source, folder: Path, suffix: str) -> Path:
-    """Store an upload under its content hash: the same clip uploaded twice is one file, so
-    its jobs share a decode and trunk like jobs naming one path."""
-    digest = hashlib.sha256()
-    tmp = folder / f".{secrets.token_hex(8)}.part"
-    with open(tmp, "wb") as f:
-        while chunk := source.read(1 << 20):
-            digest.update(chunk)
-            f.write(chunk)
-    path = folder / f"{digest.hexdigest()[:32]}{suffix}"
-    tmp.replace(path)
-    return path
+def _stop_all(workers: list[Worker]) -> None:
+    """Stop every worker: they finish their running calls within one shared drain time, then
+    what still runs is stopped and requeued."""
+    for w in workers:
+        w.stopping.set()
+        w.wake.set()
+    for w in workers:
+        w.join(w.limits.drain)
+    for w in workers:
+        if w.is_alive():
+            w.requeue.set()
+            w.join()
+
+
+def _clips_under(roots: list[Path]) -> list[dict]:
+    """Media files under the roots (hidden ones and symlinks out of a root left out), sorted,
+    the first MAX_CLIPS of them."""
+    found = []
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                path = Path(folder) / name
+                if name.startswith(".") or path.suffix.lower() not in MEDIA_SUFFIXES:
+                    continue
+                if not path.resolve().is_relative_to(root):
+                    continue
+                found.append({"path": str(path), "name": str(path.relative_to(root))})
+                if len(found) >= MAX_CLIPS:
+                    return found
+    return found
 
 
 def _json(body: bytes):
@@ -432,101 +664,341 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not allowed")
 
 
-def media_suffixes() -> tuple[str, ...]:
-    return (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
-
-
 def openapi_document() -> dict:
-    """The API, as OpenAPI 3.1 (served at /openapi.json)."""
+    """The API, as OpenAPI 3.1 (served at /openapi.json): every operation, its parameters and
+    every status it answers with, each with its body's schema."""
+    from ..delivery.outputs import AUDIO_FORMATS, LOUDNESS_TARGETS, OUT_RATES
+    from .journal import STATES
+
+    text = {"type": "string"}
     job_fields = {
         "clip": {"type": "string", "description": "absolute path under a served root"},
-        "prompts": {"type": "array", "items": {"type": "string", "maxLength": 1000}},
-        "negative_prompt": {"type": "string"},
+        "prompts": {
+            "description": "one stem per prompt (a text is one prompt)",
+            "oneOf": [{"type": "array", "items": text}, text],
+        },
+        "negative_prompt": text,
         "seed": {"type": "integer"},
-        "steps": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "cfg": {"type": "number"},
-        "start": {"type": "number", "minimum": 0},
+        "steps": {"type": "integer", "minimum": 1},
+        "cfg": {"type": ["number", "null"], "description": "null: the variant's default"},
+        "start": {"type": "number", "minimum": 0, "description": "seconds into the clip"},
         "duration": {"type": ["number", "null"], "description": "seconds; null: to the end"},
-        "name": {"type": "string", "description": "output file prefix"},
+        "name": {"type": ["string", "null"], "description": "output file prefix"},
+        "format": {"enum": list(AUDIO_FORMATS)},
+        "sample_rate": {"enum": [None, *OUT_RATES], "description": "null: the model's rate"},
+        "loudness": {
+            "type": ["number", "null"],
+            "minimum": LOUDNESS_TARGETS[0],
+            "maximum": LOUDNESS_TARGETS[1],
+            "description": "LUFS each stem is normalised to; null: as generated",
+        },
+        "otio": {"type": "boolean", "description": "also write an OpenTimelineIO timeline"},
+        "no_video": {"type": "boolean", "description": "stems only, no muxed video"},
     }
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    job_ref = {"$ref": "#/components/schemas/Job"}
-    ok = {"200": {"description": "ok"}}
+    output = {
+        "type": "object",
+        "required": ["prompt", "audio"],
+        "properties": {
+            "prompt": text,
+            "audio": text,
+            "video": text,
+            "sample_rate": {"type": "integer"},
+            "loudness": {"type": "object"},
+        },
+    }
+    record = {
+        "type": "object",
+        "required": ["id", "state", "stage", "job", "progress", "outputs", "created", "updated"],
+        "properties": {
+            "id": text,
+            "state": {"enum": list(STATES)},
+            "stage": {"enum": [*STATES, "preparing", "sampling", "finishing"]},
+            "job": {"type": "object"},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Output"}},
+            "timeline": {"type": ["string", "null"]},
+            "error": {"type": ["string", "null"]},
+            "created": {"type": "string", "format": "date-time"},
+            "updated": {"type": "string", "format": "date-time"},
+        },
+    }
+    schemas = {
+        "Job": {
+            "type": "object",
+            "required": ["clip", "prompts"],
+            "additionalProperties": False,
+            "properties": job_fields,
+        },
+        "Output": output,
+        "JobRecord": record,
+        "JobList": {
+            "type": "object",
+            "required": ["jobs", "total", "next_offset"],
+            "properties": {
+                "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobRecord"}},
+                "total": {"type": "integer", "minimum": 0},
+                "next_offset": {"type": ["integer", "null"]},
+            },
+        },
+        "Accepted": {
+            "type": "object",
+            "required": ["id", "state"],
+            "properties": {"id": text, "state": {"const": "queued"}},
+        },
+        "Cancelled": {
+            "type": "object",
+            "required": ["id", "state"],
+            "properties": {"id": text, "state": {"enum": ["cancelled", "cancelling"]}},
+        },
+        "Info": {
+            "type": "object",
+            "required": ["variant", "device", "precision", "queued", "running", "workers"],
+            "properties": {
+                "variant": text,
+                "device": text,
+                "precision": text,
+                "queued": {"type": "integer"},
+                "running": {"type": "integer"},
+                "workers": {"type": "array", "items": {"type": "object"}},
+                "limits": {"type": "object"},
+                "versions": {"type": "object"},
+            },
+        },
+        "Clips": {
+            "type": "object",
+            "required": ["roots", "clips"],
+            "properties": {
+                "roots": {"type": "array", "items": text},
+                "clips": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["path", "name"],
+                        "properties": {"path": text, "name": text},
+                    },
+                },
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"enum": ["ok", "stopped"]}},
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string", "description": "one line: what and why"}},
+        },
+    }
+
+    def body(name: str) -> dict:
+        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+    def answers(ok: tuple[str, str, dict], *errors: tuple[str, str], guarded: bool = True):
+        code, why, content = ok
+        out = {code: {"description": why, "content": content}}
+        for code, why in ((("401", "token missing or wrong"),) if guarded else ()) + errors:
+            out[code] = {"description": why, "content": body("Error")}
+        return out
+
+    job_id = {"name": "id", "in": "path", "required": True, "schema": text}
+    no_job = ("404", "no such job")
+    paths = {
+        "/": {
+            "get": {
+                "summary": "the editor's panel (HTML)",
+                "security": [],
+                "responses": answers(("200", "the panel", {"text/html": {}}), guarded=False),
+            }
+        },
+        "/panel/{name}": {
+            "get": {
+                "summary": "the panel's style sheet and script",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": list(PANEL_FILES)},
+                    }
+                ],
+                "responses": answers(
+                    ("200", "the file", {"text/css": {}, "text/javascript": {}}),
+                    ("404", "no such file"),
+                    guarded=False,
+                ),
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "liveness",
+                "security": [],
+                "responses": answers(("200", "ok", body("Health")), guarded=False),
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "this document",
+                "security": [],
+                "responses": answers(
+                    ("200", "OpenAPI 3.1", {"application/json": {}}), guarded=False
+                ),
+            }
+        },
+        "/v1/info": {
+            "get": {
+                "summary": "variant, device, queue, workers, versions",
+                "responses": answers(("200", "ok", body("Info"))),
+            }
+        },
+        "/v1/clips": {
+            "get": {
+                "summary": f"media files under the served roots (the first {MAX_CLIPS})",
+                "responses": answers(("200", "ok", body("Clips"))),
+            }
+        },
+        "/v1/jobs": {
+            "get": {
+                "summary": "the journal's jobs, newest first, a page at a time",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                    },
+                    {"name": "state", "in": "query", "schema": {"enum": list(STATES)}},
+                ],
+                "responses": answers(
+                    ("200", "a page of jobs", body("JobList")),
+                    ("422", "bad limit, offset or state"),
+                ),
+            },
+            "post": {
+                "summary": "submit a job (JSON), or upload a clip (multipart: job, clip)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Job"}},
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["job", "clip"],
+                                "properties": {
+                                    "job": {"type": "string", "description": "a Job as JSON"},
+                                    "clip": {"type": "string", "format": "binary"},
+                                },
+                            }
+                        },
+                    },
+                },
+                "responses": answers(
+                    ("202", "accepted and journaled", body("Accepted")),
+                    ("400", "malformed multipart body"),
+                    ("403", "clip outside the roots"),
+                    ("404", "clip not found"),
+                    ("411", "an upload without Content-Length"),
+                    ("413", "body or upload too large"),
+                    ("422", "bad job, or a clip that is no usable video"),
+                    ("429", "queue full (Retry-After)"),
+                ),
+            },
+        },
+        "/v1/jobs/{id}": {
+            "parameters": [job_id],
+            "get": {
+                "summary": "state, stage, progress, outputs, error",
+                "responses": answers(("200", "the job", body("JobRecord")), no_job),
+            },
+            "delete": {
+                "summary": "cancel (a running job stops at its next step)",
+                "responses": answers(
+                    ("200", "cancelled, or cancelling", body("Cancelled")),
+                    no_job,
+                    ("409", "the job is already done, failed or cancelled"),
+                ),
+            },
+        },
+        "/v1/jobs/{id}/files/{name}": {
+            "parameters": [
+                job_id,
+                {"name": "name", "in": "path", "required": True, "schema": text},
+            ],
+            "get": {
+                "summary": "an output file: a stem, a muxed video, the timeline",
+                "responses": answers(
+                    ("200", "the file", {"application/octet-stream": {}}),
+                    ("404", "no such job, or no such file of the job"),
+                ),
+            },
+        },
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "selva-rt", "version": "1"},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Job": {
-                    "type": "object",
-                    "required": ["clip", "prompts"],
-                    "additionalProperties": False,
-                    "properties": job_fields,
-                },
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-            },
+            "schemas": schemas,
         },
         "security": [{"bearer": []}],
-        "paths": {
-            "/healthz": {"get": {"summary": "liveness", "security": [], "responses": ok}},
-            "/v1/info": {"get": {"summary": "variant, device, queue, versions", "responses": ok}},
-            "/v1/jobs": {
-                "post": {
-                    "summary": "submit a job (JSON), or upload a clip (multipart: job, clip)",
-                    "requestBody": {
-                        "content": {
-                            "application/json": {"schema": job_ref},
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "job": {"type": "string"},
-                                        "clip": {"type": "string", "format": "binary"},
-                                    },
-                                }
-                            },
-                        }
-                    },
-                    "responses": {
-                        "202": {"description": "accepted and journaled: {id, state}"},
-                        **{
-                            code: {"description": why, "content": error}
-                            for code, why in (
-                                ("401", "token missing or wrong"),
-                                ("403", "clip outside the roots"),
-                                ("404", "clip not found"),
-                                ("413", "body or upload too large"),
-                                ("422", "bad job"),
-                                ("429", "queue full (Retry-After)"),
-                            )
-                        },
-                    },
-                }
-            },
-            "/v1/jobs/{id}": {
-                "get": {"summary": "state, progress, outputs, error", "responses": ok},
-                "delete": {"summary": "cancel", "responses": ok},
-            },
-            "/v1/jobs/{id}/files/{name}": {"get": {"summary": "an output file", "responses": ok}},
-        },
+        "paths": paths,
     }
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, before anything is loaded: a port in use is one line now,
+    not a traceback from the web server after the model has loaded."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host} is no address of this machine ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: no TIME_WAIT wait
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {e.strerror} (another selva-rt serve?); "
+            "pass another --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(
     pipe,
     roots: list[Path],
     out_dir: Path,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
+    sock: socket.socket,
+    *,
+    journal: Journal | None = None,
     token: str | None = None,
     limits: Limits = Limits(),
+    tls: tuple[Path, Path] | None = None,
+    cors: tuple[str, ...] = (),
     quiet: bool = False,
 ) -> None:
-    """Serve until interrupted (SIGINT / SIGTERM drain the worker first)."""
+    """Serve on `sock` (from `listen`) until interrupted (SIGINT / SIGTERM drain the workers
+    first); `tls`: (certificate, key) PEM files for HTTPS."""
     import uvicorn
 
-    app = create_app(pipe, roots, out_dir, token, limits)
+    app = create_app(pipe, roots, out_dir, token, limits, journal=journal, cors=cors)
+    config = uvicorn.Config(
+        app,
+        log_level="warning" if quiet else "info",
+        ssl_certfile=tls and str(tls[0]),
+        ssl_keyfile=tls and str(tls[1]),
+    )
     if not quiet:
-        print(f"selva-rt serving {pipe.variant.name} on http://{host}:{port}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")
+        host, port = sock.getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        scheme = "https" if tls else "http"
+        name = (pipe[0] if isinstance(pipe, list) else pipe).variant.name
+        print(f"selva-rt serving {name} on {scheme}://{host}:{port}/ (the panel)", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
