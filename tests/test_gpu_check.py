@@ -243,3 +243,37 @@ def test_targets_read_the_bench_figures(gpu_check):
     )
     assert [r["met"] for r in rows] == [True, True, False, False]
     assert gpu_check.targets([])[0]["met"] is None
+
+
+def test_distinct_outputs_guard_passes_live_and_fails_stuck_pipelines(gpu_check):
+    """The guard on graph replays and engines: a pipeline whose audio follows its seed and
+    prompt passes; one that returns its first audio for every input (a stale CUDA-graph
+    capture, exit 0) fails, and so does one that never gives the same audio twice."""
+    pipe = gpu_check.tiny_pipeline("cpu", torch.float32)
+    frames, _ = gpu_check.tiny_inputs(1)
+    live: dict = {}
+    gpu_check.distinct_outputs(live, pipe, frames, 1.0)
+    assert live["ok"] and live["repeat rel_l2"] == 0, live
+
+    class Stuck:
+        """Returns its first call's result for every later call."""
+
+        def __init__(self, pipe, drift: float = 0.0):
+            self.variant, self.family, self.pipe, self.first = pipe.variant, pipe.family, pipe, None
+            self.drift, self.calls = drift, 0
+
+        def synthesize(self, *args, **kwargs):
+            self.calls += 1
+            if self.drift:  # the inputs are honoured, but a repeat is not the same audio
+                out = self.pipe.synthesize(*args, **kwargs)
+                out.audio = out.audio + self.drift * self.calls
+                return out
+            self.first = self.first or self.pipe.synthesize(*args, **kwargs)
+            return self.first
+
+    stuck: dict = {}
+    gpu_check.distinct_outputs(stuck, Stuck(pipe), frames, 1.0)
+    assert not stuck["ok"] and stuck["other seed rel_l2"] == stuck["other prompt rel_l2"] == 0
+    drifting: dict = {}
+    gpu_check.distinct_outputs(drifting, Stuck(pipe, drift=1e-2), frames, 1.0)
+    assert not drifting["ok"] and drifting["repeat rel_l2"] > gpu_check.REPEAT
