@@ -213,7 +213,8 @@ class Summary:
 
 def jobs_per_call(device) -> int:
     """How many jobs share a sampler and decoder call by default: on CUDA a batch of rows
-    keeps the GPU busy; on the CPU one job at a time (benchmarks/results/job-rows-*.md)."""
+    keeps the GPU busy; on the CPU one job at a time, until `selva-rt bench --jobs-together N`
+    at full size shows rows together pay there (not measured yet: see the README)."""
     return JOBS_PER_CALL.get(device.type, 1)
 
 
@@ -475,7 +476,7 @@ def add_arguments(parser) -> None:
         default=None,
         metavar="N",
         help="jobs whose pictures are windows of one length share each sampler and decoder "
-        "call, up to N (default: 4 on CUDA; 1 on the CPU, where it measured no faster)",
+        "call, up to N (default: 4 on CUDA; 1 on the CPU)",
     )
     parser.add_argument(
         "--ray",
