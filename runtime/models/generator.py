@@ -65,11 +65,10 @@ def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
 
     Computed in fp32 whatever x's dtype (as the reference), and cast back. Bit for bit the
     official rot[0] * x[2i] + rot[1] * x[2i+1] per output (each product rounded, then one
-    add), written as x * (r00, r11) + swapped(x) * (r01, r10) over whole rows: a product of
-    the 2x2 matrices followed by a sum over a dimension of 2 cost 10x more on the CPU (5.2 vs
-    0.47 ms one thread, [2, 7, 250, 64] fp32), about 9 % of a DiT step in fp32 and more in
-    bf16, where it made the doubled CFG batch slower than two passes (its intermediates leave
-    the cache).
+    add), written as x * (r00, r11) + swapped(x) * (r01, r10) over whole rows: the official
+    product with the 2x2 matrices and sum over a dimension of 2 makes [.., d/2, 2, 2]
+    intermediates and a strided reduction, 9x slower on the CPU (5.56 vs 0.62 ms, one thread,
+    [2, 7, 250, 64] fp32, AVX2 EPYC), paid for q and k of every attention at every step.
     """
     cos = torch.stack([rot[..., 0, 0], rot[..., 1, 1]], -1).flatten(-2)  # [1, n, d]
     sin = torch.stack([rot[..., 0, 1], rot[..., 1, 0]], -1).flatten(-2)  # -sin, sin per pair
