@@ -159,8 +159,9 @@ class Worker(threading.Thread):
     def run(self) -> None:
         from .batch import jobs_per_call
 
-        together = self.limits.jobs_per_call or jobs_per_call(self.pipe.device)
-        if not hasattr(self.pipe, "generate_many"):  # serve_ray.RayPipe: one call at a time
+        if hasattr(self.pipe, "generate_many"):
+            together = self.limits.jobs_per_call or jobs_per_call(self.pipe.device)
+        else:  # serve_ray.RayPipe: one call at a time
             together = 1
         while not self.stopping.is_set():
             first = self.journal.claim()
