@@ -68,7 +68,9 @@ def weights_fingerprint(modules) -> str:
             h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
             flat = t.detach().reshape(-1)
             if flat.numel() and flat.device.type != "meta":
-                picks = torch.linspace(0, flat.numel() - 1, min(16, flat.numel())).long()
+                # Integer spacing: a float linspace rounds n - 1 up past 2**24 (out of bounds).
+                n, k = flat.numel(), min(16, flat.numel())
+                picks = torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)
                 h.update(flat[picks.to(flat.device)].float().cpu().numpy().tobytes())
     return h.hexdigest()
 

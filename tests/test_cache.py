@@ -167,3 +167,16 @@ def test_tensor_digest_is_content():
     assert tensor_digest(x) == tensor_digest(x.clone())
     assert tensor_digest(x.t().contiguous()) != tensor_digest(x)  # shape counts
     assert tensor_digest(x.double()) != tensor_digest(x)  # dtype counts
+
+
+def test_weights_fingerprint_reaches_past_2_to_the_24():
+    """Tensors of more than 2**24 elements (selva-small-16k has 50.6 M in one) are sampled up to
+    their last element; a float spacing would index one past it."""
+    from selva_rt.runtime.cache import weights_fingerprint
+    from torch import nn
+
+    big = nn.Module()
+    big.register_buffer("w", torch.zeros(50593792, dtype=torch.uint8))
+    before = weights_fingerprint([big])
+    big.w[-1] = 1
+    assert weights_fingerprint([big]) != before
