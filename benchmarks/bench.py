@@ -71,16 +71,17 @@ from ..runtime.delivery.outputs import plan_outputs, write_outputs
 from ..runtime.device import DTYPES, cpu_has_native_bf16, resolve_device, resolve_precision
 from ..runtime.families import family_of
 from ..runtime.families.flow import Tokenizers
+from ..runtime.memory import PeakMeter
 from ..runtime.models.networks import Networks, build_networks
 from ..runtime.pipeline import Pipeline
-from ..runtime.variants import DEFAULT_SEED, DEFAULT_STEPS, SYNC_SIZE, get_variant
+from ..runtime.variants import DEFAULT_SEED, DEFAULT_STEPS, get_variant
 from ..runtime.windows import plan_windows
-from . import limits
+from . import limits, memory
+from .inputs import PROMPTS, synthetic_extras, synthetic_frames
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 MODES = ("reference", "fast", "graphs")
-PROMPTS = ("dog barking", "car horn honking", "sheep bleating", "rain on a window")
 SCHEMA = 1
 
 
@@ -123,7 +124,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "temporary folder, exported every run)",
     )
     p.add_argument(
-        "--modes", default="auto", help="comma list of reference,fast,graphs (auto: all usable)"
+        "--modes",
+        default="auto",
+        help="comma list of reference,fast,graphs (auto: all usable; none: no such rows)",
     )
     p.add_argument(
         "--precisions",
@@ -160,6 +163,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--long-clip-size", default="1280x720", help="picture size of that clip (WxH, 25 fps)"
     )
     p.add_argument(
+        "--cached-prompt",
+        action="store_true",
+        help="also time, file to file on a synthetic 8 s clip (or --file-to-file CLIP), the first "
+        "prompt on a clip (feature cache empty) against a new prompt on it (features found)",
+    )
+    p.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="also compare --low-memory with the default, each run in a process of its own: "
+        "time and peak memory per part (--modes none: only this)",
+    )
+    p.add_argument(
+        "--jobs-together",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also time the sampler and decoder of N one-prompt jobs one after another against "
+        "all N in one call (what a batch or server does with --jobs-per-call N)",
+    )
+    p.add_argument(
         "--no-limits",
         dest="limits",
         action="store_false",
@@ -175,6 +198,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def configs_of(args: argparse.Namespace, device: torch.device) -> list[Config]:
+    if args.modes == "none":
+        return []
     cuda = device.type == "cuda"
     modes = list(MODES if args.modes == "auto" else args.modes.split(","))
     if args.modes == "auto" and not cuda:
@@ -452,29 +477,6 @@ def _reusable(out: Path, variant, precision: str, digest: str | None) -> bool:
     return have and (m.precision, m.model_hash) == (precision, digest)
 
 
-def synthetic_frames(duration: float, seed: int) -> torch.Tensor:
-    """[1, int(25 * duration), 3, 224, 224] float32 in [-1, 1], deterministic."""
-    frames = int(25 * duration)
-    g = torch.Generator().manual_seed(seed)
-    u8 = torch.randint(0, 256, (frames, 3, SYNC_SIZE, SYNC_SIZE), dtype=torch.uint8, generator=g)
-    return media.to_model_input(u8)[None]
-
-
-def synthetic_extras(variant, duration: float, seed: int) -> dict[str, torch.Tensor]:
-    """The other inputs `synthesize` takes for `variant`: CLIP frames [8 * duration, 3, S, S]
-    in [0, 1] (plain MMAudio, MMAudioSep, Flowley; S = variant.clip.frame_size), and for
-    separation a noise mixture [1, S] at the variant's rate (the encoder's cost does not depend
-    on the content)."""
-    g = torch.Generator().manual_seed(seed + 1)
-    seq = variant.sequence_lengths(duration)
-    extras, size = {}, variant.clip.frame_size
-    if variant.uses_clip_video:
-        extras["clip"] = torch.rand(seq.clip, 3, size, size, generator=g)
-    if variant.separation:
-        extras["mixture"] = 0.3 * torch.randn(1, seq.audio_samples, generator=g)
-    return extras
-
-
 def run_once(
     pipe: Pipeline, frames: torch.Tensor, prompts: list[str], args, extras: dict | None = None
 ) -> dict:
@@ -485,10 +487,14 @@ def run_once(
     frames = frames.to(dev)
     extras = {k: v.to(dev) for k, v in (extras or {}).items()}
     timings: dict[str, float] = {}
+    meter = PeakMeter(dev)
+    pipe.meter = meter
     with PeakMemory(dev) as mem:
+        meter.start()
         _sync(dev)
         t0 = time.perf_counter()
-        text = pipe.family.encode_text(prompts)
+        with meter.part("text"):
+            text = pipe.encode_text(prompts)
         _sync(dev)
         timings["text"] = time.perf_counter() - t0
         if cuda:
@@ -510,11 +516,21 @@ def run_once(
             timings["frames_to_waveform"] = start.elapsed_time(end) / 1000
         else:
             timings["frames_to_waveform"] = time.perf_counter() - t1
+        peak = meter.stop()
+    pipe.meter = None
     timings["total"] = timings["text"] + timings["frames_to_waveform"]
     # CPU seconds of all threads: on a shared machine, less inflated by others' load than wall
     # time (a descheduled thread does not count; a spinning one does).
     cpu_s = time.process_time() - cpu1
-    return {"timings": timings, "cpu_s": cpu_s, "peak_memory": mem.peak, "out": out, "text": text}
+    return {
+        "timings": timings,
+        "cpu_s": cpu_s,
+        "peak_memory": mem.peak,
+        "peak_total": peak,
+        "peak_parts": dict(meter.parts),
+        "out": out,
+        "text": text,
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -604,7 +620,15 @@ def summarise(c: Config, runs: list[dict], step_times: list[float], args) -> dic
         "dit_step_ms": {k: 1000 * v for k, v in stats(step_times).items() if k != "runs"},
         "rtf": f2w["median"] / args.duration,
         "peak_memory_mb": None if peak is None else round(peak / 2**20, 1),
+        "peak_rss_mb": _mb(max((r["peak_total"] or 0) for r in runs)),
+        "peak_rss_parts_mb": {
+            p: _mb(max(r["peak_parts"].get(p, 0) for r in runs)) for p in runs[0]["peak_parts"]
+        },
     }
+
+
+def _mb(n: int | None) -> float | None:
+    return round(n / 2**20, 1) if n else None
 
 
 def add_comparisons(results: list[dict], outputs: dict[str, object]) -> None:
@@ -776,41 +800,9 @@ def markdown(report: dict) -> str:
     ]
     if setup.get("note"):
         lines += ["", setup["note"]]
-    lines += [
-        "",
-        "| configuration | frames→waveform s: median (p90) min | speedup vs reference: "
-        "median (min) | RTF | CPU s | text s | one dit_step ms | per step in loop ms "
-        "| P prompts / 1 prompt | peak MB above weights | audio rel L2 vs reference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["results"]:
-        f2w = r["frames_to_waveform_s"]
-        speed = r.get("speedup_vs_reference")
-        speed = "—" if speed is None else f"{speed:.2f}× ({r['speedup_vs_reference_min']:.2f}×)"
-        err = r.get("rel_l2_vs_reference", {}).get("audio")
-        cost = r.get("cost_vs_one_prompt")
-        peak = r["peak_memory_mb"]
-        lines.append(
-            f"| {r['name']} | {_fmt(f2w['median'])} ({_fmt(f2w['p90'])}) {_fmt(f2w['min'])} "
-            f"| {speed} | {r['rtf']:.3g} | {_fmt(r['frames_to_waveform_cpu_s']['median'])} "
-            f"| {_fmt(r['parts_s']['text']['median'])} | {_fmt(r['dit_step_ms']['median'])} "
-            f"| {_fmt(r['sampling_per_step_ms'])} | {'—' if cost is None else f'{cost:.2f}×'} "
-            f"| {'—' if peak is None else peak} | {'—' if err is None else f'{err:.2e}'} |"
-        )
-    parts = [p for p in report["results"][0]["parts_s"] if p != "text"]
-    lines += [
-        "",
-        "Per part (median seconds; speedup vs reference in brackets):",
-        "",
-        "| configuration | " + " | ".join(parts) + " |",
-        "|---|" + "---|" * len(parts),
-    ]
-    for r in report["results"]:
-        ps = r.get("parts_speedup_vs_reference", {})
-        cells = [
-            _fmt(r["parts_s"][p]["median"]) + (f" ({ps[p]:.2f}×)" if p in ps else "") for p in parts
-        ]
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    if report["results"]:
+        lines += results_markdown(report["results"])
+    lines += cached_markdown(report) + jobs_markdown(report) + memory.markdown(report)
     errs = [r for r in report["results"] if "rel_l2_vs_fp32" in r]
     if errs:
         lines += [
@@ -860,6 +852,59 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_markdown(results: list[dict]) -> list[str]:
+    """The configurations' tables: end to end, per part, peak memory per part."""
+    lines = [
+        "",
+        "| configuration | frames→waveform s: median (p90) min | speedup vs reference: "
+        "median (min) | RTF | CPU s | text s | one dit_step ms | per step in loop ms "
+        "| P prompts / 1 prompt | peak MB above weights | audio rel L2 vs reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        f2w = r["frames_to_waveform_s"]
+        speed = r.get("speedup_vs_reference")
+        speed = "—" if speed is None else f"{speed:.2f}× ({r['speedup_vs_reference_min']:.2f}×)"
+        err = r.get("rel_l2_vs_reference", {}).get("audio")
+        cost = r.get("cost_vs_one_prompt")
+        peak = r["peak_memory_mb"]
+        lines.append(
+            f"| {r['name']} | {_fmt(f2w['median'])} ({_fmt(f2w['p90'])}) {_fmt(f2w['min'])} "
+            f"| {speed} | {r['rtf']:.3g} | {_fmt(r['frames_to_waveform_cpu_s']['median'])} "
+            f"| {_fmt(r['parts_s']['text']['median'])} | {_fmt(r['dit_step_ms']['median'])} "
+            f"| {_fmt(r['sampling_per_step_ms'])} | {'—' if cost is None else f'{cost:.2f}×'} "
+            f"| {'—' if peak is None else peak} | {'—' if err is None else f'{err:.2e}'} |"
+        )
+    parts = [p for p in results[0]["parts_s"] if p != "text"]
+    lines += [
+        "",
+        "Per part (median seconds; speedup vs reference in brackets):",
+        "",
+        "| configuration | " + " | ".join(parts) + " |",
+        "|---|" + "---|" * len(parts),
+    ]
+    for r in results:
+        ps = r.get("parts_speedup_vs_reference", {})
+        cells = [
+            _fmt(r["parts_s"][p]["median"]) + (f" ({ps[p]:.2f}×)" if p in ps else "") for p in parts
+        ]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    parts = list(results[0]["peak_rss_parts_mb"])
+    if any(r["peak_rss_mb"] for r in results):
+        lines += [
+            "",
+            "Peak memory of the whole process, weights included (MB; RSS high-water mark on the "
+            "CPU, the allocator's peak on CUDA), per part and end to end:",
+            "",
+            "| configuration | end to end | " + " | ".join(parts) + " |",
+            "|---|---|" + "---|" * len(parts),
+        ]
+        for r in results:
+            cells = [str(r["peak_rss_parts_mb"].get(p, "—")) for p in parts]
+            lines.append(f"| {r['name']} | {r['peak_rss_mb']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def backend_markdown(report: dict) -> list[str]:
     """The ONNX Runtime table and the single-pass error table (empty when neither was run)."""
     lines = []
@@ -904,6 +949,227 @@ def backend_markdown(report: dict) -> list[str]:
 
 def _fmt(seconds: float) -> str:
     return f"{seconds:.3g}" if seconds < 100 else f"{seconds:.0f}"
+
+
+# -- a new prompt on a clip seen before ---------------------------------------------------------
+
+
+def cached_prompt(pipe: Pipeline, clip: Path, args) -> dict:
+    """`selva-rt generate CLIP PROMPT` minus model loading (decode, text, the parts, writing the
+    stem and the remux) with an empty feature cache (the first prompt on the clip: features
+    made and kept) and then, from a fresh view of the same folder as the next command has, a
+    new prompt (the window's features found on disk). Rounds alternate which of two prompts
+    comes first, so each prompt's stem from found features is compared with the same prompt's
+    stem from features made afresh, bit for bit."""
+    from ..runtime.cache import FeatureCache
+
+    prompts, seen = PROMPTS[:2], {}
+    runs: dict[str, list[dict]] = {"first": [], "new": []}
+    for round_ in range(args.warmup + args.repeat):
+        order = prompts if round_ % 2 == 0 else prompts[::-1]
+        with tempfile.TemporaryDirectory(prefix="selva-rt-cache-") as folder:
+            for kind, prompt in zip(("first", "new"), order, strict=True):
+                pipe.cache = FeatureCache.open(folder)
+                got = _file_to_file_run(pipe, clip, prompt, Path(folder) / kind, args)
+                pipe.cache = None
+                seen[prompt, kind] = got.pop("audio")
+                print(
+                    f"  cache round {round_ + 1}: {kind} prompt {prompt!r} "
+                    f"{got['total_s']:8.2f} s {'' if round_ >= args.warmup else '(warm-up)'}",
+                    flush=True,
+                )
+                if round_ >= args.warmup:
+                    runs[kind].append(got)
+    identical = {
+        p: bool(np.array_equal(seen[p, "first"], seen[p, "new"]))
+        for p in prompts
+        if (p, "first") in seen and (p, "new") in seen
+    }
+    rows = {k: _cache_summary(v) for k, v in runs.items()}
+    return {
+        "config": f"fast/{pipe.precision}/p1",
+        "clip": media.probe(clip).codec + f" {clip.name}",
+        "duration": args.duration,
+        "rows": rows,
+        "speedup_new_vs_first": rows["first"]["total_s"]["median"]
+        / rows["new"]["total_s"]["median"],
+        "speedup_new_vs_first_min": rows["first"]["total_s"]["min"] / rows["new"]["total_s"]["min"],
+        "bit_identical": identical,
+    }
+
+
+def _file_to_file_run(pipe: Pipeline, clip: Path, prompt: str, out_dir: Path, args) -> dict:
+    meter = PeakMeter(pipe.device)
+    pipe.meter = meter
+    meter.start()
+    t0 = time.perf_counter()
+    result = pipe.generate(
+        clip, prompt, seed=args.seed, steps=args.steps, cfg=args.cfg, duration=args.duration
+    )
+    t1 = time.perf_counter()
+    write_outputs(plan_outputs(clip, result.prompts, out_dir, force=True), result)
+    total = time.perf_counter() - t0
+    peak = meter.stop()
+    pipe.meter = None
+    return {
+        "total_s": total,
+        "timings_s": {**result.timings, "write": time.perf_counter() - t1},
+        "peak_rss_mb": _mb(peak),
+        "cache_hits": dict(pipe.cache.stats.hits),
+        "audio": result.audio,
+    }
+
+
+def _cache_summary(runs: list[dict]) -> dict:
+    parts = list(dict.fromkeys(p for r in runs for p in r["timings_s"]))
+    return {
+        "total_s": stats([r["total_s"] for r in runs]),
+        "parts_s": {p: statistics.median(r["timings_s"].get(p, 0.0) for r in runs) for p in parts},
+        "peak_rss_mb": max((r["peak_rss_mb"] or 0) for r in runs) or None,
+    }
+
+
+def cached_markdown(report: dict) -> list[str]:
+    c = report.get("cached_prompt")
+    if not c:
+        return []
+    first, new = c["rows"]["first"], c["rows"]["new"]
+    parts = list(dict.fromkeys([*first["parts_s"], *new["parts_s"]]))
+    same = c["bit_identical"]
+    lines = [
+        "",
+        f"A new prompt on a clip seen before ({c['config']}, {c['clip']}, {c['duration']} s, "
+        f"file to file minus model loading; rounds alternate the two prompts): "
+        f"**{c['speedup_new_vs_first']:.2f}×** faster than the first prompt on the clip "
+        f"(medians; {c['speedup_new_vs_first_min']:.2f}× on the fastest runs). Stems from "
+        f"found features equal the same prompt's from features made afresh, bit for bit: "
+        f"{', '.join(f'{p!r}: {v}' for p, v in same.items()) or 'not compared (one round)'}.",
+        "",
+        "| run | total s: median (p90) min | peak MB | " + " | ".join(parts) + " |",
+        "|---|---|---|" + "---|" * len(parts),
+    ]
+    for name, r in (("first prompt (features made, kept)", first), ("new prompt (found)", new)):
+        t = r["total_s"]
+        cells = [_fmt(r["parts_s"][p]) if p in r["parts_s"] else "—" for p in parts]
+        lines.append(
+            f"| {name} | {_fmt(t['median'])} ({_fmt(t['p90'])}) {_fmt(t['min'])} "
+            f"| {r['peak_rss_mb']} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+CACHED_PROMPT_TARGET = 2.5  # a new prompt on a cached clip over the first (issue 25)
+LOW_MEMORY_PEAK_CUT = 0.30  # --low-memory's peak below the default's (issue 25)
+
+
+def reuse_targets(report: dict) -> list[dict]:
+    """The targets of the cached-prompt and low-memory sections, where they ran."""
+    out = []
+    c = report.get("cached_prompt")
+    if c:
+        ratio = c["speedup_new_vs_first"]
+        same = bool(c["bit_identical"]) and all(c["bit_identical"].values())
+        out.append(
+            {
+                "what": f"new prompt on a cached clip over the first prompt ({c['config']}), "
+                "bit-identical stems",
+                "target": f">= {CACHED_PROMPT_TARGET:g}x",
+                "measured": ratio,
+                "met": ratio >= CACHED_PROMPT_TARGET and same,
+            }
+        )
+    lm = report.get("low_memory")
+    if lm:
+        rows = lm["rows"]
+        ratio = rows["default"]["peak_total_mb"] / rows["low-memory"]["peak_total_mb"]
+        least = 1 / (1 - LOW_MEMORY_PEAK_CUT)
+        out.append(
+            {
+                "what": f"default peak over --low-memory peak ({report['setup']['variant']}; "
+                f"{LOW_MEMORY_PEAK_CUT:.0%} lower)",
+                "target": f">= {least:.2f}x",
+                "measured": ratio,
+                "met": ratio >= least,
+            }
+        )
+    return out
+
+
+# -- several jobs' rows in one call -------------------------------------------------------------
+
+
+@torch.inference_mode()
+def jobs_together(pipe: Pipeline, frames, extras, args, n: int) -> dict:
+    """The sampler and decoder of `n` one-prompt jobs (same picture, other prompts and seeds:
+    the cost does not depend on the content) one after another, against all in one call with
+    their conditions joined (`Pipeline.generate_many`'s way), round-robin; and how far the
+    joined stems are from the single ones."""
+    from ..runtime.families.family import Run
+
+    family, dev = pipe.family, pipe.device
+    layout = family.plan(args.duration)
+    run = Run(dev, torch.Generator(dev).manual_seed(args.seed))
+    features = [family.features({"sync": frames.to(dev), **extras}, 1, run)]
+    jobs = []
+    for i in range(n):
+        r = Run(dev, torch.Generator(dev).manual_seed(args.seed + i))
+        text = pipe.encode_text([PROMPTS[i % len(PROMPTS)]])
+        jobs.append((family.conditions(text, features, layout, r), family.noise(1, layout, r)))
+    times: dict[str, list[float]] = {"one after another": [], "together": []}
+    outs = {}
+    for round_ in range(args.warmup + args.repeat):
+        for mode in times:
+            _sync(dev)
+            t0 = time.perf_counter()
+            if mode == "together":
+                cond = family.join_conditions([c for c, _ in jobs], [1] * n)
+                x0 = torch.cat([x for _, x in jobs])
+                x1 = family.sample(x0, cond, layout, args.steps, args.cfg, None, run)
+                audio = family.decode(x1, layout, run)
+            else:
+                audio = torch.cat(
+                    [
+                        family.decode(
+                            family.sample(x, c, layout, args.steps, args.cfg, None, run),
+                            layout,
+                            run,
+                        )
+                        for c, x in jobs
+                    ]
+                )
+            _sync(dev)
+            seconds = time.perf_counter() - t0
+            print(f"  jobs round {round_ + 1}: {n} jobs {mode:<18s} {seconds:8.2f} s", flush=True)
+            if round_ >= args.warmup:
+                times[mode].append(seconds)
+            outs[mode] = audio
+    rows = {k: stats(v) for k, v in times.items()}
+    return {
+        "config": f"fast/{pipe.precision}",
+        "jobs": n,
+        "rows": rows,
+        "speedup_together": rows["one after another"]["median"] / rows["together"]["median"],
+        "audio_rel_l2": rel_l2(outs["together"], outs["one after another"]),
+    }
+
+
+def jobs_markdown(report: dict) -> list[str]:
+    j = report.get("jobs_together")
+    if not j:
+        return []
+    lines = [
+        "",
+        f"{j['jobs']} one-prompt jobs' sampler ({report['setup']['steps']} steps) and decoder "
+        f"({j['config']}): one after another against all in one call: "
+        f"**{j['speedup_together']:.2f}×** (above 1: together is faster); stems "
+        f"{j['audio_rel_l2']:.1e} apart (relative L2).",
+        "",
+        "| how | s: median (p90) min |",
+        "|---|---|",
+    ]
+    for name, t in j["rows"].items():
+        lines.append(f"| {name} | {_fmt(t['median'])} ({_fmt(t['p90'])}) {_fmt(t['min'])} |")
+    return lines
 
 
 # -- file to file ----------------------------------------------------------------------------
@@ -1016,6 +1282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     nets = (
         random_networks(args.variant) if args.weights == "random" else local_networks(args.variant)
     )
+    tmp_weights = None
+    if args.low_memory:  # saved now: the children load them, each in a process of its own
+        tmp_weights = tempfile.TemporaryDirectory(prefix="selva-rt-networks-")
+        weights_file = Path(tmp_weights.name) / "networks.pt"
+        torch.save(nets, weights_file)
     with tempfile.TemporaryDirectory() as tmp:  # the sessions hold the graphs once loaded
         # Exported before the torch pipelines take the networks (fp32 shares them in place).
         pipes = make_graph_pipelines(args, nets, graph, device, args.engines or Path(tmp))
@@ -1058,12 +1329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": env,
         "setup": setup_record(args, load_s, args.note),
         "results": results,
-        "single_pass_rel_l2": single_pass_errors(pipes, last, frames, args),
+        "single_pass_rel_l2": single_pass_errors(pipes, last, frames, args) if pipes else None,
     }
-    if device.type == "cpu":
+    if device.type == "cpu" and results:
         report["targets"] = limits.targets(results)
     variant = get_variant(args.variant)
-    if args.limits and variant.video_encoder is not None and not variant.separation:
+    if args.limits and results and variant.video_encoder is not None and not variant.separation:
         report["limits"] = machine_limits(pipes, configs, frames, last, results, args)
     if args.file_to_file:
         fast = next((c for c in configs if c.mode != "reference" and c.prompts == 1), configs[0])
@@ -1079,6 +1350,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
     if args.long_clip:
         report["long_clip"] = long_clip(pipes, configs, args)
+    if args.cached_prompt or args.jobs_together:
+        fast = next((c for c in configs if c.mode == "fast" and c.prompts == 1), None)
+        if fast is None:
+            raise SystemExit("--cached-prompt and --jobs-together run on a fast/*/p1 configuration")
+        if args.jobs_together:
+            report["jobs_together"] = jobs_together(
+                pipes[fast], frames, extras, args, args.jobs_together
+            )
+        if args.cached_prompt:
+            with tempfile.TemporaryDirectory() as tmp:
+                clip = (
+                    synthetic_clip(Path(tmp) / "clip_1080p.mp4")
+                    if args.file_to_file in (None, "synthetic")
+                    else Path(args.file_to_file)
+                )
+                report["cached_prompt"] = cached_prompt(pipes[fast], clip, args)
+    if args.low_memory:
+        del nets, pipes
+        _trim_heap()
+        report["low_memory"] = memory.compare(args, weights_file, device)
+        tmp_weights.cleanup()
+    report["targets"] = report.get("targets", []) + reuse_targets(report)
     report["load_average_rounds"] = load
     report["load_average_end"] = _loadavg()
 

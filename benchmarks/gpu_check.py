@@ -71,6 +71,10 @@ KERNEL_TOL = {"fp32": 1e-5, "bf16": 1e-2, "fp16": 1e-2}  # rel L2 vs the referen
 BF16_PART_TOL = 2e-2  # one pass in bf16 vs fp32 (the golden README: "around 1e-2")
 BF16_E2E_TOL = 1e-1  # 25 Euler steps and the decoder: loose, catches garbage, not drift
 GRAPH_TOL = {"fp32": 1e-5, "bf16": 1e-3}  # the captured loop runs the eager loop's kernels
+# Another seed or prompt moves the audio by far more than this (random tiny weights: ~1e-1 and
+# more); the same ones again give it back within REPEAT (replays are deterministic).
+DISTINCT = 1e-3
+REPEAT = 1e-5
 TINY_DURATION = 2.0  # seconds: the CPU side of the tiny check is the slow one
 # Where the pipeline checks run: CUDA here; the CPU tests run the same checks on "cpu" to prove
 # this script's own logic (tests/test_gpu_check.py).
@@ -218,7 +222,7 @@ def run_parts(pipe, frames, text, duration: float, x0, steps: int, cfg: float) -
 def tiny_inputs(prompts: int, seed: int = 0):
     """Synthetic frames [1, 25 * TINY_DURATION, 3, 224, 224] and noise [P, N, 20] for tiny."""
     import torch
-    from selva_rt.benchmarks.bench import synthetic_frames
+    from selva_rt.benchmarks.inputs import synthetic_frames
     from selva_rt.runtime.variants import TINY
 
     seq = TINY.sequence_lengths(TINY_DURATION)
@@ -244,6 +248,33 @@ def text_to(text, device):
     from selva_rt.runtime.families.flow import TextFeatures
 
     return TextFeatures(*(None if t is None else t.to(device) for t in dataclasses.astuple(text)))
+
+
+def distinct_outputs(r: dict, pipe, frames, seconds: float) -> None:
+    """Guard against a capture or engine that returns one audio for every input (a CUDA-graph
+    pipeline can, with exit 0): `pipe.synthesize` for (prompt A, seed 7), (A, 8), (B, 7), then
+    (A, 7) again. Each new seed or prompt must move the audio by more than DISTINCT, and the
+    repeat must give the first audio back (within REPEAT): both together rule out stale
+    buffers."""
+    import torch
+    from selva_rt.runtime.windows import plan_windows
+
+    layout = plan_windows(seconds, pipe.variant.audio)
+    texts = [pipe.family.encode_text([p]) for p in PROMPTS[:2]]
+    runs = {}
+    for name, text, seed in (("A7", 0, 7), ("A8", 0, 8), ("B7", 1, 7), ("A7 again", 0, 7)):
+        out = pipe.synthesize([{"sync": frames}], texts[text], layout, seed=seed)
+        runs[name] = out.audio.float().cpu()
+    r["finite"] = all(bool(torch.isfinite(a).all()) for a in runs.values())
+    r["other seed rel_l2"] = rel_l2(runs["A8"], runs["A7"])
+    r["other prompt rel_l2"] = rel_l2(runs["B7"], runs["A7"])
+    r["repeat rel_l2"] = rel_l2(runs["A7 again"], runs["A7"])
+    r["bound"] = f"others > {DISTINCT:g}, repeat <= {REPEAT:g}"
+    r["ok"] = (
+        r["finite"]
+        and min(r["other seed rel_l2"], r["other prompt rel_l2"]) > DISTINCT
+        and r["repeat rel_l2"] <= REPEAT
+    )
 
 
 # -- section 1: correctness -------------------------------------------------------------------
@@ -390,6 +421,10 @@ def check_tiny_pipeline(rec: Recorder) -> None:
         r["rel_l2"] = rel_l2(runs[1].audio, runs[0].audio)
         r["bound"] = 1e-6
         r["ok"] = r["finite"] and r["rel_l2"] <= r["bound"]
+    with rec.check(
+        f"tiny Pipeline.synthesize on {DEVICE}: other seeds and prompts, other audio"
+    ) as r:
+        distinct_outputs(r, graphs, frames, TINY_DURATION)
 
 
 def check_golden(rec: Recorder) -> None:
@@ -625,6 +660,8 @@ def section_engines(rec: Recorder) -> None:
                 pipe = Pipeline(family_of(TINY, parts))
                 out = run_parts(pipe, frames, text, TINY_DURATION, x0, 25, 4.5)
                 compare(r, out, expected, GOLDEN_TOL)
+            with rec.check(f"{backend} on CUDA: other seeds and prompts, other audio") as r:
+                distinct_outputs(r, pipe, frames, TINY_DURATION)
 
 
 def _importable(name: str) -> str | None:

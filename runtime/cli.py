@@ -90,7 +90,42 @@ def loaded(args: argparse.Namespace, **extra):
         engines=args.engines,
         graph_parts=args.graph_parts,
         quiet=args.quiet,
+        cache=feature_cache(args),
+        low_memory=args.low_memory,
         **extra,
+    )
+
+
+def feature_cache(args: argparse.Namespace, memory_gb: float = 0.0):
+    from .cache import open_cache
+
+    return open_cache(not args.no_cache, args.cache_gb, memory_gb)
+
+
+def add_memory_options(parser: argparse.ArgumentParser) -> None:
+    """What to keep: features (--no-cache, --cache-gb) and weights (--low-memory); generate,
+    separate, batch, spot and serve share these."""
+    from .cache import DEFAULT_DISK_GB
+
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor keep video and text features (default: kept under "
+        "$SELVA_RT_HOME/features, so a new prompt on a clip seen before skips the video trunk)",
+    )
+    parser.add_argument(
+        "--cache-gb",
+        type=float,
+        default=DEFAULT_DISK_GB,
+        metavar="GB",
+        help=f"disk the feature cache may use; least recently used entries go first "
+        f"(default {DEFAULT_DISK_GB:g})",
+    )
+    parser.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="keep only the running stage's weights in memory (encoders, then the DiT, then "
+        "decoder and vocoder): a lower peak for a little time per request",
     )
 
 
@@ -227,10 +262,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cluster = RayCluster(args.ray, quiet=args.quiet)
             pipe = ray_pipes(cluster, args.variant, args.device, args.precision, args.ray_workers)
         else:
+            from .cache import SERVICE_MEMORY_GB
             from .pipeline import Pipeline
 
             pipe = Pipeline.from_pretrained(
-                args.variant, device=args.device, precision=args.precision, quiet=args.quiet
+                args.variant,
+                device=args.device,
+                precision=args.precision,
+                quiet=args.quiet,
+                cache=feature_cache(args, SERVICE_MEMORY_GB),
+                low_memory=args.low_memory,
             )
         limits = Limits(queue=args.max_queue, upload=int(args.max_upload_mb * 2**20))
         try:
@@ -385,6 +426,7 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     srv.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     srv.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     srv.add_argument("--quiet", action="store_true")
+    add_memory_options(srv)
     srv.set_defaults(func=cmd_serve)
 
     w = sub.add_parser(
@@ -403,6 +445,7 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
         "batch", parents=[common], help="many clips from a JSONL job list or a folder, resumable"
     )
     batch.add_arguments(b)
+    add_memory_options(b)
     b.set_defaults(func=batch.cmd_batch)
 
     from .spot import command as spot
@@ -413,6 +456,7 @@ def build_parser(more: dict[str, str] | None = None) -> argparse.ArgumentParser:
         help="an editor's cut in (markers or a cue sheet), one stem per cue and the timeline out",
     )
     spot.add_arguments(s)
+    add_memory_options(s)
     s.set_defaults(func=spot.cmd_spot)
     for name, help_text in (more or {}).items():  # listed in --help only
         sub.add_parser(name, help=help_text, add_help=False)
@@ -509,6 +553,7 @@ def add_run_options(gen: argparse.ArgumentParser, names: list[str]) -> None:
     gen.add_argument("--json", action="store_true", help="print one JSON object with the result")
     gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     gen.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_memory_options(gen)
 
 
 def variant_defaults(names: list[str], field: str) -> str:

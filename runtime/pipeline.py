@@ -9,12 +9,15 @@ family (runtime/families), which owns text, conditions, sampler and decoder; so 
 neither the model nor the backend. A clip longer than the family's trained window (8 s; VATT
 10 s) becomes overlapping windows of its own frames, as the family plans them (runtime/
 windows.py); up to it, one window, as the official code runs it. Separation reads the mixture
-over the same windows.
+over the same windows. With a feature cache (runtime/cache.py), each window's features and each
+prompt's text features are looked up by content before the family computes them: a second
+prompt over a clip skips the video trunk.
 """
 
 import itertools
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +27,12 @@ from tqdm import tqdm
 
 from . import media
 from .backends import Progress
+from .cache import FeatureCache, tensor_digest
 from .checks import check_negative_prompt, check_options, check_prompts
-from .errors import MediaError
+from .errors import MediaError, SelvaError
 from .families import Family, load_family, needs
 from .families.family import Run
+from .memory import PeakMeter
 from .variants import DEFAULT_SEED, Variant, get_variant
 from .windows import Layout
 
@@ -64,8 +69,9 @@ class Pipeline:
     """A loaded variant on one device and precision, kept warm; `generate` (or, for separation
     variants, `separate`) is the one call."""
 
-    def __init__(self, family: Family):
-        self.family = family
+    def __init__(self, family: Family, cache: FeatureCache | None = None):
+        self.family, self.cache = family, cache
+        self.meter: PeakMeter | None = None  # set by a benchmark: peak memory per part
         self.variant, self.parts = family.variant, family.parts
         self.device, self.dtype, self.precision = family.device, family.dtype, family.precision
 
@@ -83,13 +89,17 @@ class Pipeline:
         quiet: bool = True,
         checkpoint: str | Path | None = None,
         graph_parts: str | tuple[str, ...] | None = None,
+        cache: FeatureCache | None = None,
+        low_memory: bool = False,
     ) -> "Pipeline":
         """Load `variant` from the local weights folder ($SELVA_RT_HOME; `selva-rt weights
         download VARIANT` fetches the files; random-weight variants need none), on `backend`
         (see `backends.load_parts`: torch, or onnxruntime/tensorrt from the `engines` folder
         that `selva-rt export` built). `checkpoint`: a generator file instead of the variant's
         (how an MMAudioSep checkpoint, which no hub publishes yet, can be used from anywhere).
-        `graph_parts`: parts the torch backend takes from the `engines` graphs instead."""
+        `graph_parts`: parts the torch backend takes from the `engines` graphs instead.
+        `cache`: where features are looked up and kept (`FeatureCache.open()`; None: none).
+        `low_memory`: only the running stage's weights in memory (torch backend)."""
         family = load_family(
             get_variant(variant),
             backend,
@@ -101,8 +111,9 @@ class Pipeline:
             quiet=quiet,
             checkpoint=checkpoint,
             graph_parts=graph_parts,
+            low_memory=low_memory,
         )
-        return cls(family)
+        return cls(family, cache)
 
     def generate(
         self,
@@ -131,7 +142,9 @@ class Pipeline:
             prompts, negative_prompt, seed, steps, cfg, duration, start, mixture=False
         )
         timings: dict[str, float] = {}
-        run = Run(self.device, torch.Generator(self.device).manual_seed(seed), timings)
+        run = Run(
+            self.device, torch.Generator(self.device).manual_seed(seed), timings, meter=self.meter
+        )
         with run.timed("decode"):
             video = clip
             if not isinstance(video, media.Video):
@@ -172,6 +185,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         options = {"normalize_mixture_latent": normalize_mixture_latent}
         run = Run(self.device, torch.Generator(self.device).manual_seed(seed), timings, {}, options)
+        run.meter = self.meter
         rate = self.family.sample_rate
         with run.timed("decode"):
             if video and media.has_video(source):
@@ -214,6 +228,7 @@ class Pipeline:
         steps = self.variant.steps if steps is None else steps
         gen = torch.Generator(self.device).manual_seed(seed)
         run = Run(self.device, gen, {} if timings is None else timings, {}, options or {})
+        run.meter = self.meter
         return self._sample(inputs, text, layout, steps, cfg, progress, run)
 
     def _checked(self, prompts, negative_prompt, seed, steps, cfg, duration, start, mixture):
@@ -269,22 +284,159 @@ class Pipeline:
             yield inputs
 
     @torch.inference_mode()
+    def encode_text(self, prompts: Sequence[str], negative_prompt: str = ""):
+        """`family.encode_text`, each prompt's features taken from the cache when it has them."""
+        family = self.family
+        rows = [
+            self._cached(
+                "text",
+                lambda p=p: {"prompt": p, "negative_prompt": negative_prompt},
+                lambda p=p: family.encode_prompt(p, negative_prompt),
+            )
+            for p in prompts
+        ]
+        return family.join_text(rows)
+
+    def _cached(self, kind: str, content, make, run: Run | None = None) -> dict:
+        """make() (a family's named tensors), or what the cache holds for the same `content()`
+        under the family's identity; seconds spent on the cache itself go to run's "cache"."""
+        identity = None if self.cache is None else self.family.identity
+        if identity is None:
+            return make()
+        timed = run.timed if run is not None else _untimed
+        with timed("cache"):
+            entry = self.cache.lookup(kind, identity, content(), self.device)
+        if entry.tensors is None:
+            entry.tensors = make()
+            with timed("cache"):
+                self.cache.store(entry)
+        return entry.tensors
+
+    @torch.inference_mode()
     def _synthesize(self, inputs, prompts, negative_prompt, layout, steps, cfg, progress, run):
         with run.timed("text"):
-            text = self.family.encode_text(prompts, negative_prompt)
+            text = self.encode_text(prompts, negative_prompt)
         return self._sample(inputs, text, layout, steps, cfg, progress, run)
 
     def _sample(self, inputs, text, layout, steps, cfg, progress, run) -> Synthesis:
-        family, prompts = self.family, text.prompts
-        features = [family.features(window, prompts, run) for window in inputs]
-        conditions = family.conditions(text, features, layout, run)
+        conditions, x0 = self._prepare(inputs, text, layout, run)
+        x1, audio = self._denoise(x0, conditions, layout, steps, cfg, progress, run)
+        return Synthesis(x0, x1, audio, run.trace, conditions)
+
+    def _prepare(self, inputs, text, layout, run) -> tuple[dict, torch.Tensor]:
+        """A request's conditions and noise x0: everything before the sampler."""
+        features = self._features(inputs, text.prompts, run)
+        conditions = self.family.conditions(text, features, layout, run)
         del features  # the windows' trunk tokens: the largest tensors of a long clip
-        x0 = family.noise(prompts, layout, run)
+        return conditions, self.family.noise(text.prompts, layout, run)
+
+    def _features(self, inputs, prompts: int, run: Run) -> list[dict]:
+        """Each window's features, from the cache when it has them."""
+        return [
+            self._cached(
+                "window",
+                lambda w=window: {name: tensor_digest(t) for name, t in w.items()},
+                lambda w=window: self.family.features(w, prompts, run),
+                run,
+            )
+            for window in inputs
+        ]
+
+    def _denoise(self, x0, conditions, layout, steps, cfg, progress, run):
+        """(x1, audio) of x0's rows: the sampler, then the decoder."""
+        family = self.family
         with run.timed("sampling"), _progress(steps, "sampling", progress) as bar:
             x1 = family.sample(x0, conditions, layout, steps, cfg, bar.update, run)
         with run.timed("decoder"):
             audio = family.decode(x1, layout, run)
-        return Synthesis(x0, x1, audio, run.trace, conditions)
+        return x1, audio
+
+    @torch.inference_mode()
+    def generate_many(
+        self,
+        requests: Sequence["Request"],
+        progress: "Callable[[int, int], None] | None" = None,
+    ) -> "list[GenerationResult | SelvaError]":
+        """`generate` for each request, in order (a request that `generate` would refuse gets
+        its SelvaError in its place). Requests whose picture is one window of the same length,
+        with the same steps and cfg, share each call of the sampler and the decoder: their
+        rows go through the DiT and the decoder together (on a GPU, one batch instead of
+        several), and each stem equals the one `generate` gives. `progress(i, steps)`: request
+        i finished `steps` more sampling steps (it may raise to stop every request)."""
+        results: list = [None] * len(requests)
+        groups: dict[tuple, list[_Prepared]] = {}
+        for i, req in enumerate(requests):
+            try:
+                item = self._prepared(i, req)
+            except SelvaError as err:
+                results[i] = err
+                continue
+            # A long clip's windows are already a batch of rows: it runs alone.
+            key = (item.layout.latent, item.steps, item.cfg) if len(item.layout) == 1 else (i,)
+            groups.setdefault(key, []).append(item)
+        for group in groups.values():
+
+            def tell(steps: int, group=group) -> None:
+                if progress is not None:
+                    for item in group:
+                        progress(item.index, steps)
+
+            # Conditions set the generator up for their length: made per group, before sampling.
+            for item in group:
+                item.conditions = self.family.conditions(
+                    item.text, item.features, item.layout, item.run
+                )
+                item.features = None
+                item.x0 = self.family.noise(item.text.prompts, item.layout, item.run)
+            rows = [item.x0.shape[0] for item in group]
+            x0 = torch.cat([item.x0 for item in group])
+            conditions = self.family.join_conditions([item.conditions for item in group], rows)
+            first = group[0]
+            shared: dict[str, float] = {}  # each request waited for these calls: all count them
+            run = Run(self.device, first.run.rng, shared, first.run.trace, meter=self.meter)
+            _, audio = self._denoise(
+                x0, conditions, first.layout, first.steps, first.cfg, tell, run
+            )
+            for item, part in zip(group, audio.split(rows), strict=True):
+                item.run.timings.update(shared)
+                results[item.index] = self._result(
+                    part,
+                    item.layout.duration,
+                    item.start,
+                    item.prompts,
+                    item.seed,
+                    item.steps,
+                    item.cfg,
+                    item.run,
+                )
+        return results
+
+    def _prepared(self, index: int, req: "Request") -> "_Prepared":
+        """A request decoded, its text encoded and its windows' features made."""
+        prompts, negative, steps, cfg = self._checked(
+            req.prompts,
+            req.negative_prompt,
+            req.seed,
+            req.steps,
+            req.cfg,
+            req.duration,
+            req.start,
+            mixture=False,
+        )
+        run = Run(self.device, torch.Generator(self.device).manual_seed(req.seed), {})
+        run.meter = self.meter
+        with run.timed("decode"):
+            video = req.clip
+            if not isinstance(video, media.Video):
+                video = self._first_window(video, req.start, req.duration, False)
+            layout, windows = self._picture(video, req.duration, False)
+        inputs = _timed(run, "decode", (w.model_inputs() for w in windows))
+        with run.timed("text"):
+            text = self.encode_text(prompts, negative)
+        features = self._features(inputs, text.prompts, run)
+        return _Prepared(
+            index, run, layout, video.start, prompts, req.seed, steps, cfg, text, features
+        )
 
     def _result(self, audio, duration, start, prompts, seed, steps, cfg, run) -> GenerationResult:
         # The model's audio overruns the picture (by up to one latent frame, spec §1.4; VATT's
@@ -302,6 +454,38 @@ class Pipeline:
             timings=run.timings,
             variant=self.variant.name,
         )
+
+
+@dataclass(frozen=True)
+class Request:
+    """One `generate` call's arguments, for `Pipeline.generate_many`."""
+
+    clip: "str | Path | media.Video"
+    prompts: Sequence[str]
+    negative_prompt: str = ""
+    seed: int = DEFAULT_SEED
+    steps: int | None = None  # the variant's
+    cfg: float | None = None
+    duration: float | None = None
+    start: float = 0.0
+
+
+@dataclass
+class _Prepared:
+    """A request of `generate_many` up to its sampler."""
+
+    index: int
+    run: Run
+    layout: Layout
+    start: float
+    prompts: list[str]
+    seed: int
+    steps: int
+    cfg: float
+    text: object  # the family's text features
+    features: list[dict] | None
+    conditions: dict | None = None
+    x0: torch.Tensor | None = None
 
 
 def first_window(
@@ -328,6 +512,11 @@ def first_window(
         to_end=True,
         **wants.picture,
     )
+
+
+@contextmanager
+def _untimed(name: str) -> Iterator[None]:
+    yield
 
 
 def _timed(run: Run, name: str, items: Iterator) -> Iterator:

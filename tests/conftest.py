@@ -22,6 +22,9 @@ import torch  # noqa: E402
 # Triton runs a whole process either compiled or interpreted (kernels/jit.py). Without a GPU the
 # kernel tests interpret it on the CPU: set before the imports below bring Triton in.
 os.environ.setdefault("TRITON_INTERPRET", "0" if torch.cuda.is_available() else "1")
+# Commands keep video and text features (and low-memory weights) under $SELVA_RT_HOME: a test run
+# without one set keeps them in a folder of its own, which its subprocesses inherit.
+os.environ.setdefault("SELVA_RT_HOME", tempfile.mkdtemp(prefix="selva-rt-tests-"))
 
 from golden import (
     ERRORS,

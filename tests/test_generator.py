@@ -9,6 +9,7 @@ from selva_rt.runtime.models.checkpoint import expected_shapes, read_state_dict
 from selva_rt.runtime.models.generator import (
     Conditions,
     Generator,
+    apply_rope,
     cat_conditions,
     nearest_exact_index,
     random_official_state,
@@ -195,6 +196,20 @@ def test_update_seq_lengths_rebuilds_tables():
     assert torch.equal(net.predict_flow(latent, t, cond, *tables), v)
     net.update_seq_lengths(20, 5, 8)
     assert torch.equal(net.predict_flow(latent, t, cond, *tables), v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_apply_rope_is_bit_identical_to_the_official_product(dtype):
+    # The official form: a product with the 2x2 rotations and a sum over the pair (x[2i], x[2i+1]).
+    rot = rope_table(37, 16, 63 / 37)
+    x = (torch.randn(2, 3, 37, 16, generator=torch.Generator().manual_seed(0)) * 7).to(dtype)
+    official = (rot * x.float().unflatten(-1, (-1, 1, 2))).sum(-1).flatten(-2).to(dtype)
+    out = apply_rope(x, rot)
+    assert out.dtype == dtype
+    assert torch.equal(
+        out.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+        official.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+    )
 
 
 @torch.inference_mode()

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,43 @@ def test_targets_read_the_bench_figures(gpu_check):
     )
     assert [r["met"] for r in rows] == [True, True, False, False]
     assert gpu_check.targets([])[0]["met"] is None
+
+
+def test_distinct_outputs_guard_fails_stuck_and_drifting_audio(gpu_check):
+    """The guard on graph replays and engines, on stand-ins (the tiny pipeline runs it on the
+    GPU machine): audio that follows the seed and prompt passes; audio stuck at the first call's
+    (a stale CUDA-graph capture, exit 0) fails, and so does audio never the same twice."""
+    pipe = gpu_check.tiny_pipeline("cpu", torch.float32)
+    frames, _ = gpu_check.tiny_inputs(1)
+
+    class StandIn:
+        """Audio from (prompt, seed) without a model: `stuck` keeps the first call's for
+        every later call; otherwise each call drifts by `drift` more."""
+
+        variant = pipe.variant
+
+        def __init__(self, stuck: bool, drift: float = 0.0):
+            self.family = self
+            self.stuck, self.drift, self.calls, self.first = stuck, drift, 0, None
+
+        def encode_text(self, prompts):
+            return prompts[0]
+
+        def synthesize(self, inputs, text, layout, seed):
+            self.calls += 1
+            g = torch.Generator().manual_seed(seed * 1000 + len(text))
+            out = types.SimpleNamespace(
+                audio=torch.randn(1, 800, generator=g) + self.drift * self.calls
+            )
+            self.first = self.first or out
+            return self.first if self.stuck else out
+
+    stuck: dict = {}
+    gpu_check.distinct_outputs(stuck, StandIn(stuck=True), frames, 1.0)
+    assert not stuck["ok"] and stuck["other seed rel_l2"] == stuck["other prompt rel_l2"] == 0
+    drifting: dict = {}
+    gpu_check.distinct_outputs(drifting, StandIn(stuck=False, drift=1e-2), frames, 1.0)
+    assert not drifting["ok"] and drifting["repeat rel_l2"] > gpu_check.REPEAT
+    honest: dict = {}
+    gpu_check.distinct_outputs(honest, StandIn(stuck=False), frames, 1.0)
+    assert honest["ok"], honest

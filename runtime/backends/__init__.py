@@ -130,6 +130,7 @@ def load_parts(
     quiet: bool = True,
     checkpoint: str | Path | None = None,
     graph_parts: str | tuple[str, ...] | None = None,
+    low_memory: bool = False,
 ) -> Parts:
     """The parts of `variant` on one backend. torch: the networks from the weights folder
     (`reference` runs them the official way; `cuda_graphs`, default on in fast mode on CUDA,
@@ -137,8 +138,11 @@ def load_parts(
     built into `engines` (their precision is the build's). `checkpoint`: a generator file
     to load instead of the variant's (torch backend). `graph_parts` ("video_select,dit_step"):
     on the torch backend, these parts run from the ONNX Runtime graphs in `engines` instead
-    (`mixed.MixedParts`)."""
+    (`mixed.MixedParts`). `low_memory` (torch): only the running stage's weights in memory
+    (`torch_parts.STAGES`)."""
     dev = resolve_device(device)
+    if low_memory and (backend != "torch" or graph_parts):
+        raise UsageError("--low-memory is a mode of the torch backend; leave out --graph-parts")
     if variant.vatt:
         return _vatt_parts(variant, backend, dev, precision, reference, engines, quiet, checkpoint)
     if graph_parts:
@@ -149,11 +153,19 @@ def load_parts(
 
         dtype = DTYPES[resolve_precision(precision, dev)]
         if cuda_graphs is None:
-            cuda_graphs = dev.type == "cuda" and not reference
+            cuda_graphs = dev.type == "cuda" and not reference and not low_memory
         paths = weights.resolve(variant, quiet=quiet, checkpoint=checkpoint)
         nets = build_networks(variant, paths)
         parts = torch_parts_class(variant)
-        return parts(variant, nets, dev, dtype, reference=reference, cuda_graphs=cuda_graphs)
+        return parts(
+            variant,
+            nets,
+            dev,
+            dtype,
+            reference=reference,
+            cuda_graphs=cuda_graphs,
+            low_memory=low_memory,
+        )
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
     if reference:

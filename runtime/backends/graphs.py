@@ -377,6 +377,13 @@ class GraphParts:
         self.inputs = graph_inputs_of(variant, constants, self.device)
         self.graph_dtypes = {part: e.input_dtypes() for part, e in manifest.parts.items()}
 
+    @property
+    def identity(self) -> dict:
+        """How the feature cache (runtime/cache.py) tells these graphs' features apart."""
+        m = self.manifest
+        graphs = {part: entry.sha256 for part, entry in m.parts.items()}
+        return {"backend": type(self).__name__, "precision": m.precision, "graphs": graphs}
+
     def _run(self, part: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         raise NotImplementedError
 

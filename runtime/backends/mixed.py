@@ -48,6 +48,14 @@ class MixedParts:
         used = {graphs.manifest.parts[n].precision for n in names}
         self.precision = "int8" if "int8" in used else precision_name(base.dtype)
 
+    @property
+    def identity(self) -> dict | None:
+        """The feature cache's description: both backends' and which parts each runs."""
+        base = self.base.identity
+        if base is None:
+            return None
+        return {"torch": base, "graphs": self.graphs.identity, "graph_parts": self.graph_parts}
+
     def __getattr__(self, name: str):
         # Only reached for what __init__ did not set: the parts' methods.
         owner = self.graphs if name in self.graph_parts else self.base

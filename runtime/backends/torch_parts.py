@@ -8,15 +8,17 @@ segment, the full spatial pooling layer, the vocoder's transposed-convolution up
 `reference.py`), the generator's tables rebuilt per call, CFG as two network passes per step.
 Reference `video_trunk` runs the clip once per prompt, as the official `generate` batch holds it.
 
-Optional behaviour of the fast mode (not part of the contract above):
+Optional behaviour (not part of the contract above):
 - `decoder_dtype`: run the VAE and vocoder in another dtype (fp32 beside a bf16 generator);
-- `cuda_graphs`: `sample` runs the whole Euler loop as one captured CUDA graph.
+- `cuda_graphs` (fast mode): `sample` runs the whole Euler loop as one captured CUDA graph;
+- `low_memory`: only the running stage's weights in memory (`offload.Offload`; see STAGES).
 """
 
 from functools import partial
 
 import torch
 
+from ..cache import weights_fingerprint
 from ..device import precision_name
 from ..models.generator import Conditions
 from ..models.mel import MelConverter
@@ -41,6 +43,36 @@ from .cuda_graph import EulerGraphs
 TRUNK_CHUNK = {"cpu": 1, "cuda": 32}  # segments per MotionFormer call and per selection call
 PROMPT_CHUNK = {"cpu": 1}  # prompts per decoder call (else all)
 MIXTURE_KEYS = ("x_cond", "mixture_bias")  # separation entries of the conditions (P rows)
+# Low-memory mode: the networks each stage needs, and the stage each part runs in.
+STAGES = {
+    "encoders": ("t5", "clip_text", "clip_image", "video_encoder", "vae"),
+    "dit": ("generator",),
+    "decoder": ("vae", "vocoder"),
+}
+PART_STAGES = {
+    "t5": "encoders",
+    "clip_text": "encoders",
+    "clip_image": "encoders",
+    "video_trunk": "encoders",
+    "video_select": "encoders",
+    "mixture_encoder": "encoders",  # the VAE encoder (separation)
+    "dit_conditions": "dit",
+    "mixture_conditions": "dit",
+    "dit_step": "dit",
+    "sample": "dit",
+    "decoder": "decoder",
+}
+
+
+def _in_stage(part, offload, stage: str):
+    """`part` with `stage`'s networks made resident first."""
+
+    def run(*args, **kwargs):
+        offload.enter(stage)
+        return part(*args, **kwargs)
+
+    run.__doc__ = part.__doc__
+    return run
 
 
 def _by_chunks(fn, chunk: int, *tensors: torch.Tensor):
@@ -63,6 +95,7 @@ class TorchParts:
         reference: bool = False,
         decoder_dtype: torch.dtype | None = None,
         cuda_graphs: bool = False,
+        low_memory: bool = False,
     ):
         self.variant, self.nets, self.device, self.dtype = variant, nets, device, dtype
         self.precision = precision_name(dtype)
@@ -70,7 +103,11 @@ class TorchParts:
         self.decoder_dtype = decoder_dtype or dtype
         if cuda_graphs and (reference or device.type != "cuda"):
             raise ValueError("CUDA graphs are a fast-mode option on a CUDA device")
+        if cuda_graphs and low_memory:  # a replayed graph reads the weights where they were
+            raise ValueError("CUDA graphs and low-memory mode exclude each other")
         self.graphs = EulerGraphs() if cuda_graphs else None
+        # Low memory: cast where the weights are and move only the running stage (below).
+        place = torch.device("cpu") if low_memory else device
         for net in (
             nets.generator,
             nets.video_encoder,
@@ -80,14 +117,68 @@ class TorchParts:
             nets.clip_image,
         ):
             if net is not None:
-                net.to(device, dtype).eval()
+                net.to(place, dtype).eval()
         nets.vae.to(dtype=self.decoder_dtype)
         nets.vocoder.to(dtype=self.decoder_dtype)
+        if nets.t5 is not None:
+            nets.t5.to(place, dtype)
+        self._fingerprint: str | None = None
+        self.offload = None
+        if low_memory:
+            self._offload()
         self.mixture = None
         if variant.separation:  # the mel converter stays fp32 whatever the dtype
             self.mixture = MixtureEncoder(MelConverter(variant.audio).to(device), nets.vae)
-        if nets.t5 is not None:
-            nets.t5.to(device, dtype)
+
+    def _offload(self) -> None:
+        """Every network out of memory until a stage needs it (`offload.Offload`); the parts
+        named in PART_STAGES enter their stage first."""
+        from .. import weights
+        from .offload import FOLDER, Offload
+
+        nets = self.nets
+        named = {
+            "t5": nets.t5.model if nets.t5 is not None else None,
+            "clip_text": nets.clip_text,
+            "clip_image": nets.clip_image,
+            "video_encoder": nets.video_encoder,
+            "vae": nets.vae,
+            "vocoder": nets.vocoder,
+            "generator": nets.generator,
+        }
+        named = {k: m for k, m in named.items() if m is not None}
+        self._fingerprint = weights_fingerprint(self.modules())  # before the weights go
+        name = f"{self._fingerprint[:20]}-{self.precision}-{precision_name(self.decoder_dtype)}"
+        folder = weights.weights_home() / FOLDER / name
+        keep = {"generator": ("latent_mean", "latent_std")}  # the decoder unnormalises with them
+        self.offload = Offload(named, STAGES, self.device, folder, keep)
+        for m in named.values():  # what stays resident goes to the device now
+            m._apply(lambda t: t if t.is_meta else t.to(self.device))
+        for part, stage in PART_STAGES.items():
+            setattr(self, part, _in_stage(getattr(self, part), self.offload, stage))
+
+    @property
+    def identity(self) -> dict | None:
+        """How the feature cache (runtime/cache.py) tells these parts' features apart; None in
+        reference mode, the official execution, which reuses nothing between requests."""
+        if self.reference:
+            return None
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.modules())
+        decoder = precision_name(self.decoder_dtype)
+        return {
+            "backend": "torch",
+            "precision": self.precision,
+            "decoder": decoder,
+            "weights": self._fingerprint,
+        }
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every network these parts run."""
+        nets = self.nets
+        found = [nets.generator, nets.video_encoder, nets.vae, nets.vocoder, nets.clip_text]
+        found += [nets.clip_image, nets.t5.model if nets.t5 is not None else None]
+        return [m for m in found if m is not None]
 
     @torch.inference_mode()
     def t5(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ noise from the seeded generator, the Euler loop (one window: the backend's own `
 graph where it has one; several: in lockstep, runtime/windows.py) and the VAE + BigVGAN decoder.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,53 @@ class FlowFamily:
     def plan(self, duration: float) -> Layout:
         return plan_windows(duration, self.variant.audio)
 
+    @property
+    def identity(self) -> dict | None:
+        """The variant, its precision and the parts' own description (backend, mode, weights);
+        None where the parts have none (they then share nothing between requests)."""
+        parts = getattr(self.parts, "identity", None)
+        if parts is None:
+            return None
+        v = self.variant
+        return {"variant": v.name, "random_weights": v.random_weights, "parts": parts}
+
+    def encode_text(self, prompts: Sequence[str], negative_prompt: str = "") -> TextFeatures:
+        """Each prompt encoded alone, then joined: a prompt's features are the same whatever
+        prompts share its request (so a cache can hold them per prompt)."""
+        return self.join_text([self.encode_prompt(p, negative_prompt) for p in prompts])
+
+    def join_text(self, prompts: Sequence[dict[str, torch.Tensor]]) -> TextFeatures:
+        """`encode_prompt` results (clip [1, 77, W] and negative [1, 77, W] where the
+        generator reads CLIP text; t5 [1, L, W5] and t5_mask [1, L] where it reads Flan-T5)
+        -> TextFeatures of P prompts: Flan-T5 states right-padded with zeros to the longest
+        (their mask False, as the tokenizer pads a batch); the first prompt's negative."""
+        first = prompts[0]
+        text = TextFeatures(clip=None, negative=first.get("negative"))
+        if "clip" in first:
+            text.clip = torch.cat([p["clip"] for p in prompts])
+        if "t5" in first:
+            length = max(p["t5"].shape[1] for p in prompts)
+            text.t5 = torch.cat([_pad(p["t5"], length) for p in prompts])
+            text.t5_mask = torch.cat([_pad(p["t5_mask"], length) for p in prompts])
+        return text
+
+    def join_conditions(self, conditions: list[dict], rows: list[int]) -> dict:
+        """Several requests' conditions as one batch of their rows (`rows` each: P, or W*P
+        for W windows): the [cond; uncond] entries joined as all conditional rows, then all
+        unconditional ones; the entries with one row per request row (the mixture's) joined
+        as they are. The sampler then runs every request's rows at once."""
+        joined = {}
+        for key in conditions[0]:
+            parts = [c[key] for c in conditions]
+            if all(p.shape[0] == 2 * n for p, n in zip(parts, rows, strict=True)):
+                halves = [p.split(n) for p, n in zip(parts, rows, strict=True)]
+                joined[key] = torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+            elif all(p.shape[0] == n for p, n in zip(parts, rows, strict=True)):
+                joined[key] = torch.cat(parts)
+            else:
+                raise ValueError(f"condition {key!r} has neither P nor 2P rows per request")
+        return joined
+
     def noise(self, prompts: int, layout: Layout, run: Run) -> torch.Tensor:
         """x0 [P, total, E]: one seeded draw for the whole latent (a window's noise is its
         slice), the same for every prompt."""
@@ -92,6 +140,12 @@ class FlowFamily:
         mel, audio = self.parts.decoder(x1)
         run.trace["mel"] = mel
         return audio
+
+
+def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    """[1, L, ...] -> [1, length, ...], zeros (False) after the L rows."""
+    pad = t.new_zeros(t.shape[0], length - t.shape[1], *t.shape[2:])
+    return torch.cat([t, pad], dim=1)
 
 
 class Tokenizers:

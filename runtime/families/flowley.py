@@ -1,8 +1,6 @@
 """The Flowley family: DFN2B-CLIP image features at 8 fps and Flan-T5-large text into its PSCA
 DiT (SEEDS.md §2). No negative prompt: its unconditional branch is zero features."""
 
-from collections.abc import Sequence
-
 import torch
 
 from ..errors import UsageError
@@ -17,11 +15,10 @@ class Flowley(FlowFamily):
             raise UsageError(f"{self.variant.name} generates; it does not separate a mixture")
 
     @torch.inference_mode()
-    def encode_text(self, prompts: Sequence[str], negative_prompt: str = "") -> TextFeatures:
-        """Flan-T5 states of the prompts, padded to the released features' length."""
-        ids, mask = self.tokenizers.t5(list(prompts))
-        t5 = self.parts.t5(ids, mask.long())
-        return TextFeatures(clip=None, negative=None, t5=t5, t5_mask=mask.to(self.device))
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> dict[str, torch.Tensor]:
+        """Flan-T5 states of the prompt, padded to the released features' length."""
+        ids, mask = self.tokenizers.t5([prompt])
+        return {"t5": self.parts.t5(ids, mask.long()), "t5_mask": mask.to(self.device)}
 
     @torch.inference_mode()
     def features(self, inputs: dict[str, torch.Tensor], prompts: int, run: Run) -> dict:

@@ -8,16 +8,27 @@ each window's mixture latent from its posterior, eps drawn from the request's ge
 the noise, as the official `separate`.
 """
 
-from collections.abc import Sequence
-
 import torch
 
+from ..cache import tensor_digest
 from ..errors import UsageError
 from ..models.mixture import sample_mixture
-from ..variants import separating_variants
+from ..models.video_encoder import num_segments
+from ..variants import SYNC_HOP, SYNC_SEGMENT, separating_variants
 from ..windows import Layout
 from .family import Run
 from .flow import FlowFamily, TextFeatures
+
+
+def _runs(items: list[int]) -> list[tuple[int, int]]:
+    """Sorted integers -> (first, last) of each run of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    for i in items:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
 
 
 class MMAudio(FlowFamily):
@@ -31,13 +42,13 @@ class MMAudio(FlowFamily):
             )
 
     @torch.inference_mode()
-    def encode_text(self, prompts: Sequence[str], negative_prompt: str = "") -> TextFeatures:
-        """CLIP text features of the prompts and the negative prompt; Flan-T5 for SELVA."""
-        clip = self.parts.clip_text(self.tokenizers.clip([*prompts, negative_prompt]))
-        text = TextFeatures(clip=clip[:-1], negative=clip[-1:])
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> dict[str, torch.Tensor]:
+        """CLIP text features of the prompt and the negative prompt; Flan-T5 for SELVA."""
+        clip = self.parts.clip_text(self.tokenizers.clip([prompt, negative_prompt]))
+        text = {"clip": clip[:1], "negative": clip[1:]}
         if self.variant.t5 is not None:
-            ids, mask = self.tokenizers.t5(list(prompts))
-            text.t5, text.t5_mask = self.parts.t5(ids, mask.long()), mask.to(self.device)
+            ids, mask = self.tokenizers.t5([prompt])
+            text["t5"], text["t5_mask"] = self.parts.t5(ids, mask.long()), mask.to(self.device)
         return text
 
     @torch.inference_mode()
@@ -48,7 +59,7 @@ class MMAudio(FlowFamily):
         parts, out = self.parts, {}
         if "sync" in inputs:
             with run.timed("video_trunk"):
-                out["trunk"] = parts.video_trunk(inputs["sync"], prompts)
+                out["trunk"] = self._trunk(inputs["sync"], prompts, run)
         if "clip" in inputs:  # plain MMAudio, MMAudioSep: CLIP frames are decoded
             with run.timed("clip_image"):
                 out["clip"] = parts.clip_image(inputs["clip"])
@@ -56,6 +67,26 @@ class MMAudio(FlowFamily):
             with run.timed("mixture_encoder"):
                 out["mixture_mean"], out["mixture_std"] = parts.mixture_encoder(inputs["mixture"])
         return out
+
+    def _trunk(self, sync: torch.Tensor, prompts: int, run: Run) -> torch.Tensor:
+        """`video_trunk` of sync [1, T, 3, 224, 224], each segment (16 frames, hop 8) computed
+        once per request: overlapping windows start on the 8-frame grid, so they share whole
+        segments, found by their frames' content (a frame picked differently in two windows
+        makes a different segment) in `run.shared`."""
+        count = num_segments(sync.shape[1])
+        frames = [tensor_digest(f) for f in sync[0, : SYNC_HOP * (count - 1) + SYNC_SEGMENT]]
+        keys = ["".join(frames[SYNC_HOP * s : SYNC_HOP * s + SYNC_SEGMENT]) for s in range(count)]
+        done = run.shared.setdefault("trunk_segments", {})  # key -> tokens [R, 1568, D]
+        todo = [s for s in range(count) if keys[s] not in done]
+        for first, last in _runs(todo):
+            n = last - first + 1
+            span = sync[:, SYNC_HOP * first : SYNC_HOP * last + SYNC_SEGMENT]
+            tokens = self.parts.video_trunk(span, prompts)  # [R * n, 1568, D], R: 1 or P
+            rows = tokens.unflatten(0, (-1, n)).unbind(1)
+            done.update(zip(keys[first : last + 1], rows, strict=True))
+            if n == count:  # nothing shared: as returned, no copy
+                return tokens
+        return torch.stack([done[k] for k in keys], dim=1).flatten(0, 1)
 
     @torch.inference_mode()
     def conditions(

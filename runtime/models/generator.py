@@ -63,10 +63,19 @@ def rope_table(length: int, head_dim: int, freq_scaling: float, device=None) -> 
 def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs (x[2i], x[2i+1]) of x [B, h, n, d] by rot [1, n, d/2, 2, 2].
 
-    Computed in fp32 whatever x's dtype (as the reference), and cast back.
+    Computed in fp32 whatever x's dtype (as the reference), and cast back. Bit for bit the
+    official rot[0] * x[2i] + rot[1] * x[2i+1] per output (each product rounded, then one
+    add), written as x * (r00, r11) + swapped(x) * (r01, r10) over whole rows: the official
+    product with the 2x2 matrices and sum over a dimension of 2 makes [.., d/2, 2, 2]
+    intermediates and a strided reduction, 9x slower on the CPU (5.56 vs 0.62 ms, one thread,
+    [2, 7, 250, 64] fp32, AVX2 EPYC), paid for q and k of every attention at every step.
     """
-    pairs = x.float().unflatten(-1, (-1, 1, 2))  # [B, h, n, d/2, 1, 2]: a row vector per pair
-    return (rot * pairs).sum(-1).flatten(-2).to(x.dtype)
+    cos = torch.stack([rot[..., 0, 0], rot[..., 1, 1]], -1).flatten(-2)  # [1, n, d]
+    sin = torch.stack([rot[..., 0, 1], rot[..., 1, 0]], -1).flatten(-2)  # -sin, sin per pair
+    xf = x.float()
+    pairs = xf.unflatten(-1, (-1, 2))
+    swapped = torch.stack([pairs[..., 1], pairs[..., 0]], -1).flatten(-2)  # per pair: y, x
+    return (xf * cos + swapped * sin).to(x.dtype)
 
 
 def nearest_exact_index(src_len: int, dst_len: int, device=None) -> torch.Tensor:

@@ -212,11 +212,24 @@ class Summary:
         }
 
 
-class LocalEngine:
-    """One warm pipeline in this process; `workers` threads decode the next clips meanwhile."""
+def jobs_per_call(device) -> int:
+    """How many jobs share a sampler and decoder call by default: on CUDA a batch of rows
+    keeps the GPU busy; on the CPU one job at a time, until `selva-rt bench --jobs-together N`
+    at full size shows rows together pay there (not measured yet: see the README)."""
+    return JOBS_PER_CALL.get(device.type, 1)
 
-    def __init__(self, pipe, workers: int = 2):
+
+JOBS_PER_CALL = {"cuda": 4}
+
+
+class LocalEngine:
+    """One warm pipeline in this process; `workers` threads decode the next clips meanwhile.
+    Up to `together` jobs at a time share the sampler and decoder calls where their pictures
+    are windows of one length (`Pipeline.generate_many`); None: `jobs_per_call(device)`."""
+
+    def __init__(self, pipe, workers: int = 2, together: int | None = None):
         self.pipe, self.workers = pipe, workers
+        self.together = together or jobs_per_call(pipe.device)
         self.where = f"local:{pipe.device}"
 
     def run(self, entries: Iterable[Entry]) -> Iterator[tuple[Entry, object, str]]:
@@ -226,18 +239,56 @@ class LocalEngine:
         try:
             todo = iter(entries)
             ahead = deque(
-                (e, pool.submit(decode, e.job, variant)) for e in islice(todo, self.workers + 1)
+                (e, pool.submit(decode, e.job, variant))
+                for e in islice(todo, self.workers + self.together)
             )
             while ahead:
-                entry, decoded = ahead.popleft()
-                for e in islice(todo, 1):
+                batch = [ahead.popleft() for _ in range(min(self.together, len(ahead)))]
+                for e in islice(todo, len(batch)):
                     ahead.append((e, pool.submit(decode, e.job, variant)))
-                yield entry, generate(self.pipe, entry.job, decoded.result()), self.where
+                if len(batch) == 1:
+                    entry, decoded = batch[0]
+                    yield entry, generate(self.pipe, entry.job, decoded.result()), self.where
+                    continue
+                outcomes = generate_together(self.pipe, [(e.job, d.result()) for e, d in batch])
+                for (entry, _), outcome in zip(batch, outcomes, strict=True):
+                    yield entry, outcome, self.where
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         pass
+
+
+def generate_together(pipe, jobs: list[tuple[Job, tuple]]) -> list:
+    """Each (job, what `decode` gave it) -> its GenerationResult or SelvaError, as `generate`
+    gives it, the jobs sharing the sampler and decoder calls where they can."""
+    from ..pipeline import Request
+
+    outcomes: list = [None] * len(jobs)
+    requests, index = [], []
+    for i, (job, (video, seconds)) in enumerate(jobs):
+        if isinstance(video, SelvaError):
+            outcomes[i] = video
+            continue
+        requests.append(
+            Request(
+                video,
+                list(job.prompts),
+                negative_prompt=job.negative_prompt,
+                seed=job.seed,
+                steps=job.steps,
+                cfg=job.cfg,
+                duration=job.duration,
+                start=job.start,
+            )
+        )
+        index.append((i, seconds))
+    for (i, seconds), result in zip(index, pipe.generate_many(requests), strict=True):
+        if not isinstance(result, SelvaError):
+            result.timings["decode"] = seconds + result.timings.get("decode", 0.0)
+        outcomes[i] = result
+    return outcomes
 
 
 def prepare(entries: list[Entry], out_dir: Path, settings: Settings, results: Results, force: bool):
@@ -423,6 +474,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--engines", default=None, help="folder built by `selva-rt export`")
     parser.add_argument("--decode-workers", type=int, default=2, help="threads decoding ahead")
     parser.add_argument(
+        "--jobs-per-call",
+        type=int,
+        default=None,
+        metavar="N",
+        help="jobs whose pictures are windows of one length share each sampler and decoder "
+        "call, up to N (default: 4 on CUDA; 1 on the CPU)",
+    )
+    parser.add_argument(
         "--ray",
         metavar="ADDRESS",
         default=None,
@@ -444,10 +503,13 @@ def add_arguments(parser) -> None:
 
 
 def cmd_batch(args) -> int:
+    from ..cache import SERVICE_MEMORY_GB, open_cache
     from ..device import resolve_device, resolve_precision
 
     if args.decode_workers < 1:
         raise UsageError("--decode-workers must be at least 1")
+    if args.jobs_per_call is not None and args.jobs_per_call < 1:
+        raise UsageError("--jobs-per-call must be at least 1")
     fields = ("negative_prompt", "seed", "steps", "cfg", "duration", "start", *DELIVERY)
     defaults = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     defaults.setdefault("steps", get_variant(args.variant).steps)
@@ -471,8 +533,14 @@ def cmd_batch(args) -> int:
         device = resolve_device(args.device)
 
         def factory():
-            pipe = Pipeline.from_pretrained(device=args.device, quiet=args.quiet, **options)
-            return LocalEngine(pipe, args.decode_workers)
+            pipe = Pipeline.from_pretrained(
+                device=args.device,
+                quiet=args.quiet,
+                cache=open_cache(not args.no_cache, args.cache_gb, SERVICE_MEMORY_GB),
+                low_memory=args.low_memory,
+                **options,
+            )
+            return LocalEngine(pipe, args.decode_workers, args.jobs_per_call)
 
     settings = Settings(variant=args.variant, precision=resolve_precision(args.precision, device))
     try:

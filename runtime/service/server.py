@@ -21,7 +21,8 @@ queued and interrupted jobs again, outputs are written all or nothing, and a gra
 finishes the running job or puts it back in the queue. An uploaded clip is kept while a queued
 or running job needs it, and deleted after. Queued jobs for the same clip, window and sampler
 options run as one multi-prompt call, so they share its decode and video trunk (each stem equals
-the single-job result).
+the single-job result); on a GPU, such calls over other clips with the same steps and cfg share
+the sampler and decoder too.
 """
 
 import asyncio
@@ -63,6 +64,7 @@ class Limits:
     body: int = 64 << 10  # bytes of a JSON request
     upload: int = 2 << 30  # bytes of an uploaded clip
     prompts_per_call: int = 8  # most prompts that share one call
+    jobs_per_call: int | None = None  # clips whose rows share the sampler; None: by device
     drain: float = 30.0  # seconds a shutdown waits for the running job before requeueing it
 
 
@@ -155,21 +157,31 @@ class Worker(threading.Thread):
         return getattr(self.pipe, "where", None) or f"local:{self.pipe.device}"
 
     def run(self) -> None:
+        from .batch import jobs_per_call
+
+        if hasattr(self.pipe, "generate_many"):
+            together = self.limits.jobs_per_call or jobs_per_call(self.pipe.device)
+        else:  # serve_ray.RayPipe: one call at a time
+            together = 1
         while not self.stopping.is_set():
             first = self.journal.claim()
             if not first:
                 self.wake.wait(0.5)
                 self.wake.clear()
                 continue
-            job = first[0].job
-            room = self.limits.prompts_per_call - len(job["prompts"])
-            like = {k: job[k] for k in SHARED}
-            group = first + (self.journal.claim(like, limit=room) if room > 0 else [])
-            while sum(len(r.job["prompts"]) for r in group) > self.limits.prompts_per_call:
-                self.journal.finish(group.pop().id, "queued")  # back, for the next call
+            calls = [self.same_clip(first)]
+            # Jobs over other clips with the same sampler settings share the sampler and the
+            # decoder with these (where their windows have one length: Pipeline.generate_many).
+            while len(calls) < together:
+                like = {k: first[0].job[k] for k in ("steps", "cfg")}
+                more = self.journal.claim(like, limit=1)
+                if not more:
+                    break
+                calls.append(self.same_clip(more))
+            group = [r for call in calls for r in call]
             self.running = [r.id for r in group]
             try:
-                self.run_group(group)
+                self.run_calls(calls)
             except Exception as e:  # noqa: BLE001 - a job fails with one line; the worker lives on
                 for r in group:
                     self.journal.finish(r.id, "failed", error=_internal(e))
@@ -178,31 +190,61 @@ class Worker(threading.Thread):
                 if self.uploads is not None:
                     self.uploads.sweep()
 
-    def run_group(self, group: list[Record]) -> None:
-        job = group[0].job
-        done = 0
+    def same_clip(self, first: list[Record]) -> list[Record]:
+        """`first` and the queued jobs that can join its multi-prompt call (same clip, window
+        and sampler options), up to `prompts_per_call` prompts."""
+        job = first[0].job
+        room = self.limits.prompts_per_call - len(job["prompts"])
+        like = {k: job[k] for k in SHARED}
+        group = first + (self.journal.claim(like, limit=room) if room > 0 else [])
+        while sum(len(r.job["prompts"]) for r in group) > self.limits.prompts_per_call:
+            self.journal.finish(group.pop().id, "queued")  # back, for the next call
+        return group
 
-        def tell(steps: int) -> None:
-            nonlocal done
+    def run_calls(self, calls: list[list[Record]]) -> None:
+        """Each call: one multi-prompt generation over one clip; all of them through
+        `Pipeline.generate_many` (a stand-in without it, serve_ray.RayPipe, gets one call at a
+        time), then each job's share of its call written."""
+        from ..pipeline import Request
+
+        group = [r for call in calls for r in call]
+        done = [0] * len(calls)
+
+        def tell(i: int, steps: int) -> None:
             if steps:
-                done += steps
-                for r in group:
-                    self.journal.progress(r.id, done)
+                done[i] += steps
+                for r in calls[i]:
+                    self.journal.progress(r.id, done[i])
             if self.requeue.is_set() or all(r.id in self.cancelled for r in group):
                 raise Interrupted
 
-        try:
-            result = self.pipe.generate(
-                job["clip"],
-                [p for r in group for p in r.job["prompts"]],
-                negative_prompt=job["negative_prompt"],
-                seed=job["seed"],
-                steps=job["steps"],
-                cfg=job["cfg"],
-                duration=job["duration"],
-                start=job["start"],
-                progress=tell,
+        requests = [
+            Request(
+                call[0].job["clip"],
+                [p for r in call for p in r.job["prompts"]],
+                negative_prompt=call[0].job["negative_prompt"],
+                seed=call[0].job["seed"],
+                steps=call[0].job["steps"],
+                cfg=call[0].job["cfg"],
+                duration=call[0].job["duration"],
+                start=call[0].job["start"],
             )
+            for call in calls
+        ]
+        try:
+            if hasattr(self.pipe, "generate_many"):
+                results = self.pipe.generate_many(requests, progress=tell)
+            else:
+                (one,) = requests
+                options = {k: v for k, v in vars(one).items() if k not in ("clip", "prompts")}
+                try:
+                    results = [
+                        self.pipe.generate(
+                            one.clip, one.prompts, progress=lambda s: tell(0, s), **options
+                        )
+                    ]
+                except SelvaError as e:
+                    results = [e]
         except WorkerDied as e:
             for r in group:
                 self.deaths[r.id] = deaths = self.deaths.get(r.id, 0) + 1
@@ -220,25 +262,28 @@ class Worker(threading.Thread):
             for r in group:
                 self.journal.finish(r.id, "cancelled" if r.id in self.cancelled else "queued")
             return
-        except SelvaError as e:
-            for r in group:
-                self.journal.finish(r.id, "failed", error=str(e))
-            return
-        except Exception as e:  # noqa: BLE001 - the job fails with one line; the server goes on
+        except Exception as e:  # noqa: BLE001 - the jobs fail with one line; the server goes on
             for r in group:
                 self.journal.finish(r.id, "failed", error=_internal(e))
             return
-        first = 0
-        for r in group:
-            n = len(r.job["prompts"])
-            part = dataclasses.replace(
-                result, audio=result.audio[first : first + n], prompts=result.prompts[first:][:n]
-            )
-            first += n
-            if r.id in self.cancelled:
-                self.journal.finish(r.id, "cancelled")
+        for call, result in zip(calls, results, strict=True):
+            if isinstance(result, SelvaError):
+                for r in call:
+                    self.journal.finish(r.id, "failed", error=str(result))
                 continue
-            self.write(r, part)
+            first = 0
+            for r in call:
+                n = len(r.job["prompts"])
+                part = dataclasses.replace(
+                    result,
+                    audio=result.audio[first : first + n],
+                    prompts=result.prompts[first:][:n],
+                )
+                first += n
+                if r.id in self.cancelled:
+                    self.journal.finish(r.id, "cancelled")
+                    continue
+                self.write(r, part)
 
     def write(self, record: Record, result) -> None:
         folder = self.out_dir / record.id

@@ -133,7 +133,15 @@ def cmd_spot(args) -> int:
         device = resolve_device(args.device)
 
         def factory():
-            pipe = Pipeline.from_pretrained(device=args.device, quiet=args.quiet, **options)
+            from ..cache import SERVICE_MEMORY_GB, open_cache
+
+            pipe = Pipeline.from_pretrained(
+                device=args.device,
+                quiet=args.quiet,
+                cache=open_cache(not args.no_cache, args.cache_gb, SERVICE_MEMORY_GB),
+                low_memory=args.low_memory,
+                **options,
+            )
             return LocalEngine(pipe, args.decode_workers)
 
     settings = Settings(variant=args.variant, precision=resolve_precision(args.precision, device))
