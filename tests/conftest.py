@@ -35,6 +35,7 @@ from golden import (
 from selva_rt.benchmarks.golden_e2e import E2ECase, e2e_pipeline, e2e_variant, read_e2e
 from selva_rt.export import build_engines
 from selva_rt.runtime import media
+from selva_rt.runtime.backends.graphs import MANIFEST
 from selva_rt.runtime.models.networks import Networks, build_networks
 from selva_rt.runtime.pipeline import Pipeline
 from selva_rt.runtime.variants import TINY
@@ -74,6 +75,13 @@ def ray_temp_dir():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def one_thread_per_worker():
+    """Under pytest-xdist, one torch thread per worker, whatever a test module asked for."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def sample_clip() -> Path:
     """The demo clip shipped with the package (runtime/assets/sample.mp4)."""
@@ -87,10 +95,21 @@ def tiny_nets() -> Networks:
 
 
 def onnx_build(tmp_path_factory, variant: str) -> Path:
-    """`selva-rt export --variant VARIANT --onnx-only` (fp32) into a fresh folder."""
-    out = tmp_path_factory.mktemp("engines") / variant
-    argv = ["--variant", variant, "--out", str(out), "--onnx-only", "--threads", "2", "--quiet"]
-    assert build_engines.main(argv) == 0
+    """`selva-rt export --variant VARIANT --onnx-only` (fp32), made once per run: under
+    pytest-xdist the first worker that needs it builds it into the run's shared folder while the
+    others wait for it, and all read that one build."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' folders sit side by side in the run's
+    out = root / "engines" / variant
+    out.parent.mkdir(exist_ok=True)
+    with FileLock(f"{out}.lock"):
+        if not (out / MANIFEST).exists():
+            shutil.rmtree(out, ignore_errors=True)  # a build cut off halfway
+            argv = ["--variant", variant, "--out", str(out), "--onnx-only", "--threads", "2"]
+            assert build_engines.main([*argv, "--quiet"]) == 0
     return out
 
 
