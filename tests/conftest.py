@@ -3,6 +3,7 @@ ONNX build, the golden `e2e_tiny` case and a Pipeline over its golden-weight net
 sizes, duration and settings the case records."""
 
 import selva_rt  # noqa: F401, I001  (first: it takes the checkout's folders off sys.path)
+import atexit
 import os
 import shutil
 import tempfile
@@ -23,8 +24,11 @@ import torch  # noqa: E402
 # kernel tests interpret it on the CPU: set before the imports below bring Triton in.
 os.environ.setdefault("TRITON_INTERPRET", "0" if torch.cuda.is_available() else "1")
 # Commands keep video and text features (and low-memory weights) under $SELVA_RT_HOME: a test run
-# without one set keeps them in a folder of its own, which its subprocesses inherit.
-os.environ.setdefault("SELVA_RT_HOME", tempfile.mkdtemp(prefix="selva-rt-tests-"))
+# without one set keeps them in a folder of its own, which its subprocesses inherit, removed at
+# its end.
+if "SELVA_RT_HOME" not in os.environ:
+    os.environ["SELVA_RT_HOME"] = tempfile.mkdtemp(prefix="selva-rt-tests-")
+    atexit.register(shutil.rmtree, os.environ["SELVA_RT_HOME"], True)
 
 from golden import (
     ERRORS,
