@@ -92,11 +92,22 @@ class Vatt:
         if mixture:
             raise UsageError(f"{self.variant.name} generates; it does not separate a mixture")
 
+    @property
+    def identity(self) -> None:
+        """Nothing of VATT's is kept by the feature cache yet (its key is not defined)."""
+        return None
+
     def encode_text(self, prompts: Sequence[str], negative_prompt: str = "") -> VattText:
-        """The prompts' ids (the official template and tokenizer, at most 64 ids, EOS ended)."""
+        return self.join_text([self.encode_prompt(p, negative_prompt) for p in prompts])
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> dict[str, torch.Tensor]:
+        """ids: the prompt's ids (the official template and tokenizer, at most 64, EOS ended)."""
         if negative_prompt:
             raise UsageError(f"{self.variant.name} takes no negative prompt")
-        return VattText([torch.tensor(self.parts.tokenizer.encode(p)) for p in prompts])
+        return {"ids": torch.tensor(self.parts.tokenizer.encode(prompt))}
+
+    def join_text(self, prompts: Sequence[dict[str, torch.Tensor]]) -> VattText:
+        return VattText([p["ids"] for p in prompts])
 
     def features(self, inputs: dict[str, torch.Tensor], prompts: int, run: Run) -> dict:
         """video: the window's eva02 features [video_frames, 768] float32, from its 5 fps crops
