@@ -32,8 +32,9 @@ def manifest_for(variant: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "name", [n for n, v in VARIANTS.items() if not v.random_weights and not v.flowley]
-)
+    "name",
+    [n for n, v in VARIANTS.items() if not (v.random_weights or v.flowley or v.vatt)],
+)  # VATT's layouts: tests/test_vatt_variants.py
 def test_full_size_layout_matches_manifest(name):
     """MMAudio's manifest; MMAudioSep's differs only in audio_input_proj.0.weight's input
     channels, 2C instead of C (spec SEEDS.md §1.2: C·H·7 more parameters)."""

@@ -81,8 +81,9 @@ def test_graph_io_dtypes_and_shapes():
     assert select["t5_mask"][0] == "bool" and select["t5_features"][1] == (2, 9, 768)
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name", sorted(n for n, v in VARIANTS.items() if not v.vatt))
 def test_profiles_cover_one_prompt_to_max_batch_and_min_to_max_duration(name):
+    # VATT builds ONNX graphs only, no TensorRT engines (export/README.md)
     variant = get_variant(name)
     for part in plan.part_names(variant):
         prof = plan.profile(part, variant, max_batch=4, max_duration=10.0)
