@@ -1,8 +1,9 @@
 """Stop a job at a known point, so tests that interrupt one (kill -9, shutdown, cancel) interrupt
 it there and not wherever a poll happens to catch it.
 
-In process: `at_step(monkeypatch, step, hold)` makes `Pipeline.generate` call `hold()` once the
-job's `step`-th Euler step is done (before the caller's own progress callback sees it);
+In process: `at_step(monkeypatch, step, hold)` makes `Pipeline.generate` (and each request of
+`Pipeline.generate_many`) call `hold()` once the job's `step`-th Euler step is done (before
+the caller's own progress callback sees it);
 `after_write(monkeypatch, count, hold)` makes the batch driver call `hold()` right after the
 `count`-th job's files were renamed into place, before its `ok` record.
 
@@ -46,6 +47,23 @@ def at_step(patch, step: int, hold: Callable[[], None]) -> None:
         return real(self, *args, progress=counted, **kwargs)
 
     patch.setattr(Pipeline, "generate", generate)
+
+    real_many = Pipeline.generate_many  # the server's worker runs its jobs through this
+
+    def generate_many(self, requests, progress=None):
+        done: dict[int, int] = {}
+
+        def counted(i: int, steps: int) -> None:
+            before = done.get(i, 0)
+            if before < step <= before + steps:
+                hold()
+            done[i] = before + steps
+            if progress is not None:
+                progress(i, steps)
+
+        return real_many(self, requests, progress=counted)
+
+    patch.setattr(Pipeline, "generate_many", generate_many)
 
 
 def after_write(patch, count: int, hold: Callable[[], None]) -> None:
