@@ -70,13 +70,18 @@ def test_serve_options_reach_the_server(roots, tmp_path, monkeypatch):
     """--max-upload-mb and --max-queue become the limits; the bind address defaults to
     loopback (the real socket's address is checked in test_server.py's process tests)."""
     seen = {}
-    monkeypatch.setattr(server, "serve", lambda *args: seen.setdefault("args", args))
+    def serve(pipe, roots_, out, sock, **options):
+        seen.update(pipe=pipe, address=sock.getsockname(), **options)
+        sock.close()
+
+    monkeypatch.setattr(server, "serve", serve)
     argv = ["serve", "--variant", "tiny", "--root", str(roots), "--out", str(tmp_path / "o")]
+    argv += ["--port", "0"]  # any free port: the address is what is checked
     assert cli.main([*argv, "--max-upload-mb", "1.5", "--max-queue", "3", "--quiet"]) == 0
-    pipe, roots_, out, host, port, token, limits, quiet = seen["args"]
-    assert (host, port, token) == ("127.0.0.1", server.DEFAULT_PORT, None)
-    assert limits == Limits(queue=3, upload=int(1.5 * 2**20))
-    assert server.is_loopback(host) and pipe.variant.name == "tiny"
+    host = seen["address"][0]
+    assert host == "127.0.0.1" and seen["token"] is None
+    assert seen["limits"] == Limits(queue=3, upload=int(1.5 * 2**20))
+    assert server.is_loopback(host) and seen["pipe"].variant.name == "tiny"
 
 
 def test_file_names_cannot_leave_the_job_folder(tiny, roots, tmp_path):
