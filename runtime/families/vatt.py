@@ -138,6 +138,13 @@ class Vatt:
                     masks.append(m)
         return {"states": states, "masks": masks}
 
+    def join_conditions(self, conditions: list[dict], rows: list[int]) -> dict:
+        """One request's conditions as they are: MaskGIT draws from each request's own
+        generators, so requests do not share a sampler call yet (`--jobs-per-call 1`)."""
+        if len(conditions) != 1:
+            raise UsageError(f"{self.variant.name} runs one job per sampler call")
+        return conditions[0]
+
     def noise(self, prompts: int, layout: Layout, run: Run) -> torch.Tensor:
         """tokens [P, K, total] int64, every one MASK (nothing is drawn)."""
         a = self.config.audio
