@@ -52,11 +52,11 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     purelib = run(
         str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp
     ).stdout.strip()
-    # This interpreter's site folders hold the dependencies; the checkout is not among them.
+    # This interpreter's site folders hold the dependencies (a venv inside the checkout too):
+    # listed in a .pth, their own .pth files (the editable install's finder) are not read, so
+    # selva_rt can only come from the wheel.
     folders = [p for p in (*site.getsitepackages(), *sys.path) if Path(p).is_dir()]
-    deps = [
-        p for p in dict.fromkeys(folders) if "site-packages" in p and ROOT not in Path(p).parents
-    ]
+    deps = [p for p in dict.fromkeys(folders) if "site-packages" in p]
     (Path(purelib) / "zz_dependencies.pth").write_text("\n".join(deps) + "\n")
     run(
         sys.executable,
