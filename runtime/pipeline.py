@@ -372,7 +372,8 @@ class Pipeline:
                 results[i] = err
                 continue
             # A long clip's windows are already a batch of rows: it runs alone.
-            key = (item.layout.latent, item.steps, item.cfg) if len(item.layout) == 1 else (i,)
+            joins = self.family.joins_requests and len(item.layout) == 1
+            key = (item.layout.latent, item.steps, item.cfg) if joins else (i,)
             groups.setdefault(key, []).append(item)
         for group in groups.values():
 

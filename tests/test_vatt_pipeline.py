@@ -5,6 +5,7 @@ runs, clips longer than the 10 s window."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from golden import assert_close, load_case
@@ -106,6 +107,19 @@ def test_batched_prompts_equal_single_prompt_stems(tiny):
         one = tiny.generate(clip, [p], seed=5, steps=2)
         assert torch.equal(torch.from_numpy(one.audio[0]), torch.from_numpy(both.audio[i])), p
     assert both.steps == 2 and both.cfg == tiny.variant.cfg == 5.0
+
+
+def test_jobs_together_each_keep_their_own_draws(tiny):
+    """`generate_many` (the server's and batch's worker with --jobs-per-call > 1) gives each
+    VATT request the stem `generate` gives it: MaskGIT draws from each request's generators, so
+    requests take one sampler call each instead of one shared call."""
+    from selva_rt.runtime.pipeline import Request
+
+    clip = "runtime/assets/sample.mp4"
+    requests = [Request(clip, ["rain"], seed=3, steps=2), Request(clip, ["sheep"], seed=4, steps=2)]
+    for req, got in zip(requests, tiny.generate_many(requests), strict=True):
+        alone = tiny.generate(clip, req.prompts, seed=req.seed, steps=2)
+        assert np.array_equal(got.audio, alone.audio), req.prompts
 
 
 def test_defaults_are_the_variants(tiny):

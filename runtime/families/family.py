@@ -83,6 +83,9 @@ class Family(Protocol):
     precision: str  # what the parts compute in: fp32, bf16, fp16, int8
     needs: Needs
     sample_rate: int  # of the waveform `decode` returns
+    # Whether requests may share a sampler call (`join_conditions` of several): False where the
+    # sampler draws from each request's own generator (VATT's MaskGIT).
+    joins_requests: bool
 
     def plan(self, duration: float) -> Layout:
         """The windows covering `duration` seconds (one up to `needs.window`)."""

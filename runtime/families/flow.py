@@ -43,6 +43,8 @@ class TextFeatures:
 class FlowFamily:
     """The flow-matching half of a family; subclasses add text handling and conditions."""
 
+    joins_requests = True
+
     def __init__(self, variant: Variant, parts: Parts, tokenizers: "Tokenizers | None" = None):
         self.variant, self.parts = variant, parts
         self.tokenizers = tokenizers or Tokenizers.load(variant)

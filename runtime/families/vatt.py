@@ -64,6 +64,8 @@ class VattText:
 
 
 class Vatt:
+    joins_requests = False
+
     def __init__(self, variant: Variant, parts, tokenizers=None):
         self.variant, self.parts = variant, parts
         self.config: VattConfig = variant.generator
@@ -140,10 +142,9 @@ class Vatt:
 
     def join_conditions(self, conditions: list[dict], rows: list[int]) -> dict:
         """One request's conditions as they are: MaskGIT draws from each request's own
-        generators, so requests do not share a sampler call yet (`--jobs-per-call 1`)."""
-        if len(conditions) != 1:
-            raise UsageError(f"{self.variant.name} runs one job per sampler call")
-        return conditions[0]
+        generators, so requests do not share a sampler call (`joins_requests` is False)."""
+        (one,) = conditions
+        return one
 
     def noise(self, prompts: int, layout: Layout, run: Run) -> torch.Tensor:
         """tokens [P, K, total] int64, every one MASK (nothing is drawn)."""
