@@ -1375,14 +1375,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["load_average_rounds"] = load
     report["load_average_end"] = _loadavg()
 
-    stem = args.name or f"bench-{device.type}-{args.variant}-{env['date'][:10]}"
+    write_report(report, markdown(report), args, device)
+    return 0
+
+
+def write_report(report: dict, md: str, args: argparse.Namespace, device: torch.device) -> None:
+    """The report as args.output/<stem>.json and .md (stem: --name, or the device, variant and
+    date), the tables printed too."""
+    date = report["environment"]["date"][:10]
+    stem = args.name or f"bench-{device.type}-{args.variant}-{date}"
     args.output.mkdir(parents=True, exist_ok=True)
-    md = markdown(report)
     (args.output / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.output / f"{stem}.md").write_text(md)
     print(md)
     print(f"wrote {args.output / stem}.json and .md", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

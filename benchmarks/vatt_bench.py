@@ -27,7 +27,6 @@ files. Results go to benchmarks/results/<name>.json and .md.
 
 import argparse
 import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -43,7 +42,7 @@ from ..runtime.families.vatt import FRAMES
 from ..runtime.models.vatt_networks import VattNetworks, build_vatt_networks
 from ..runtime.pipeline import Pipeline
 from ..runtime.variants import TINY_VATT, VARIANTS, Variant, get_variant
-from .bench import RESULTS, PeakMemory, environment, stats
+from .bench import RESULTS, PeakMemory, environment, stats, write_report
 
 PROMPTS = ("dog barking", "car horn honking", "sheep bleating", "rain on a window")
 
@@ -301,13 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }
-    stem = args.name or f"bench-{device.type}-{args.variant}-{env['date'][:10]}"
-    args.output.mkdir(parents=True, exist_ok=True)
-    md = markdown(report)
-    (args.output / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.output / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"wrote {args.output / stem}.json and .md", flush=True)
+    write_report(report, markdown(report), args, device)
     return 0
 
 

@@ -93,6 +93,21 @@ def sample_clip() -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_pipe() -> Pipeline:
+    """The tiny variant's pipeline, as `selva-rt` builds it (fp32 on the CPU)."""
+    return Pipeline.from_pretrained("tiny", device="cpu", precision="fp32")
+
+
+@pytest.fixture
+def clip_root(tmp_path, sample_clip) -> Path:
+    """A folder of clips (the sample as a.mp4): a server's --root."""
+    root = tmp_path / "clips"
+    root.mkdir()
+    (root / "a.mp4").write_bytes(sample_clip.read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
 def tiny_nets() -> Networks:
     """The tiny variant's random networks, one set per module (tests may move or resize them)."""
     return build_networks(TINY, {})

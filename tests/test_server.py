@@ -1,4 +1,4 @@
-"""`selva-rt serve` on the tiny variant, loopback only: the job lifecycle, uploads, grouping of
+"""`selva-rt serve` on the tiny_pipe variant, loopback only: the job lifecycle, uploads, grouping of
 jobs over one clip, security and bad requests (4xx, nothing written), a full queue, 50
 concurrent clients, and a `kill -9` of the server during a job."""
 
@@ -26,32 +26,19 @@ from starlette.testclient import TestClient  # noqa: E402
 STEPS = 2  # structure, not sound: few Euler steps keep every test fast
 
 
-@pytest.fixture(scope="module")
-def tiny() -> Pipeline:
-    return Pipeline.from_pretrained("tiny", device="cpu", precision="fp32")
-
-
-@pytest.fixture
-def roots(tmp_path, sample_clip) -> Path:
-    root = tmp_path / "clips"
-    root.mkdir()
-    (root / "a.mp4").write_bytes(sample_clip.read_bytes())
-    return root
-
-
 def job(clip: Path, *prompts: str, **options) -> dict:
     return {"clip": str(clip), "prompts": list(prompts) or ["rain"], "steps": STEPS, **options}
 
 
-def test_job_lifecycle(tiny, roots, tmp_path):
+def test_job_lifecycle(tiny_pipe, clip_root, tmp_path):
     out = tmp_path / "out"
-    app = create_app(tiny, [roots], out)
+    app = create_app(tiny_pipe, [clip_root], out)
     with TestClient(app) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         info = client.get("/v1/info").json()
         assert (info["variant"], info["device"], info["precision"]) == ("tiny", "cpu", "fp32")
         assert {"/v1/jobs", "/v1/jobs/{id}"} <= set(client.get("/openapi.json").json()["paths"])
-        r = client.post("/v1/jobs", json=job(roots / "a.mp4", "rain", seed=5, duration=1.0))
+        r = client.post("/v1/jobs", json=job(clip_root / "a.mp4", "rain", seed=5, duration=1.0))
         assert r.status_code == 202 and r.json()["state"] == "queued"
         record = wait(client, r.json()["id"])
         assert record["state"] == "done" and record["progress"] == 1.0, record
@@ -59,7 +46,7 @@ def test_job_lifecycle(tiny, roots, tmp_path):
         wav = client.get(f"/v1/jobs/{record['id']}/files/{files['audio']}")
         assert wav.status_code == 200
         audio, rate = soundfile.read(io.BytesIO(wav.content), dtype="float32")
-        direct = tiny.generate(roots / "a.mp4", "rain", seed=5, steps=STEPS, duration=1.0)
+        direct = tiny_pipe.generate(clip_root / "a.mp4", "rain", seed=5, steps=STEPS, duration=1.0)
         assert rate == direct.sample_rate and len(audio) == direct.audio.shape[1]
         assert np.abs(audio - direct.audio[0]).max() < 1e-4  # 24-bit stem of the same numbers
         video = client.get(f"/v1/jobs/{record['id']}/files/{files['video']}")
@@ -69,13 +56,15 @@ def test_job_lifecycle(tiny, roots, tmp_path):
         assert client.get("/v1/jobs/nope").status_code == 404
 
 
-def test_upload_and_jobs_sharing_one_clip_share_one_call(tiny, roots, tmp_path, monkeypatch):
-    app = create_app(tiny, [roots], tmp_path / "out")
+def test_upload_and_jobs_sharing_one_clip_share_one_call(
+    tiny_pipe, clip_root, tmp_path, monkeypatch
+):
+    app = create_app(tiny_pipe, [clip_root], tmp_path / "out")
     calls = []
-    trunk = tiny.parts.video_trunk
-    monkeypatch.setattr(tiny.parts, "video_trunk", lambda *a: calls.append(1) or trunk(*a))
+    trunk = tiny_pipe.parts.video_trunk
+    monkeypatch.setattr(tiny_pipe.parts, "video_trunk", lambda *a: calls.append(1) or trunk(*a))
     client = TestClient(app)  # no lifespan yet: the worker starts with both jobs queued
-    clip = (roots / "a.mp4").read_bytes()
+    clip = (clip_root / "a.mp4").read_bytes()
     ids = []
     for prompt in ("rain", "thunder"):
         form = {"job": json.dumps({"prompts": [prompt], "steps": STEPS, "duration": 1.0})}
@@ -90,7 +79,7 @@ def test_upload_and_jobs_sharing_one_clip_share_one_call(tiny, roots, tmp_path, 
 
 
 def test_an_unexpected_error_fails_the_job_and_the_worker_goes_on(
-    tiny, roots, tmp_path, monkeypatch
+    tiny_pipe, clip_root, tmp_path, monkeypatch
 ):
     import selva_rt.runtime.service.server as server
 
@@ -103,57 +92,59 @@ def test_an_unexpected_error_fails_the_job_and_the_worker_goes_on(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(server, "write_outputs", broken_once)
-    with TestClient(create_app(tiny, [roots], tmp_path / "out")) as client:
-        first = client.post("/v1/jobs", json=job(roots / "a.mp4", duration=1.0)).json()["id"]
+    with TestClient(create_app(tiny_pipe, [clip_root], tmp_path / "out")) as client:
+        first = client.post("/v1/jobs", json=job(clip_root / "a.mp4", duration=1.0)).json()["id"]
         record = wait(client, first)
         assert record["state"] == "failed" and "internal error" in record["error"], record
-        second = client.post("/v1/jobs", json=job(roots / "a.mp4", duration=1.0)).json()["id"]
+        second = client.post("/v1/jobs", json=job(clip_root / "a.mp4", duration=1.0)).json()["id"]
         assert wait(client, second)["state"] == "done"
         assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_cancel_a_queued_job(tiny, roots, tmp_path):
-    app = create_app(tiny, [roots], tmp_path / "out")
+def test_cancel_a_queued_job(tiny_pipe, clip_root, tmp_path):
+    app = create_app(tiny_pipe, [clip_root], tmp_path / "out")
     client = TestClient(app)
-    job_id = client.post("/v1/jobs", json=job(roots / "a.mp4")).json()["id"]
+    job_id = client.post("/v1/jobs", json=job(clip_root / "a.mp4")).json()["id"]
     assert client.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
     with client:
         assert wait(client, job_id)["state"] == "cancelled"
     assert not (tmp_path / "out" / job_id).exists()
 
 
-def test_a_full_queue_answers_429_with_retry_after(tiny, roots, tmp_path):
-    client = TestClient(create_app(tiny, [roots], tmp_path / "out", limits=Limits(queue=2)))
-    codes = [client.post("/v1/jobs", json=job(roots / "a.mp4")).status_code for _ in range(3)]
+def test_a_full_queue_answers_429_with_retry_after(tiny_pipe, clip_root, tmp_path):
+    client = TestClient(
+        create_app(tiny_pipe, [clip_root], tmp_path / "out", limits=Limits(queue=2))
+    )
+    codes = [client.post("/v1/jobs", json=job(clip_root / "a.mp4")).status_code for _ in range(3)]
     assert codes == [202, 202, 429]
-    r = client.post("/v1/jobs", json=job(roots / "a.mp4"))
+    r = client.post("/v1/jobs", json=job(clip_root / "a.mp4"))
     assert r.status_code == 429 and r.headers["retry-after"].isdigit()
 
 
-def bad_requests(roots: Path, tmp_path: Path) -> dict:
+def bad_requests(clip_root: Path, tmp_path: Path) -> dict:
     outside = tmp_path / "outside.mp4"
-    outside.write_bytes((roots / "a.mp4").read_bytes())
-    (roots / "link.mp4").symlink_to(outside)
-    (roots / "notes.txt").write_text("not a video")
-    clip = str(roots / "a.mp4")
+    outside.write_bytes((clip_root / "a.mp4").read_bytes())
+    (clip_root / "link.mp4").symlink_to(outside)
+    (clip_root / "notes.txt").write_text("not a video")
+    clip = str(clip_root / "a.mp4")
     return {
         "malformed JSON": (b'{"clip": ', 422, "not valid JSON"),
         "unknown field": ({"clip": clip, "prompts": ["a"], "speed": 2}, 422, "unknown field"),
         "outside the roots": ({"clip": str(outside), "prompts": ["a"]}, 403, "outside"),
-        "symlink escape": ({"clip": str(roots / "link.mp4"), "prompts": ["a"]}, 403, "outside"),
+        "symlink escape": ({"clip": str(clip_root / "link.mp4"), "prompts": ["a"]}, 403, "outside"),
         "relative path": ({"clip": "a.mp4", "prompts": ["a"]}, 422, "absolute path"),
-        "missing file": ({"clip": str(roots / "b.mp4"), "prompts": ["a"]}, 404, "does not"),
-        "not a video": ({"clip": str(roots / "notes.txt"), "prompts": ["a"]}, 422, "notes.txt"),
+        "missing file": ({"clip": str(clip_root / "b.mp4"), "prompts": ["a"]}, 404, "does not"),
+        "not a video": ({"clip": str(clip_root / "notes.txt"), "prompts": ["a"]}, 422, "notes.txt"),
         "long prompt": ({"clip": clip, "prompts": ["a" * 20000]}, 422, "20000 characters"),
         "huge body": ({"clip": clip, "prompts": ["a"] * 20000}, 413, "over"),
         "no prompts": ({"clip": clip, "prompts": []}, 422, "at least one prompt"),
     }
 
 
-def test_bad_requests_get_a_clear_4xx_and_write_nothing(tiny, roots, tmp_path):
+def test_bad_requests_get_a_clear_4xx_and_write_nothing(tiny_pipe, clip_root, tmp_path):
     out = tmp_path / "out"
-    client = TestClient(create_app(tiny, [roots], out))
-    for case, (body, status, message) in bad_requests(roots, tmp_path).items():
+    client = TestClient(create_app(tiny_pipe, [clip_root], out))
+    for case, (body, status, message) in bad_requests(clip_root, tmp_path).items():
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         r = client.post("/v1/jobs", content=content, headers={"content-type": "application/json"})
         assert r.status_code == status, (case, r.text)
@@ -163,16 +154,18 @@ def test_bad_requests_get_a_clear_4xx_and_write_nothing(tiny, roots, tmp_path):
     assert list((out / "uploads").iterdir()) == []
 
 
-def test_a_token_guards_every_endpoint_but_health_openapi_and_the_panel(tiny, roots, tmp_path):
-    app = create_app(tiny, [roots], tmp_path / "out", token="s3cret")
+def test_a_token_guards_every_endpoint_but_health_openapi_and_the_panel(
+    tiny_pipe, clip_root, tmp_path
+):
+    app = create_app(tiny_pipe, [clip_root], tmp_path / "out", token="s3cret")
     client = TestClient(app)  # no lifespan: the job stays queued
     ok = {"Authorization": "Bearer s3cret"}
-    job_id = client.post("/v1/jobs", json=job(roots / "a.mp4"), headers=ok).json()["id"]
+    job_id = client.post("/v1/jobs", json=job(clip_root / "a.mp4"), headers=ok).json()["id"]
     guarded = [
         ("GET", "/v1/info", None),
         ("GET", "/v1/clips", None),
         ("GET", "/v1/jobs", None),
-        ("POST", "/v1/jobs", job(roots / "a.mp4")),
+        ("POST", "/v1/jobs", job(clip_root / "a.mp4")),
         ("GET", f"/v1/jobs/{job_id}", None),
         ("GET", f"/v1/jobs/{job_id}/files/a_rain.wav", None),
         ("DELETE", f"/v1/jobs/{job_id}", None),
@@ -203,8 +196,8 @@ def test_a_token_guards_every_endpoint_but_health_openapi_and_the_panel(tiny, ro
         assert client.request(method, path, json=body, headers=ok).status_code != 401, path
 
 
-def test_serving_beyond_loopback_needs_a_token(roots, tmp_path, capsys):
-    argv = ["serve", "--variant", "tiny", "--root", str(roots), "--host", "0.0.0.0"]
+def test_serving_beyond_loopback_needs_a_token(clip_root, tmp_path, capsys):
+    argv = ["serve", "--variant", "tiny", "--root", str(clip_root), "--host", "0.0.0.0"]
     assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--token" in err and not (tmp_path / "out").exists()
@@ -213,7 +206,7 @@ def test_serving_beyond_loopback_needs_a_token(roots, tmp_path, capsys):
 # -- a real server process --------------------------------------------------------------------
 
 
-def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
+def test_fifty_concurrent_clients_none_lost(clip_root, tmp_path):
     """50 clients at once against a queue of 16, while a first job is held running at its first
     step (tests/pause.py): exactly 16 get 202, the other 34 get 429 with Retry-After (the queue
     fills before anyone is turned away); once the first job goes on, every accepted job is
@@ -221,10 +214,12 @@ def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
     default)."""
     out, marker, release = tmp_path / "out", tmp_path / "paused", tmp_path / "release"
     pause = {"at": "step", "count": 1, "marker": str(marker), "hold": "release"}
-    server = Server(roots, out, "--max-queue", "16", pause=pause | {"release": str(release)})
+    server = Server(clip_root, out, "--max-queue", "16", pause=pause | {"release": str(release)})
     try:
         assert server.listening() == {"0100007F"}  # 127.0.0.1, and nothing else
-        held = server.client.post("/v1/jobs", json=job(roots / "a.mp4", "sound 50", duration=1.0))
+        held = server.client.post(
+            "/v1/jobs", json=job(clip_root / "a.mp4", "sound 50", duration=1.0)
+        )
         assert held.status_code == 202, held.text
         deadline = time.monotonic() + 300
         while not marker.exists():
@@ -237,7 +232,7 @@ def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
             with httpx.Client(base_url=server.client.base_url, timeout=60) as c:
                 start.wait()
                 answers[i] = c.post(
-                    "/v1/jobs", json=job(roots / "a.mp4", f"sound {i}", duration=1.0)
+                    "/v1/jobs", json=job(clip_root / "a.mp4", f"sound {i}", duration=1.0)
                 )
 
         threads = [threading.Thread(target=submit, args=(i,)) for i in range(50)]
@@ -270,7 +265,7 @@ def test_fifty_concurrent_clients_none_lost(roots, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill -9", "SIGTERM"])
-def test_a_job_interrupted_by_a_crash_or_shutdown_completes(roots, tmp_path, sig):
+def test_a_job_interrupted_by_a_crash_or_shutdown_completes(clip_root, tmp_path, sig):
     """The job is stopped at its first step (tests/pause.py), then the server gets the signal.
     kill -9: the job is left running in the journal, and the next start requeues and runs it.
     SIGTERM: the server drains, finishing the job before it exits."""
@@ -278,10 +273,10 @@ def test_a_job_interrupted_by_a_crash_or_shutdown_completes(roots, tmp_path, sig
     marker = tmp_path / "paused"
     hold = "forever" if sig == signal.SIGKILL else "stop"
     server = Server(
-        roots, out, pause={"at": "step", "count": 1, "marker": str(marker), "hold": hold}
+        clip_root, out, pause={"at": "step", "count": 1, "marker": str(marker), "hold": hold}
     )
     try:
-        clip = roots / "a.mp4"
+        clip = clip_root / "a.mp4"
         job_id = server.client.post("/v1/jobs", json=job(clip, steps=4, duration=1.0)).json()["id"]
         deadline = time.monotonic() + 120
         while not marker.exists():
@@ -293,7 +288,7 @@ def test_a_job_interrupted_by_a_crash_or_shutdown_completes(roots, tmp_path, sig
     with sqlite3.connect(out / "journal.sqlite3") as db:
         (left,) = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
     assert left == ("running" if sig == signal.SIGKILL else "done")
-    server = Server(roots, out)
+    server = Server(clip_root, out)
     try:
         record = wait(server.client, job_id, timeout=600)
         assert record["state"] == "done", record
@@ -304,12 +299,12 @@ def test_a_job_interrupted_by_a_crash_or_shutdown_completes(roots, tmp_path, sig
         server.stop()
 
 
-def test_delivery_options_of_a_job(tiny, roots, tmp_path):
+def test_delivery_options_of_a_job(tiny_pipe, clip_root, tmp_path):
     """What `generate --format flac --sample-rate 48000 --loudness -23 --otio --no-video`
     writes, asked in a job."""
     options = dict(format="flac", sample_rate=48000, loudness=-23, otio=True, no_video=True)
-    with TestClient(create_app(tiny, [roots], tmp_path / "out")) as client:
-        r = client.post("/v1/jobs", json=job(roots / "a.mp4", "rain", duration=1.0, **options))
+    with TestClient(create_app(tiny_pipe, [clip_root], tmp_path / "out")) as client:
+        r = client.post("/v1/jobs", json=job(clip_root / "a.mp4", "rain", duration=1.0, **options))
         record = wait(client, r.json()["id"])
         assert record["state"] == "done", record
         (stem,) = record["outputs"]
@@ -321,16 +316,19 @@ def test_delivery_options_of_a_job(tiny, roots, tmp_path):
         assert record["timeline"] == "a.otio"
         otio = client.get(f"/v1/jobs/{record['id']}/files/a.otio")
         assert otio.status_code == 200 and b"a_rain.flac" in otio.content
-        bad = client.post("/v1/jobs", json=job(roots / "a.mp4", format="mp3"))
+        bad = client.post("/v1/jobs", json=job(clip_root / "a.mp4", format="mp3"))
         assert bad.status_code == 422 and "format" in bad.json()["error"]
 
 
-def test_the_journal_lists_jobs_newest_first_a_page_at_a_time(tiny, roots, tmp_path):
+def test_the_journal_lists_jobs_newest_first_a_page_at_a_time(tiny_pipe, clip_root, tmp_path):
     from datetime import datetime
 
-    client = TestClient(create_app(tiny, [roots], tmp_path / "out"))  # no worker: all queued
+    client = TestClient(
+        create_app(tiny_pipe, [clip_root], tmp_path / "out")
+    )  # no worker: all queued
     ids = [
-        client.post("/v1/jobs", json=job(roots / "a.mp4", f"s{i}")).json()["id"] for i in range(3)
+        client.post("/v1/jobs", json=job(clip_root / "a.mp4", f"s{i}")).json()["id"]
+        for i in range(3)
     ]
     client.delete(f"/v1/jobs/{ids[0]}")
     page = client.get("/v1/jobs", params={"limit": 2}).json()
@@ -363,15 +361,15 @@ def test_progress_reaches_one_only_when_done(tmp_path):
     assert journal.get(job_id).to_dict()["progress"] == 1.0
 
 
-def test_uploads_are_kept_only_while_a_job_needs_them(tiny, roots, tmp_path):
+def test_uploads_are_kept_only_while_a_job_needs_them(tiny_pipe, clip_root, tmp_path):
     uploads = tmp_path / "out" / "uploads"
-    client = TestClient(create_app(tiny, [roots], tmp_path / "out"))
+    client = TestClient(create_app(tiny_pipe, [clip_root], tmp_path / "out"))
     form = {"job": json.dumps({"prompts": ["rain"], "steps": STEPS, "duration": 1.0})}
     refused = client.post("/v1/jobs", data=form, files={"clip": ("my notes.txt", b"not a video")})
     assert refused.status_code == 422, refused.text
     assert "my notes.txt" in refused.json()["error"] and "uploads" not in refused.json()["error"]
     assert list(uploads.iterdir()) == []  # a refused upload is not kept
-    clip = (roots / "a.mp4").read_bytes()
+    clip = (clip_root / "a.mp4").read_bytes()
     ids = [
         client.post("/v1/jobs", data=form, files={"clip": ("take.mp4", clip)}).json()["id"]
         for _ in range(2)
@@ -384,8 +382,8 @@ def test_uploads_are_kept_only_while_a_job_needs_them(tiny, roots, tmp_path):
     assert list(uploads.iterdir()) == []  # done: gone
 
 
-def test_cors_only_for_the_listed_origins(tiny, roots, tmp_path):
-    app = create_app(tiny, [roots], tmp_path / "out", cors=("https://panel.local:8443",))
+def test_cors_only_for_the_listed_origins(tiny_pipe, clip_root, tmp_path):
+    app = create_app(tiny_pipe, [clip_root], tmp_path / "out", cors=("https://panel.local:8443",))
     client = TestClient(app)
     ask = {
         "Access-Control-Request-Method": "POST",
@@ -398,14 +396,16 @@ def test_cors_only_for_the_listed_origins(tiny, roots, tmp_path):
     assert "access-control-allow-origin" not in other.headers
     plain = client.get("/v1/info", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in plain.headers
-    default = TestClient(create_app(tiny, [roots], tmp_path / "out2"))
+    default = TestClient(create_app(tiny_pipe, [clip_root], tmp_path / "out2"))
     assert (
         "access-control-allow-origin"
         not in default.get("/v1/info", headers={"Origin": "https://panel.local:8443"}).headers
     )
 
 
-def test_a_second_server_is_refused_before_it_loads_anything(roots, tmp_path, capsys, monkeypatch):
+def test_a_second_server_is_refused_before_it_loads_anything(
+    clip_root, tmp_path, capsys, monkeypatch
+):
     """Same --out: the journal is locked; same port: it is taken. Either is one line, before
     the model loads and before the first server's running jobs could be requeued."""
     from selva_rt.runtime.service.journal import Journal
@@ -419,7 +419,7 @@ def test_a_second_server_is_refused_before_it_loads_anything(roots, tmp_path, ca
     first = Journal(out / "journal.sqlite3")  # the first server's
     job_id = first.add({"clip": "/a.mp4", "prompts": ["x"], "steps": 10})
     first.claim()
-    argv = ["serve", "--variant", "tiny", "--root", str(roots), "--quiet"]
+    argv = ["serve", "--variant", "tiny", "--root", str(clip_root), "--quiet"]
     assert cli.main([*argv, "--out", str(out), "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "another selva-rt serve uses" in err, err
@@ -434,7 +434,7 @@ def test_a_second_server_is_refused_before_it_loads_anything(roots, tmp_path, ca
     first.close()
 
 
-def test_make_cert_then_serve_https(roots, tmp_path, capsys):
+def test_make_cert_then_serve_https(clip_root, tmp_path, capsys):
     """`--make-cert DIR` writes a pair for localhost that a client verifying against it
     accepts; the key is the owner's only; a bad pair is refused in one line."""
     assert cli.main(["serve", "--make-cert", str(tmp_path / "tls")]) == 0
@@ -443,11 +443,11 @@ def test_make_cert_then_serve_https(roots, tmp_path, capsys):
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert cli.main(["serve", "--make-cert", str(tmp_path / "tls")]) == 1  # no clobbering
     capsys.readouterr()
-    argv = ["serve", "--variant", "tiny", "--root", str(roots), "--out", str(tmp_path / "o")]
+    argv = ["serve", "--variant", "tiny", "--root", str(clip_root), "--out", str(tmp_path / "o")]
     assert cli.main([*argv, "--tls-cert", str(cert), "--tls-key", str(cert)]) == 2
     assert "not a usable certificate" in capsys.readouterr().err
     server = Server(
-        roots,
+        clip_root,
         tmp_path / "out",
         "--tls-cert",
         str(cert),

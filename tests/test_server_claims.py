@@ -13,7 +13,6 @@ import pytest
 import soundfile
 from pause import at_step, worker_event
 from selva_rt.runtime import cli
-from selva_rt.runtime.pipeline import Pipeline
 
 pytest.importorskip("starlette", reason="the serve extra is not installed")
 from selva_rt.runtime.service import server  # noqa: E402
@@ -21,19 +20,6 @@ from selva_rt.runtime.service.server import Limits, create_app  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Pipeline:
-    return Pipeline.from_pretrained("tiny", device="cpu", precision="fp32")
-
-
-@pytest.fixture
-def roots(tmp_path, sample_clip) -> Path:
-    root = tmp_path / "clips"
-    root.mkdir()
-    (root / "a.mp4").write_bytes(sample_clip.read_bytes())
-    return root
 
 
 def job(clip: Path, **options) -> dict:
@@ -49,11 +35,11 @@ def files_under(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file()}
 
 
-def test_uploads_over_the_limit_are_refused_and_leave_nothing(tiny, roots, tmp_path):
-    clip = (roots / "a.mp4").read_bytes()
+def test_uploads_over_the_limit_are_refused_and_leave_nothing(tiny_pipe, clip_root, tmp_path):
+    clip = (clip_root / "a.mp4").read_bytes()
     out = tmp_path / "out"
     limit = len(clip) + 1000  # the clip and the multipart framing around it fit, barely
-    client = TestClient(create_app(tiny, [roots], out, limits=Limits(upload=limit)))
+    client = TestClient(create_app(tiny_pipe, [clip_root], out, limits=Limits(upload=limit)))
     form = {"job": json.dumps({"prompts": ["rain"], "steps": STEPS})}
 
     def send(data: bytes):
@@ -66,16 +52,17 @@ def test_uploads_over_the_limit_are_refused_and_leave_nothing(tiny, roots, tmp_p
     assert len(list((out / server.UPLOADS).iterdir())) == 1
 
 
-def test_serve_options_reach_the_server(roots, tmp_path, monkeypatch):
+def test_serve_options_reach_the_server(clip_root, tmp_path, monkeypatch):
     """--max-upload-mb and --max-queue become the limits; the bind address defaults to
     loopback (the real socket's address is checked in test_server.py's process tests)."""
     seen = {}
+
     def serve(pipe, roots_, out, sock, **options):
         seen.update(pipe=pipe, address=sock.getsockname(), **options)
         sock.close()
 
     monkeypatch.setattr(server, "serve", serve)
-    argv = ["serve", "--variant", "tiny", "--root", str(roots), "--out", str(tmp_path / "o")]
+    argv = ["serve", "--variant", "tiny", "--root", str(clip_root), "--out", str(tmp_path / "o")]
     argv += ["--port", "0"]  # any free port: the address is what is checked
     assert cli.main([*argv, "--max-upload-mb", "1.5", "--max-queue", "3", "--quiet"]) == 0
     host = seen["address"][0]
@@ -84,14 +71,14 @@ def test_serve_options_reach_the_server(roots, tmp_path, monkeypatch):
     assert server.is_loopback(host) and seen["pipe"].variant.name == "tiny"
 
 
-def test_file_names_cannot_leave_the_job_folder(tiny, roots, tmp_path):
+def test_file_names_cannot_leave_the_job_folder(tiny_pipe, clip_root, tmp_path):
     """Requested names: only a job's own outputs are served, whatever the path says. Uploaded
     names: the clip is stored under its hash, the outputs under the job's folder with a plain
     name made of the upload's."""
     out = tmp_path / "out"
     (tmp_path / "secret.txt").write_text("not yours")
-    app = create_app(tiny, [roots], out)
-    clip = (roots / "a.mp4").read_bytes()
+    app = create_app(tiny_pipe, [clip_root], out)
+    clip = (clip_root / "a.mp4").read_bytes()
     # A server error is an answer too (500): the assertions below say which name got through.
     with TestClient(app, raise_server_exceptions=False) as client:
         form = {"job": json.dumps({"prompts": ["rain"], "steps": STEPS, "duration": 1.0})}
@@ -99,7 +86,7 @@ def test_file_names_cannot_leave_the_job_folder(tiny, roots, tmp_path):
         r = client.post("/v1/jobs", data=form, files={"clip": (name, clip, "video/mp4")})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        other = client.post("/v1/jobs", json=job(roots / "a.mp4", seed=9)).json()["id"]
+        other = client.post("/v1/jobs", json=job(clip_root / "a.mp4", seed=9)).json()["id"]
         records = {}
         for i in (job_id, other):
             while (record := client.get(f"/v1/jobs/{i}").json())["state"] not in ("done", "failed"):
@@ -119,19 +106,19 @@ def test_file_names_cannot_leave_the_job_folder(tiny, roots, tmp_path):
         ):
             r = client.get(base + bad)
             assert r.status_code == 404 and b"not yours" not in r.content, bad
-    written = files_under(tmp_path) - files_under(roots) - {tmp_path / "secret.txt"}
+    written = files_under(tmp_path) - files_under(clip_root) - {tmp_path / "secret.txt"}
     assert all(out in p.parents for p in written), written
     assert list((out / server.UPLOADS).iterdir()) == []  # deleted once no job needs it
 
 
-def test_cancel_a_running_job(tiny, roots, tmp_path, monkeypatch):
+def test_cancel_a_running_job(tiny_pipe, clip_root, tmp_path, monkeypatch):
     """DELETE while the job is at its first step: it stops at the next, writes nothing, and is
     recorded cancelled; the worker goes on with the next job."""
     paused, go = threading.Event(), threading.Event()
     at_step(monkeypatch, 1, lambda: paused.set() or go.wait(60))
     out = tmp_path / "out"
-    with TestClient(create_app(tiny, [roots], out)) as client:
-        job_id = client.post("/v1/jobs", json=job(roots / "a.mp4", steps=5)).json()["id"]
+    with TestClient(create_app(tiny_pipe, [clip_root], out)) as client:
+        job_id = client.post("/v1/jobs", json=job(clip_root / "a.mp4", steps=5)).json()["id"]
         assert paused.wait(120), "the job never reached its first step"
         assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "running"
         assert client.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelling"
@@ -143,14 +130,16 @@ def test_cancel_a_running_job(tiny, roots, tmp_path, monkeypatch):
         assert not (out / job_id).exists()
         assert client.delete(f"/v1/jobs/{job_id}").status_code == 409
         paused.clear()
-        later = client.post("/v1/jobs", json=job(roots / "a.mp4")).json()["id"]
+        later = client.post("/v1/jobs", json=job(clip_root / "a.mp4")).json()["id"]
         while (record := client.get(f"/v1/jobs/{later}").json())["state"] not in ("done", "failed"):
             threading.Event().wait(0.05)
         assert record["state"] == "done"
 
 
 @pytest.mark.parametrize("case", ["finishes", "requeued"])
-def test_shutdown_finishes_the_running_job_or_requeues_it(tiny, roots, tmp_path, monkeypatch, case):
+def test_shutdown_finishes_the_running_job_or_requeues_it(
+    tiny_pipe, clip_root, tmp_path, monkeypatch, case
+):
     """The job is at its first step when the server is told to stop. Within the drain time it
     finishes (done, its stem written); past it, it stops and goes back to the queue, and the
     next start runs it."""
@@ -159,8 +148,8 @@ def test_shutdown_finishes_the_running_job_or_requeues_it(tiny, roots, tmp_path,
     at_step(monkeypatch, 1, lambda: paused.set() or worker_event(wait_for).wait(60))
     out = tmp_path / "out"
     drain = 60.0 if case == "finishes" else 0.1
-    with TestClient(create_app(tiny, [roots], out, limits=Limits(drain=drain))) as client:
-        job_id = client.post("/v1/jobs", json=job(roots / "a.mp4", steps=3)).json()["id"]
+    with TestClient(create_app(tiny_pipe, [clip_root], out, limits=Limits(drain=drain))) as client:
+        job_id = client.post("/v1/jobs", json=job(clip_root / "a.mp4", steps=3)).json()["id"]
         assert paused.wait(120), "the job never reached its first step"
     if case == "finishes":
         assert state(out, job_id) == "done"
@@ -168,7 +157,7 @@ def test_shutdown_finishes_the_running_job_or_requeues_it(tiny, roots, tmp_path,
         return
     assert state(out, job_id) == "queued" and not (out / job_id).exists()
     monkeypatch.undo()
-    with TestClient(create_app(tiny, [roots], out)) as client:
+    with TestClient(create_app(tiny_pipe, [clip_root], out)) as client:
         while (record := client.get(f"/v1/jobs/{job_id}").json())["state"] != "done":
             assert record["state"] in ("queued", "running"), record
             threading.Event().wait(0.05)

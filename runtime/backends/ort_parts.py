@@ -30,6 +30,38 @@ _PROVIDERS = {
 }
 
 
+def open_sessions(
+    graphs: dict[str, Path],
+    device: torch.device,
+    wanted: list[str],
+    providers: list | None = None,
+    threads: int = 0,
+) -> tuple[dict, list]:
+    """ONNX Runtime sessions over `graphs` (part -> file) on `device`, and the execution
+    providers they use: `providers`, or those of `wanted` this onnxruntime has."""
+    import onnxruntime as ort
+
+    if providers is None:
+        have = ort.get_available_providers()
+        providers = [p for p in wanted if p in have]
+        if not providers:
+            raise UsageError(
+                f"this onnxruntime ({ort.__version__}) has no {device.type.upper()} "
+                "execution provider; install onnxruntime-gpu or use --device cpu"
+            )
+        if device.type == "cuda":
+            providers = [(p, {"device_id": device.index or 0}) for p in providers]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # per-node shape-merge warnings of dynamic graphs are noise
+    if threads:
+        opts.intra_op_num_threads = threads
+    sessions = {
+        part: ort.InferenceSession(str(path), opts, providers=providers)
+        for part, path in graphs.items()
+    }
+    return sessions, providers
+
+
 class OrtParts(GraphParts):
     """The parts, run by ONNX Runtime sessions over the graphs of an engines directory."""
 
@@ -43,7 +75,6 @@ class OrtParts(GraphParts):
         providers: list[str] | None = None,
         threads: int = 0,
     ):
-        import onnxruntime as ort
 
         device = torch.device(device)
         if manifest.precision == "bf16" and device.type == "cpu":
@@ -56,26 +87,10 @@ class OrtParts(GraphParts):
                 "int8 graphs are dynamically quantised for ONNX Runtime's CPU execution "
                 "provider; run them with --device cpu"
             )
-        if providers is None:
-            have = ort.get_available_providers()
-            providers = [p for p in _PROVIDERS[device.type] if p in have]
-            if not providers:
-                raise UsageError(
-                    f"this onnxruntime ({ort.__version__}) has no {device.type.upper()} "
-                    "execution provider; install onnxruntime-gpu or use --device cpu"
-                )
-            if device.type == "cuda":
-                providers = [(p, {"device_id": device.index or 0}) for p in providers]
         super().__init__(variant, manifest, constants, device)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # per-node shape-merge warnings of dynamic graphs are noise
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.providers = providers
-        self.sessions = {
-            part: ort.InferenceSession(str(path), opts, providers=providers)
-            for part, path in graphs.items()
-        }
+        self.sessions, self.providers = open_sessions(
+            graphs, device, _PROVIDERS[device.type], providers, threads
+        )
 
     @classmethod
     def load(

@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..models.vatt_networks import VattNetworks
 from ..variants import Variant
 from .graphs import Manifest
+from .ort_parts import open_sessions
 from .vatt_parts import converter_states
 
 PARTS = ("eva02", "vatt_step", "encodec_decoder")
@@ -34,27 +35,15 @@ class VattOrtParts:
         device: torch.device,
         threads: int = 0,
     ):
-        import onnxruntime as ort
 
         if manifest.precision != "fp32":
             raise UsageError(f"VATT graphs are fp32; {manifest.precision} graphs cannot run")
-        have = ort.get_available_providers()
-        providers = [p for p in _PROVIDERS[device.type] if p in have]
-        if not providers:
-            raise UsageError(f"this onnxruntime has no {device.type.upper()} execution provider")
         self.variant, self.device = variant, device
         self.dtype, self.precision = torch.float32, precision_name(torch.float32)
         self.reference = False
         self.tokenizer = nets.tokenizer
         self.converter = nets.converter.to(device, self.dtype).eval()
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.sessions = {
-            part: ort.InferenceSession(str(path), opts, providers=providers)
-            for part, path in graphs.items()
-        }
+        self.sessions, _ = open_sessions(graphs, device, _PROVIDERS[device.type], None, threads)
 
     @classmethod
     def load(

@@ -25,8 +25,9 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from ..delivery.outputs import OutputPlan, write_outputs
 from ..errors import JobError, OutputError, SelvaError, UsageError
 from ..variants import get_variant
-from .jobs import DELIVERY, Entry, Job, decode, generate, parse_line
+from .jobs import DELIVERY, Entry, Job, decode, generate_together, parse_line
 
 RESULTS = "results.jsonl"
 CLIP_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
@@ -246,10 +247,6 @@ class LocalEngine:
                 batch = [ahead.popleft() for _ in range(min(self.together, len(ahead)))]
                 for e in islice(todo, len(batch)):
                     ahead.append((e, pool.submit(decode, e.job, variant)))
-                if len(batch) == 1:
-                    entry, decoded = batch[0]
-                    yield entry, generate(self.pipe, entry.job, decoded.result()), self.where
-                    continue
                 outcomes = generate_together(self.pipe, [(e.job, d.result()) for e, d in batch])
                 for (entry, _), outcome in zip(batch, outcomes, strict=True):
                     yield entry, outcome, self.where
@@ -258,37 +255,6 @@ class LocalEngine:
 
     def close(self) -> None:
         pass
-
-
-def generate_together(pipe, jobs: list[tuple[Job, tuple]]) -> list:
-    """Each (job, what `decode` gave it) -> its GenerationResult or SelvaError, as `generate`
-    gives it, the jobs sharing the sampler and decoder calls where they can."""
-    from ..pipeline import Request
-
-    outcomes: list = [None] * len(jobs)
-    requests, index = [], []
-    for i, (job, (video, seconds)) in enumerate(jobs):
-        if isinstance(video, SelvaError):
-            outcomes[i] = video
-            continue
-        requests.append(
-            Request(
-                video,
-                list(job.prompts),
-                negative_prompt=job.negative_prompt,
-                seed=job.seed,
-                steps=job.steps,
-                cfg=job.cfg,
-                duration=job.duration,
-                start=job.start,
-            )
-        )
-        index.append((i, seconds))
-    for (i, seconds), result in zip(index, pipe.generate_many(requests), strict=True):
-        if not isinstance(result, SelvaError):
-            result.timings["decode"] = seconds + result.timings.get("decode", 0.0)
-        outcomes[i] = result
-    return outcomes
 
 
 def prepare(entries: list[Entry], out_dir: Path, settings: Settings, results: Results, force: bool):
@@ -426,6 +392,31 @@ def _outputs(plan: OutputPlan) -> list[dict]:
     ]
 
 
+def add_engine_arguments(parser) -> None:
+    """Where the jobs of `batch` and `spot` run (see `engines`)."""
+    parser.add_argument("--decode-workers", type=int, default=2, help="threads decoding ahead")
+    parser.add_argument(
+        "--jobs-per-call",
+        type=int,
+        default=None,
+        metavar="N",
+        help="jobs whose pictures are windows of one length share each sampler and decoder "
+        "call, up to N (default: 4 on CUDA; 1 on the CPU)",
+    )
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run on a Ray cluster (ADDRESS: auto, ray://HOST:10001, ...) or start one: local",
+    )
+    parser.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        help="Ray actors (default: one per GPU, or one per CPU but one left for decoding)",
+    )
+
+
 def add_arguments(parser) -> None:
     """`selva-rt batch`'s options: those of `generate`, job fields as defaults for every job."""
     from ..backends import BACKENDS
@@ -472,27 +463,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--backend", default="torch", choices=BACKENDS)
     parser.add_argument("--engines", default=None, help="folder built by `selva-rt export`")
-    parser.add_argument("--decode-workers", type=int, default=2, help="threads decoding ahead")
-    parser.add_argument(
-        "--jobs-per-call",
-        type=int,
-        default=None,
-        metavar="N",
-        help="jobs whose pictures are windows of one length share each sampler and decoder "
-        "call, up to N (default: 4 on CUDA; 1 on the CPU)",
-    )
-    parser.add_argument(
-        "--ray",
-        metavar="ADDRESS",
-        default=None,
-        help="run on a Ray cluster (ADDRESS: auto, ray://HOST:10001, ...) or start one: local",
-    )
-    parser.add_argument(
-        "--ray-workers",
-        type=int,
-        default=None,
-        help="Ray actors (default: one per GPU, or one per CPU but one left for decoding)",
-    )
+    add_engine_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar or messages (failures still shown)"
@@ -502,7 +473,10 @@ def add_arguments(parser) -> None:
     )
 
 
-def cmd_batch(args) -> int:
+@contextmanager
+def engines(args) -> Iterator[tuple[Callable[[], object], Settings]]:
+    """The engine factory and the settings of `batch` and `spot` (from their shared options):
+    workers on a Ray cluster with --ray (closed on exit), else one pipeline in this process."""
     from ..cache import SERVICE_MEMORY_GB, open_cache
     from ..device import resolve_device, resolve_precision
 
@@ -510,10 +484,6 @@ def cmd_batch(args) -> int:
         raise UsageError("--decode-workers must be at least 1")
     if args.jobs_per_call is not None and args.jobs_per_call < 1:
         raise UsageError("--jobs-per-call must be at least 1")
-    fields = ("negative_prompt", "seed", "steps", "cfg", "duration", "start", *DELIVERY)
-    defaults = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
-    defaults.setdefault("steps", get_variant(args.variant).steps)
-    entries = read_jobs(args.jobs, args.prompts, defaults)
     options = dict(
         variant=args.variant, precision=args.precision, backend=args.backend, engines=args.engines
     )
@@ -542,21 +512,22 @@ def cmd_batch(args) -> int:
             )
             return LocalEngine(pipe, args.decode_workers, args.jobs_per_call)
 
-    settings = Settings(variant=args.variant, precision=resolve_precision(args.precision, device))
     try:
-        with Results(args.out) as results:
-            summary = run_batch(
-                entries,
-                args.out,
-                settings,
-                factory,
-                results,
-                force=args.force,
-                progress=not args.quiet,
-            )
+        yield factory, Settings(args.variant, resolve_precision(args.precision, device))
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def cmd_batch(args) -> int:
+    fields = ("negative_prompt", "seed", "steps", "cfg", "duration", "start", *DELIVERY)
+    defaults = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    defaults.setdefault("steps", get_variant(args.variant).steps)
+    entries = read_jobs(args.jobs, args.prompts, defaults)
+    with engines(args) as (factory, settings), Results(args.out) as results:
+        summary = run_batch(
+            entries, args.out, settings, factory, results, force=args.force, progress=not args.quiet
+        )
     for error in summary.errors:  # in every mode: --quiet hides progress, not failures
         print(f"failed: {error}", file=sys.stderr)
     if args.json:

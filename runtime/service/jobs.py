@@ -29,7 +29,7 @@ from ..delivery.outputs import AUDIO_FORMATS, LOUDNESS_TARGETS, OUT_RATES, Outpu
 from ..delivery.timecode import Timecode, rate_text
 from ..errors import JobError, SelvaError
 from ..media import Edit
-from ..pipeline import first_window
+from ..pipeline import Request, first_window
 from ..variants import DEFAULT_SEED, DEFAULT_STEPS, Variant
 
 MAX_NAME_CHARS = 100
@@ -249,21 +249,34 @@ def decode(job: Job, variant: Variant):
 
 def generate(pipe, job: Job, decoded):
     """The job's GenerationResult (or its SelvaError) from what `decode` gave."""
-    video, seconds = decoded
-    if isinstance(video, SelvaError):
-        return video
-    try:
-        result = pipe.generate(
-            video,
-            list(job.prompts),
-            negative_prompt=job.negative_prompt,
-            seed=job.seed,
-            steps=job.steps,
-            cfg=job.cfg,
-            duration=job.duration,
-            start=job.start,
+    return generate_together(pipe, [(job, decoded)])[0]
+
+
+def generate_together(pipe, jobs: list[tuple[Job, tuple]]) -> list:
+    """Each (job, what `decode` gave it) -> its GenerationResult or SelvaError, as `generate`
+    gives it, the jobs sharing the sampler and decoder calls where they can
+    (`Pipeline.generate_many`)."""
+    outcomes: list = [None] * len(jobs)
+    requests, index = [], []
+    for i, (job, (video, seconds)) in enumerate(jobs):
+        if isinstance(video, SelvaError):
+            outcomes[i] = video
+            continue
+        requests.append(
+            Request(
+                video,
+                list(job.prompts),
+                negative_prompt=job.negative_prompt,
+                seed=job.seed,
+                steps=job.steps,
+                cfg=job.cfg,
+                duration=job.duration,
+                start=job.start,
+            )
         )
-    except SelvaError as err:
-        return err
-    result.timings["decode"] = seconds + result.timings.get("decode", 0.0)
-    return result
+        index.append((i, seconds))
+    for (i, seconds), result in zip(index, pipe.generate_many(requests), strict=True):
+        if not isinstance(result, SelvaError):
+            result.timings["decode"] = seconds + result.timings.get("decode", 0.0)
+        outcomes[i] = result
+    return outcomes

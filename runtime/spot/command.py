@@ -14,7 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..errors import SelvaError, UsageError
-from ..service.batch import RESULTS, LocalEngine, Results, Settings, run_batch
+from ..service.batch import RESULTS, Results, add_engine_arguments, engines, run_batch
 from ..service.jobs import Entry, Job
 from ..variants import DEFAULT_SEED, VARIANTS
 from . import cues as cue_rules
@@ -61,9 +61,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--engines", default=None, help="folder built by `selva-rt export`")
     parser.add_argument("--format", default="wav", choices=AUDIO_FORMATS)
     parser.add_argument("--sample-rate", type=int, choices=OUT_RATES, default=None)
-    parser.add_argument("--decode-workers", type=int, default=2, help="threads decoding ahead")
-    parser.add_argument("--ray", metavar="ADDRESS", default=None, help="as `selva-rt batch --ray`")
-    parser.add_argument("--ray-workers", type=int, default=None)
+    add_engine_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     parser.add_argument(
@@ -73,7 +71,6 @@ def add_arguments(parser) -> None:
 
 def cmd_spot(args) -> int:
     from ..delivery.outputs import slug
-    from ..device import resolve_device, resolve_precision
 
     source = Path(args.timeline)
     mapping = cue_rules.categories(args.category)
@@ -114,56 +111,20 @@ def cmd_spot(args) -> int:
             entries.append(Entry(cue.number, job))
         except SelvaError as err:
             entries.append(Entry(cue.number, None, f"cue {cue.number}: {err}"))
-    options = dict(
-        variant=args.variant, precision=args.precision, backend=args.backend, engines=args.engines
-    )
-    cluster = None
-    if args.ray:
-        from ..service.batch_ray import RayCluster
-
-        cluster = RayCluster(args.ray, quiet=args.quiet)
-        device = cluster.device(args.device)
-
-        def factory():
-            return cluster.engine(device=args.device, workers=args.ray_workers, **options)
-
-    else:
-        from ..pipeline import Pipeline
-
-        device = resolve_device(args.device)
-
-        def factory():
-            from ..cache import SERVICE_MEMORY_GB, open_cache
-
-            pipe = Pipeline.from_pretrained(
-                device=args.device,
-                quiet=args.quiet,
-                cache=open_cache(not args.no_cache, args.cache_gb, SERVICE_MEMORY_GB),
-                low_memory=args.low_memory,
-                **options,
-            )
-            return LocalEngine(pipe, args.decode_workers)
-
-    settings = Settings(variant=args.variant, precision=resolve_precision(args.precision, device))
     out = Path(args.out)
-    try:
-        with Results(out) as results:
-            for path in timeline_paths(cut, out):
-                if path.exists() and not (args.force or results.wrote(path)):
-                    raise UsageError(
-                        f"{path} already exists and spot did not write it; pass --force or --out"
-                    )
-            summary = run_batch(
-                entries, out, settings, factory, results, force=args.force,
-                progress=not args.quiet,
-            )  # fmt: skip
-            done = _stems(results, entries, cues, out, args.sample_rate)
-            placed = place(cut, done, args.variant)
-            written = write_timelines(cut, placed, out)
-            results.append({"status": "timeline", "outputs": [{"audio": p.name} for p in written]})
-    finally:
-        if cluster is not None:
-            cluster.close()
+    with engines(args) as (factory, settings), Results(out) as results:
+        for path in timeline_paths(cut, out):
+            if path.exists() and not (args.force or results.wrote(path)):
+                raise UsageError(
+                    f"{path} already exists and spot did not write it; pass --force or --out"
+                )
+        summary = run_batch(
+            entries, out, settings, factory, results, force=args.force, progress=not args.quiet
+        )
+        done = _stems(results, entries, cues, out, args.sample_rate)
+        placed = place(cut, done, args.variant)
+        written = write_timelines(cut, placed, out)
+        results.append({"status": "timeline", "outputs": [{"audio": p.name} for p in written]})
     report = summary.to_dict() | {
         "cues": len(cues),
         "stems": len(placed),
