@@ -19,6 +19,11 @@ A key is the sha256 of what determines the features, never of where they came fr
     start, duration and window; not its path or mtime: the same frames from a copied file hit,
     a file rewritten in place misses), or a prompt and negative prompt's text.
 
+A request for a clip file also leaves a picture record, keyed by the file's bytes (up to
+WHOLE_FILE_BYTES), the time range asked for, how the family decodes pictures and the decoder's
+version: the layout's length, the picture's start and each window's content digests. A request
+seen before thus finds its windows' features without decoding the clip again.
+
 An entry is KEY.safetensors (the tensors) and KEY.json (format, what the key was made of, the
 tensors file's sha256 and size), each written under a temporary name and renamed into place.
 One that is missing a file, unreadable, of another format or version, made of other key fields,
@@ -47,6 +52,9 @@ SERVICE_MEMORY_GB = 2.0  # what a server or batch runner holds in memory by defa
 STALE_TEMPORARY_S = 3600  # a temporary this old was left by a killed writer
 
 Tensors = dict[str, torch.Tensor]
+# A clip file up to this size is hashed whole (sha256, about 1 GB/s) so that a request seen before
+# finds its windows' features without decoding the picture; a larger one is decoded every time.
+WHOLE_FILE_BYTES = 2**30
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -55,6 +63,21 @@ def tensor_digest(t: torch.Tensor) -> str:
     flat = t.detach().contiguous().reshape(-1)
     if flat.numel():
         h.update(flat.cpu().view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def file_digest(path: Path, limit: int = WHOLE_FILE_BYTES) -> str | None:
+    """sha256 of a file's bytes; None when it is larger than `limit` or cannot be read (the
+    decoder then says why)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > limit:
+                return None
+            while chunk := f.read(2**22):
+                h.update(chunk)
+    except OSError:
+        return None
     return h.hexdigest()
 
 
@@ -157,14 +180,18 @@ class FeatureCache:
 
     # -- what the pipeline calls -------------------------------------------------------------
 
-    def lookup(self, kind: str, identity: dict, content: dict, device: torch.device) -> "Entry":
+    def lookup(
+        self, kind: str, identity: dict, content: dict, device: torch.device, count: bool = True
+    ) -> "Entry":
         """The entry of (kind, identity, content) on `device`: its tensors from memory or disk
-        when present and sound, else None (then `store` it once made)."""
+        when present and sound, else None (then `store` it once made). `count`: in `stats`
+        (False: a look ahead, counted by the caller once it knows what it uses)."""
         material = {"format": FORMAT, "kind": kind, "model": identity, "content": content}
         material["environment"] = {**environment(), "device": device_name(device)}
         key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
         found = self.get(key, material)
-        self.stats.count(kind, found is not None)
+        if count:
+            self.stats.count(kind, found is not None)
         tensors = None if found is None else {k: v.to(device) for k, v in found.items()}
         return Entry(key, material, tensors)
 

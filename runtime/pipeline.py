@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import media
 from .backends import Progress
-from .cache import FeatureCache, tensor_digest
+from .cache import Entry, FeatureCache, file_digest, tensor_digest
 from .checks import check_negative_prompt, check_options, check_prompts
 from .errors import MediaError, SelvaError
 from .families import Family, load_family, needs
@@ -145,14 +145,23 @@ class Pipeline:
         run = Run(
             self.device, torch.Generator(self.device).manual_seed(seed), timings, meter=self.meter
         )
-        with run.timed("decode"):
-            video = clip
-            if not isinstance(video, media.Video):
-                video = self._first_window(clip, start, duration, progress is True)
-            layout, windows = self._picture(video, duration, progress is True)
-        inputs = _timed(run, "decode", (w.model_inputs() for w in windows))
+        key = self._picture_key(clip, start, duration, run)
+        seen = None if key is None else self._seen_picture(key, run)
+        if seen is not None:
+            layout, first, inputs = seen
+        else:
+            with run.timed("decode"):
+                video = clip
+                if not isinstance(video, media.Video):
+                    video = self._first_window(clip, start, duration, progress is True)
+                layout, windows = self._picture(video, duration, progress is True)
+            first = video.start
+            inputs = _timed(run, "decode", (w.model_inputs() for w in windows))
         out = self._synthesize(inputs, prompts, negative_prompt, layout, steps, cfg, progress, run)
-        return self._result(out.audio, layout.duration, video.start, prompts, seed, steps, cfg, run)
+        if key is not None and seen is None:
+            with run.timed("cache"):
+                self.cache.store(self._picture_record(key, layout, first, run.windows))
+        return self._result(out.audio, layout.duration, first, prompts, seed, steps, cfg, run)
 
     def separate(
         self,
@@ -268,6 +277,68 @@ class Pipeline:
         )
         return layout, itertools.chain([first.head(layout.window)], rest)
 
+    def _picture_key(self, clip, start: float, duration: float | None, run: Run) -> dict | None:
+        """What decides a clip file's windows before any decoding: the file's bytes, the time
+        range and how the family decodes pictures (None: no picture record: no cache, nothing
+        reusable, an edit or decoded Video, a file over `cache.WHOLE_FILE_BYTES`)."""
+        if self.cache is None or self.family.identity is None:
+            return None
+        if not isinstance(clip, str | Path):
+            return None
+        with run.timed("cache"):
+            digest = file_digest(Path(clip))
+        if digest is None:
+            return None
+        picture = repr(sorted(self.family.needs.picture.items()))
+        return {
+            "file": digest,
+            "start": start,
+            "duration": duration,
+            "picture": picture,
+            "decoder": media.decoder_version(),
+        }
+
+    def _seen_picture(self, key: dict, run: Run) -> tuple[Layout, float, Iterator] | None:
+        """(layout, picture start, each window's found features) of a request seen before,
+        or None unless the record and every window's features are in the cache."""
+        identity = self.family.identity
+        with run.timed("cache"):
+            record = self.cache.lookup("picture", identity, key, torch.device("cpu")).tensors
+            if record is None:
+                return None
+            windows: dict[int, dict[str, str]] = {}
+            for name, t in record.items():
+                if name.startswith("window"):
+                    i, _, part = name.removeprefix("window").partition(".")
+                    windows.setdefault(int(i), {})[part] = bytes(t.tolist()).hex()
+            found = []
+            for i in range(len(windows)):
+                entry = self.cache.lookup("window", identity, windows[i], self.device, count=False)
+                if entry.tensors is None:  # evicted or damaged: the windows are decoded again
+                    return None
+                found.append(_Found(entry.tensors))
+            for _ in found:
+                self.cache.stats.count("window", True)
+        layout = self.family.plan(record["duration"].item())
+        return layout, record["start"].item(), iter(found)
+
+    def _picture_record(self, key: dict, layout: Layout, start: float, windows: list) -> Entry:
+        """The cache entry of a request's picture: the layout's length and the picture's start
+        (float64: exact) and each window's content digests (sha256 bytes)."""
+        tensors = {
+            "duration": torch.tensor(layout.duration, dtype=torch.float64),
+            "start": torch.tensor(start, dtype=torch.float64),
+        }
+        for i, content in enumerate(windows):
+            for part, digest in content.items():
+                tensors[f"window{i}.{part}"] = torch.tensor(
+                    list(bytes.fromhex(digest)), dtype=torch.uint8
+                )
+        cpu = torch.device("cpu")
+        entry = self.cache.lookup("picture", self.family.identity, key, cpu, count=False)
+        entry.tensors = tensors
+        return entry
+
     def _with_mixture(
         self, windows: Iterator["media.Video"] | None, wav: np.ndarray, layout: Layout
     ) -> Iterator[dict[str, torch.Tensor]]:
@@ -331,11 +402,21 @@ class Pipeline:
         return conditions, self.family.noise(text.prompts, layout, run)
 
     def _features(self, inputs, prompts: int, run: Run) -> list[dict]:
-        """Each window's features, from the cache when it has them."""
+        """Each window's features, from the cache when it has them (a window found through
+        the picture record is already its features); each window's content digests go to
+        `run.windows`."""
+
+        def content(window: dict) -> dict[str, str]:
+            digests = {name: tensor_digest(t) for name, t in window.items()}
+            run.windows.append(digests)
+            return digests
+
         return [
-            self._cached(
+            window.features
+            if isinstance(window, _Found)
+            else self._cached(
                 "window",
-                lambda w=window: {name: tensor_digest(t) for name, t in w.items()},
+                lambda w=window: content(w),
                 lambda w=window: self.family.features(w, prompts, run),
                 run,
             )
@@ -513,6 +594,13 @@ def first_window(
         to_end=True,
         **wants.picture,
     )
+
+
+@dataclass
+class _Found:
+    """A window's features found through a picture record: nothing was decoded for it."""
+
+    features: dict[str, torch.Tensor]
 
 
 @contextmanager

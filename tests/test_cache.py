@@ -47,14 +47,16 @@ def test_a_cached_run_gives_the_uncached_stem_and_skips_the_trunk(family, sample
     assert np.array_equal(miss.audio, expected.audio)
     assert np.array_equal(hit.audio, expected.audio)
     assert "video_trunk" in miss.timings and "video_trunk" not in hit.timings
-    assert second.cache.stats.hits == {"window": 1, "text": 1}
-    assert len(entries(tmp_path)) == 4  # one window, one prompt: tensors + json each
+    assert "decode" in miss.timings and "decode" not in hit.timings  # the picture record
+    assert (hit.start, hit.duration) == (miss.start, miss.duration)
+    assert second.cache.stats.hits == {"picture": 1, "window": 1, "text": 1}
+    assert len(entries(tmp_path)) == 6  # picture, window, prompt: tensors + json each
 
     # A new prompt on the clip: the window is found, the prompt is made; same stem as uncached.
     new = generate(second, sample_clip, ["rain on a roof", "dog barking"])
     assert np.array_equal(new.audio, generate(uncached, sample_clip, new.prompts).audio)
     assert "video_trunk" not in new.timings and "video_select" in new.timings
-    assert second.cache.stats.hits == {"window": 2, "text": 2}
+    assert second.cache.stats.hits == {"picture": 2, "window": 2, "text": 2}
     assert second.cache.stats.misses == {"text": 1}
 
 
@@ -66,8 +68,26 @@ def test_keys_follow_content_not_path_or_mtime(family, sample_clip, tmp_path):
     os.utime(copy, (1, 1))
     generate(pipe, copy)
     assert pipe.cache.stats.hits.get("window") == 1  # same frames: found
+    assert pipe.cache.stats.hits.get("picture") == 1  # same bytes: not decoded again
     generate(pipe, copy, start=0.4)  # other frames: made
     assert pipe.cache.stats.misses.get("window") == 2
+
+
+def test_a_clip_rewritten_in_place_is_decoded_again(family, sample_clip, tmp_path):
+    """The picture record follows the file's bytes: the same path and mtime with other
+    content is decoded, and its stem is the uncached one."""
+    from clips import make_clip
+
+    clip = tmp_path / "shot.mp4"
+    shutil.copy(sample_clip, clip)
+    pipe = Pipeline(family, FeatureCache.open(tmp_path / "cache"))
+    generate(pipe, clip)
+    mtime = clip.stat().st_mtime_ns
+    make_clip(clip, 40, 25, size=(64, 48))  # another picture under the same name and mtime
+    os.utime(clip, ns=(mtime, mtime))
+    again = generate(pipe, clip)
+    assert "decode" in again.timings and pipe.cache.stats.misses.get("picture") == 2
+    assert np.array_equal(again.audio, generate(Pipeline(family), clip).audio)
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "other format", "no json"])
@@ -90,7 +110,9 @@ def test_a_damaged_entry_is_remade_not_trusted(family, sample_clip, tmp_path, da
         meta.unlink()
     again = Pipeline(family, FeatureCache.open(tmp_path))
     out = generate(again, sample_clip)
-    assert again.cache.stats.misses == {"window": 1} and again.cache.stats.hits == {"text": 1}
+    # The picture record leads to the damaged window: it is decoded and made again.
+    assert again.cache.stats.misses == {"window": 1}
+    assert again.cache.stats.hits == {"picture": 1, "text": 1}
     assert np.array_equal(out.audio, expected)
     sound = safetensors.torch.load(tensors.read_bytes())  # rewritten whole
     assert json.loads(meta.read_text())["format"] == 1 and "trunk" in sound

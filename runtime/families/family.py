@@ -55,6 +55,7 @@ class Run:
     trace: dict[str, torch.Tensor] = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     shared: dict = field(default_factory=dict)  # what the windows share (trunk segments)
+    windows: list = field(default_factory=list)  # the windows' content digests, as cached
     meter: "PeakMeter | None" = None  # peak memory per part, when measured (benchmarks)
 
     @contextmanager

@@ -11,7 +11,7 @@ the clip. Callers use this package's names; its modules import one another direc
 
 from .audio import read_audio, resample
 from .edit import Edit, Segment
-from .files import existing_file
+from .files import decoder_version, existing_file
 from .mux import FALLBACK_CONTAINER, MUX_FORMATS, mux, mux_suffix
 from .video import (
     ClipInfo,
@@ -38,6 +38,7 @@ __all__ = [
     "clip_duration",
     "decode_video",
     "decode_windows",
+    "decoder_version",
     "existing_file",
     "has_video",
     "mux",

@@ -35,6 +35,11 @@ av = OnFirstUse("av", "reading or writing video")
 soundfile = OnFirstUse("soundfile", "writing audio stems")
 
 
+def decoder_version() -> str:
+    """PyAV's version, which fixes the FFmpeg its wheels bundle: what decodes the frames."""
+    return av.__version__
+
+
 def existing_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
