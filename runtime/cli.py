@@ -124,8 +124,9 @@ def add_memory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--low-memory",
         action="store_true",
-        help="keep only the running stage's weights in memory (encoders, then the DiT, then "
-        "decoder and vocoder): a lower peak for a little time per request",
+        help="keep only the running stage's weights in memory (text encoders, then video "
+        "encoders, then the DiT, then decoder and vocoder): a lower peak for a little time per "
+        "request",
     )
 
 

@@ -131,8 +131,29 @@ def test_generate_keeps_features_unless_told_not_to(sample_clip, tmp_path, monke
     assert cli.main([*args, "--out", str(tmp_path / "a"), "--no-cache"]) == 0
     assert not features.exists()
     assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
-    assert len(list(features.glob("*.json"))) == 2  # the window and the prompt
+    assert len(list(features.glob("*.json"))) == 3  # the picture record, the window and the prompt
     assert cli.main([*args, "--out", str(tmp_path / "c")]) == 0  # found: no trunk
     stems = [soundfile.read(next((tmp_path / d).glob("*.wav")))[0] for d in "abc"]
     assert np.array_equal(stems[0], stems[1]) and np.array_equal(stems[0], stems[2])
     assert cli.main([*args, "--out", str(tmp_path / "d"), "--cache-gb", "-1"]) == 2
+
+
+def test_what_stays_resident_lets_the_mapped_checkpoint_go(tmp_path, monkeypatch):
+    """Networks loaded from a memory-mapped file (how low-memory reads a checkpoint): once the
+    stage files are written, nothing resident is a slice of that mapping (one slice would keep
+    the whole file mapped, and its pages in the process's resident set)."""
+    monkeypatch.setenv("SELVA_RT_HOME", str(tmp_path))
+    path = tmp_path / "networks.pt"
+    torch.save(build_networks(TINY, {}), path)
+    nets = torch.load(path, mmap=True, weights_only=False)
+    mapped = {
+        t.untyped_storage().data_ptr()
+        for m in (nets.generator, nets.vocoder)
+        for t in (*m.parameters(), *m.buffers())
+    }
+    parts = TorchParts(TINY, nets, CPU, torch.float32, low_memory=True)
+    resident = [
+        t for m in parts.modules() for t in (*m.parameters(), *m.buffers()) if not t.is_meta
+    ]
+    assert resident and parts.offload.resident_bytes == 0  # only the small tensors stay
+    assert not {t.untyped_storage().data_ptr() for t in resident} & mapped

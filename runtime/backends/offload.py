@@ -1,11 +1,11 @@
 """Low-memory mode: only the running stage's weights in memory.
 
-A request runs its networks in stages: text and video encoders (Flan-T5, CLIP text and image,
-the video trunk and selection, the VAE encoder for a mixture), then the DiT, then the VAE decoder
-and the vocoder. `Offload` keeps every network out of memory until a stage needs it and puts it
-out again when the next stage starts, so the peak is the largest stage's weights plus its
-activations instead of every weight at once (MMAudio large: the DiT alone is 1.03 B of the
-variant's 2.55 B parameters).
+A request runs its networks in stages: the text encoders (Flan-T5, CLIP text), the video
+encoders (CLIP image, the video trunk and selection, the VAE encoder for a mixture), then the
+DiT, then the VAE decoder and the vocoder. `Offload` keeps every network out of memory until a
+stage needs it and puts it out again when the next stage starts, so the peak is the largest
+stage's weights plus its activations instead of every weight at once (MMAudio large: the DiT
+alone is 1.03 B of the variant's 2.55 B parameters).
 
 Where the weights wait:
   * CUDA: in host memory (pinned), copied to the GPU when their stage starts (about 2 GB per
@@ -106,6 +106,7 @@ class Offload:
             _write_files(self.networks, folder)
         for net in self.networks.values():
             self._unload(net)
+            _copy_resident(net.module)
 
     @property
     def resident_bytes(self) -> int:
@@ -134,6 +135,23 @@ class Offload:
     def _unload(self, net: _Network) -> None:
         net.assign({k: torch.empty_like(t, device="meta") for k, t in net.tensors().items()})
         net.loaded = False
+
+
+def _copy_resident(module: nn.Module) -> None:
+    """Each tensor that stays resident (the small ones, `keep`) copied into memory of its own: a
+    slice of a memory-mapped checkpoint (`torch.load(mmap=True)`) keeps the whole file mapped,
+    and every page read when the stage files were written in the resident set, for as long as
+    it lives. Tied tensors stay tied."""
+    copies: dict[int, torch.Tensor] = {}
+    for owner in module.modules():
+        for is_param, table in ((True, owner._parameters), (False, owner._buffers)):
+            for attr, t in table.items():
+                if t is None or t.is_meta:
+                    continue
+                if id(t) not in copies:
+                    copy = t.detach().clone()
+                    copies[id(t)] = nn.Parameter(copy, requires_grad=False) if is_param else copy
+                table[attr] = copies[id(t)]
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:

@@ -45,17 +45,18 @@ PROMPT_CHUNK = {"cpu": 1}  # prompts per decoder call (else all)
 MIXTURE_KEYS = ("x_cond", "mixture_bias")  # separation entries of the conditions (P rows)
 # Low-memory mode: the networks each stage needs, and the stage each part runs in.
 STAGES = {
-    "encoders": ("t5", "clip_text", "clip_image", "video_encoder", "vae"),
+    "text": ("t5", "clip_text"),
+    "video": ("clip_image", "video_encoder", "vae"),
     "dit": ("generator",),
     "decoder": ("vae", "vocoder"),
 }
 PART_STAGES = {
-    "t5": "encoders",
-    "clip_text": "encoders",
-    "clip_image": "encoders",
-    "video_trunk": "encoders",
-    "video_select": "encoders",
-    "mixture_encoder": "encoders",  # the VAE encoder (separation)
+    "t5": "text",
+    "clip_text": "text",
+    "clip_image": "video",
+    "video_trunk": "video",
+    "video_select": "video",  # reads the prompt's T5 features, not the T5 network
+    "mixture_encoder": "video",  # the VAE encoder (separation)
     "dit_conditions": "dit",
     "mixture_conditions": "dit",
     "dit_step": "dit",
