@@ -41,23 +41,23 @@ def actor_pause_hook(spec: str):
 
         from selva_rt.runtime.pipeline import Pipeline
 
-        real = Pipeline.generate
+        real = Pipeline.generate_many  # how an actor runs its jobs
 
-        def generate(self, *args, **kwargs):
+        def generate_many(self, requests, *args, **kwargs):
             path = Path(spec)
             want = json.loads(path.read_text()) if path.is_file() else None
-            if want and kwargs.get("seed") == want["seed"]:
+            if want and any(r.seed == want["seed"] for r in requests):
                 try:
                     fd = os.open(want["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 except FileExistsError:  # paused once already: this is the retry
-                    return real(self, *args, **kwargs)
+                    return real(self, requests, *args, **kwargs)
                 os.write(fd, str(os.getpid()).encode())
                 os.close(fd)
                 while True:
                     time.sleep(60)
-            return real(self, *args, **kwargs)
+            return real(self, requests, *args, **kwargs)
 
-        Pipeline.generate = generate
+        Pipeline.generate_many = generate_many
 
     return setup
 

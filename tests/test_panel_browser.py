@@ -124,9 +124,12 @@ def test_upload_by_drop_two_prompts_progress_to_done(page, served, sample_clip):
     seen = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        value = float(page.get_attribute("#progress", "value") or 0)
-        state = page.get_attribute("#progress", "data-state")
-        seen.append((value, state))
+        # Both in one evaluation: two reads could straddle the panel's update (0.9, "done").
+        value, state = page.evaluate(
+            "() => { const p = document.querySelector('#progress');"
+            " return [Number(p.getAttribute('value') || 0), p.dataset.state || null]; }"
+        )
+        seen.append((float(value), state))
         if state in ("done", "failed", "cancelled"):
             break
         time.sleep(0.05)

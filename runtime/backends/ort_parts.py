@@ -87,10 +87,12 @@ class OrtParts(GraphParts):
                 "int8 graphs are dynamically quantised for ONNX Runtime's CPU execution "
                 "provider; run them with --device cpu"
             )
-        super().__init__(variant, manifest, constants, device)
+        # Sessions first: a missing execution provider is the one-line error, before the
+        # constants move to a device this torch may not have.
         self.sessions, self.providers = open_sessions(
             graphs, device, _PROVIDERS[device.type], providers, threads
         )
+        super().__init__(variant, manifest, constants, device)
 
     @classmethod
     def load(
