@@ -186,14 +186,21 @@ class FeatureCache:
         """The entry of (kind, identity, content) on `device`: its tensors from memory or disk
         when present and sound, else None (then `store` it once made). `count`: in `stats`
         (False: a look ahead, counted by the caller once it knows what it uses)."""
+        entry = self.entry(kind, identity, content, device)
+        found = self.get(entry.key, entry.material)
+        if count:
+            self.stats.count(kind, found is not None)
+        if found is not None:
+            entry.tensors = {k: v.to(device) for k, v in found.items()}
+        return entry
+
+    def entry(self, kind: str, identity: dict, content: dict, device: torch.device) -> "Entry":
+        """The empty entry of (kind, identity, content) on `device`, nothing read: its key and
+        what the key is made of, for `store` once its tensors are set."""
         material = {"format": FORMAT, "kind": kind, "model": identity, "content": content}
         material["environment"] = {**environment(), "device": device_name(device)}
         key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-        found = self.get(key, material)
-        if count:
-            self.stats.count(kind, found is not None)
-        tensors = None if found is None else {k: v.to(device) for k, v in found.items()}
-        return Entry(key, material, tensors)
+        return Entry(key, material, None)
 
     def store(self, entry: "Entry") -> None:
         self.put(entry.key, entry.material, entry.tensors)

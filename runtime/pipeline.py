@@ -334,8 +334,7 @@ class Pipeline:
                 tensors[f"window{i}.{part}"] = torch.tensor(
                     list(bytes.fromhex(digest)), dtype=torch.uint8
                 )
-        cpu = torch.device("cpu")
-        entry = self.cache.lookup("picture", self.family.identity, key, cpu, count=False)
+        entry = self.cache.entry("picture", self.family.identity, key, torch.device("cpu"))
         entry.tensors = tensors
         return entry
 
